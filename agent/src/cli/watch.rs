@@ -1,0 +1,53 @@
+//! `goroscope watch --pid N`: goroutines created and exited per interval.
+
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::gobin::{self, Hook};
+use crate::probe::{Probes, Scope};
+
+pub fn run(pid: u32, interval: f64, duration: Option<f64>) -> Result<()> {
+    let Some(nz) = NonZeroU32::new(pid) else {
+        bail!("--pid must be a process id, not 0");
+    };
+    if !(0.05..=3600.0).contains(&interval) {
+        bail!("--interval must be between 0.05 and 3600 seconds, not {interval}");
+    }
+    let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+    let target = std::fs::read_link(&exe).with_context(|| format!("process {pid} not found"))?;
+    let bin = gobin::analyze(&exe)?;
+    let mut probes = Probes::load()?;
+    probes.attach(&bin, &[Hook::GoroutineCreate, Hook::GoroutineExit], Scope::Pid(nz))?;
+    eprintln!(
+        "goroscope: watching pid {pid} ({}, {}); Ctrl-C to stop",
+        target.display(),
+        bin.go_version
+    );
+    println!("{:>8} {:>12} {:>12} {:>10}", "seconds", "created", "exited", "net");
+    let start = Instant::now();
+    let mut last = probes.counters(pid)?;
+    loop {
+        std::thread::sleep(Duration::from_secs_f64(interval));
+        let now = probes.counters(pid)?;
+        let created = now.created - last.created;
+        let exited = now.exited - last.exited;
+        println!(
+            "{:>8.1} {:>12} {:>12} {:>+10}",
+            start.elapsed().as_secs_f64(),
+            created,
+            exited,
+            created as i64 - exited as i64
+        );
+        last = now;
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            eprintln!("goroscope: process {pid} exited");
+            return Ok(());
+        }
+        if duration.is_some_and(|d| start.elapsed().as_secs_f64() >= d) {
+            return Ok(());
+        }
+    }
+}

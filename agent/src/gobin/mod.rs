@@ -1,0 +1,233 @@
+//! Go binary analysis: version and module (`.go.buildinfo`), functions and source lines
+//! (`.gopclntab`), runtime struct layouts (DWARF or the built-in table), and probe sites
+//! (x86-64 decoding). Works on stripped (`-ldflags="-s -w"`), PIE and cgo binaries.
+
+pub mod buildinfo;
+pub mod dwarf;
+pub mod elf;
+pub mod error;
+pub mod offsets;
+mod offsets_table;
+pub mod pclntab;
+pub mod sites;
+pub mod version;
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+pub use error::BinaryError;
+pub use offsets::{CancelCtxOffsets, GOffsets, OffsetsSource, RuntimeOffsets};
+pub use pclntab::{Pclntab, SourceLoc};
+pub use sites::{Hook, ProbeSite, SiteKind, Sites};
+pub use version::GoVersion;
+
+use error::Malformed;
+
+/// Addresses of runtime variables read from outside the process.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RuntimeVars {
+    /// `runtime.allgs` (a `[]*g`), link-time address.
+    pub allgs: Option<u64>,
+    /// `runtime.allglen` (a `uintptr`), link-time address.
+    pub allglen: Option<u64>,
+    /// Where they were found: `dwarf`, `symtab`, or `none`.
+    pub source: &'static str,
+}
+
+/// Everything goroscope knows about one Go binary.
+#[derive(Serialize)]
+pub struct Analysis {
+    pub path: PathBuf,
+    /// The version string as recorded (e.g. `go1.21.13`).
+    pub go_version: String,
+    #[serde(skip)]
+    pub version: GoVersion,
+    pub main_path: Option<String>,
+    pub module: Option<String>,
+    pub has_symbols: bool,
+    pub has_dwarf: bool,
+    /// No symbol table and no DWARF (`-ldflags="-s -w"`).
+    pub stripped: bool,
+    pub pie: bool,
+    pub text_start: u64,
+    pub functions: usize,
+    pub offsets: RuntimeOffsets,
+    pub offsets_source: OffsetsSource,
+    pub runtime_vars: RuntimeVars,
+    pub probe_sites: Vec<ProbeSite>,
+    /// Hooks that could not be placed, with the reason.
+    pub missing_sites: Vec<String>,
+    #[serde(skip)]
+    pub pclntab: Pclntab,
+}
+
+/// Analyses the Go binary at `path`.
+pub fn analyze(path: &Path) -> Result<Analysis, BinaryError> {
+    let io = |source| BinaryError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if std::fs::metadata(path).map_err(io)?.is_dir() {
+        return Err(BinaryError::IsDirectory(path.to_path_buf()));
+    }
+    let data = std::fs::read(path).map_err(io)?;
+    analyze_bytes(path, &data)
+}
+
+/// Analyses a Go binary already in memory; `path` is used in messages.
+pub fn analyze_bytes(path: &Path, data: &[u8]) -> Result<Analysis, BinaryError> {
+    let p = || path.to_path_buf();
+    let corrupt = |m: Malformed| BinaryError::Corrupt {
+        path: p(),
+        what: m.0,
+    };
+    match elf::check_ident(data) {
+        Ok(()) => {}
+        Err(elf::ElfCheck::NotElf) => return Err(BinaryError::NotElf(p())),
+        Err(elf::ElfCheck::Unsupported(what)) => {
+            return Err(BinaryError::UnsupportedElf { path: p(), what })
+        }
+    }
+    let elf = elf::Elf::parse(data).map_err(corrupt)?;
+
+    // Version first: an old toolchain deserves that message, not a parse error.
+    // PIE builds before Go 1.26 put the table in a RELRO section of their own.
+    let pcln_section = elf
+        .section(".gopclntab")
+        .or_else(|| elf.section(".data.rel.ro.gopclntab"));
+    let bi_section = elf.section(".go.buildinfo").map(|(_, d)| d);
+    let Some(bi_off) = buildinfo::locate(bi_section, data) else {
+        return Err(if pcln_section.is_some() {
+            corrupt(Malformed::new("no .go.buildinfo"))
+        } else {
+            BinaryError::NotGo(p())
+        });
+    };
+    let info = match buildinfo::parse(&data[bi_off..]) {
+        Ok(i) => i,
+        Err(buildinfo::BuildInfoError::PointerFormat) => {
+            return Err(BinaryError::UnsupportedGoVersion {
+                path: p(),
+                found: "older than go1.18 (pre-1.18 buildinfo format)".into(),
+            })
+        }
+        Err(buildinfo::BuildInfoError::Malformed(m)) => return Err(corrupt(m)),
+    };
+    let version = GoVersion::parse(&info.go_version).ok_or_else(|| BinaryError::Unsupported {
+        path: p(),
+        what: format!("unrecognized Go version {:?}", info.go_version),
+    })?;
+    if !version.is_supported() {
+        return Err(BinaryError::UnsupportedGoVersion {
+            path: p(),
+            found: info.go_version,
+        });
+    }
+
+    let (pcln_addr, pcln_data) =
+        pcln_section.ok_or_else(|| corrupt(Malformed::new("no .gopclntab section")))?;
+    let text_section = elf.section(".text").map(|(a, _)| a);
+    let pclntab = Pclntab::parse(pcln_data, |header| {
+        if header != 0 {
+            header
+        } else if let Some(v) = elf.relative_reloc_at(pcln_addr + 24) {
+            v
+        } else {
+            text_section.unwrap_or(0)
+        }
+    })
+    .map_err(corrupt)?;
+    if pclntab.by_name("runtime.main").next().is_none() {
+        return Err(corrupt(Malformed::new("pclntab has no runtime.main")));
+    }
+
+    let facts = dwarf::read(&elf).map_err(corrupt)?;
+    let (offsets, offsets_source) = choose_offsets(path, version, facts.as_ref())?;
+
+    let runtime_vars = runtime_vars(&elf, facts.as_ref());
+    let sites = sites::select(&elf, &pclntab, version, offsets);
+
+    Ok(Analysis {
+        path: p(),
+        go_version: info.go_version,
+        version,
+        main_path: info.main_path,
+        module: info.module,
+        has_symbols: elf.has_symtab(),
+        has_dwarf: elf.has_dwarf(),
+        stripped: !elf.has_symtab() && !elf.has_dwarf(),
+        pie: elf.is_pie(),
+        text_start: pclntab.text_start,
+        functions: pclntab.funcs.len(),
+        offsets,
+        offsets_source,
+        runtime_vars,
+        probe_sites: sites.sites,
+        missing_sites: sites.missing,
+        pclntab,
+    })
+}
+
+fn choose_offsets(
+    path: &Path,
+    version: GoVersion,
+    facts: Option<&dwarf::DwarfFacts>,
+) -> Result<(RuntimeOffsets, OffsetsSource), BinaryError> {
+    let table = offsets::builtin(version);
+    let reason = match facts.map(offsets::from_dwarf) {
+        Some(Ok(mut o)) => {
+            // A program that never uses context has no cancelCtx in DWARF.
+            if o.cancel_ctx.is_none() {
+                o.cancel_ctx = table.and_then(|t| t.cancel_ctx);
+            }
+            return Ok((o, OffsetsSource::Dwarf));
+        }
+        Some(Err(why)) => why,
+        None => "binary has no DWARF".to_string(),
+    };
+    match table {
+        Some(t) => Ok((
+            t,
+            OffsetsSource::BuiltinTable {
+                go: format!("{}.{}", version.major, version.minor),
+                reason,
+            },
+        )),
+        None => Err(BinaryError::Unsupported {
+            path: path.to_path_buf(),
+            what: format!(
+                "{reason}, and the built-in offsets table has no Go {}.{} (it covers {}): \
+                 build the program without -ldflags=-w, or use a goroscope that knows this version",
+                version.major,
+                version.minor,
+                offsets::builtin_lines().join(", ")
+            ),
+        }),
+    }
+}
+
+fn runtime_vars(elf: &elf::Elf<'_>, facts: Option<&dwarf::DwarfFacts>) -> RuntimeVars {
+    if let Some(f) = facts {
+        let allgs = f.variables.get("runtime.allgs").copied();
+        let allglen = f.variables.get("runtime.allglen").copied();
+        if allgs.is_some() && allglen.is_some() {
+            return RuntimeVars {
+                allgs,
+                allglen,
+                source: "dwarf",
+            };
+        }
+    }
+    let allgs = elf.symbol_address("runtime.allgs");
+    let allglen = elf.symbol_address("runtime.allglen");
+    RuntimeVars {
+        source: if allgs.is_some() && allglen.is_some() {
+            "symtab"
+        } else {
+            "none"
+        },
+        allgs,
+        allglen,
+    }
+}

@@ -1,0 +1,8 @@
+//! goroscope: watches goroutines and contexts inside live Go programs with eBPF.
+//!
+//! Userspace is split by concern: [`gobin`] (binary analysis) → [`probe`] (loading and
+//! attaching the kernel programs) → … (tracking, leak detection, exporters: later).
+
+pub mod cli;
+pub mod gobin;
+pub mod probe;

