@@ -32,11 +32,14 @@ pub struct Probes {
     next_cookie: u32,
 }
 
-fn program_name(hook: Hook) -> Option<&'static str> {
-    match hook {
-        Hook::GoroutineCreate => Some("goroutine_create"),
-        Hook::GoroutineExit => Some("goroutine_exit"),
-        Hook::ContextCreate | Hook::ContextCancel => None,
+/// The kernel program for a hook whose `*g` is in register `base_reg`.
+fn program_name(hook: Hook, base_reg: u8) -> Option<&'static str> {
+    use goroscope_common::reg;
+    match (hook, base_reg) {
+        (Hook::GoroutineCreate, reg::RBX) => Some("goroutine_create_rbx"),
+        (Hook::GoroutineCreate, reg::RAX) => Some("goroutine_create_rax"),
+        (Hook::GoroutineExit, reg::RAX) => Some("goroutine_exit_rax"),
+        _ => None,
     }
 }
 
@@ -61,9 +64,6 @@ impl Probes {
     pub fn attach(&mut self, bin: &Analysis, hooks: &[Hook], scope: Scope) -> Result<Vec<ProbeSite>> {
         let mut attached = Vec::new();
         for &hook in hooks {
-            let Some(prog_name) = program_name(hook) else {
-                bail!("no kernel program for hook {}", hook.name());
-            };
             let sites: Vec<&ProbeSite> = bin.probe_sites.iter().filter(|s| s.hook == hook).collect();
             if sites.is_empty() {
                 bail!(
@@ -74,17 +74,22 @@ impl Probes {
                 );
             }
             for site in sites {
+                let Some(prog_name) = program_name(hook, site.base_reg) else {
+                    bail!(
+                        "no kernel program for {} with the g in register #{}",
+                        hook.name(),
+                        site.base_reg
+                    );
+                };
                 let cookie = self.next_cookie;
                 if cookie >= MAX_SITE_CONFIGS {
                     bail!("too many probe sites (limit {MAX_SITE_CONFIGS})");
                 }
                 let cfg = SiteConfig {
-                    g_reg: site.base_reg,
                     goid_off: bin.offsets.g.goid,
                     parent_goid_off: bin.offsets.g.parent_goid,
                     gopc_off: bin.offsets.g.gopc,
                     startpc_off: bin.offsets.g.startpc,
-                    ..Default::default()
                 };
                 let mut configs: Array<_, SiteConfig> = Array::try_from(
                     self.ebpf.map_mut("SITE_CONFIG").context("map SITE_CONFIG missing")?,

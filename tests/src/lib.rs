@@ -1,0 +1,210 @@
+//! Helpers for goroscope's integration tests: the Go fixture builds (made by
+//! `cargo xtask fixtures`), driving fixture processes, and the BPF privilege gate.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+/// One built fixture binary.
+#[derive(Debug, Clone)]
+pub struct Fixture {
+    /// Go version that built it, e.g. `1.21.13` (or `1.19` for Debian's old toolchain).
+    pub go: String,
+    pub name: String,
+    /// `default`, `stripped` (`-ldflags=-s -w`) or `pie` (`-buildmode=pie`).
+    pub variant: String,
+    pub path: PathBuf,
+}
+
+impl Fixture {
+    /// `(major, minor)` of the Go version.
+    pub fn line(&self) -> (u32, u32) {
+        let mut it = self.go.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        (it.next().unwrap_or(0), it.next().unwrap_or(0))
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the workspace")
+        .to_path_buf()
+}
+
+/// Every fixture build listed in the manifest written by `cargo xtask fixtures`.
+pub fn fixtures() -> Vec<Fixture> {
+    let dir = std::env::var_os("GOROSCOPE_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/fixtures"));
+    let manifest = dir.join("manifest.json");
+    let text = std::fs::read_to_string(&manifest).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}: the Go fixtures are not built; run `cargo xtask test` (or `cargo xtask fixtures`)",
+            manifest.display()
+        )
+    });
+    let v: serde_json::Value = serde_json::from_str(&text).expect("manifest.json is JSON");
+    v.as_array()
+        .expect("manifest is a list")
+        .iter()
+        .map(|f| Fixture {
+            go: f["go"].as_str().expect("go").to_string(),
+            name: f["name"].as_str().expect("name").to_string(),
+            variant: f["variant"].as_str().expect("variant").to_string(),
+            path: PathBuf::from(f["path"].as_str().expect("path")),
+        })
+        .collect()
+}
+
+/// Supported-version fixtures (Go ≥ 1.21) named `name`.
+pub fn supported(name: &str) -> Vec<Fixture> {
+    fixtures()
+        .into_iter()
+        .filter(|f| f.name == name && f.line() >= (1, 21))
+        .collect()
+}
+
+/// The fixture `name`/`variant` built by the newest Go of the `1.MINOR` line.
+pub fn fixture(minor: u32, name: &str, variant: &str) -> Fixture {
+    fixtures()
+        .into_iter()
+        .find(|f| f.line() == (1, minor) && f.name == name && f.variant == variant)
+        .unwrap_or_else(|| panic!("no fixture {name}-{variant} for Go 1.{minor} in the manifest"))
+}
+
+/// Path of the `goroscope` binary built alongside the tests.
+pub fn goroscope_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/goroscope
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("goroscope");
+    assert!(bin.exists(), "{} not built", bin.display());
+    bin
+}
+
+/// Source line (1-based) of the first line of `file` containing `needle`.
+pub fn line_of(file: &Path, needle: &str) -> u32 {
+    let text = std::fs::read_to_string(file).expect("fixture source");
+    text.lines()
+        .position(|l| l.contains(needle))
+        .map(|i| i as u32 + 1)
+        .unwrap_or_else(|| panic!("{needle:?} not in {}", file.display()))
+}
+
+pub fn fixture_source(name: &str) -> PathBuf {
+    workspace_root().join("tests/fixtures/go").join(name).join("main.go")
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Whether BPF tests can run. In CI (`CI=true`) a missing privilege is a failure, never
+/// a skip; elsewhere the test is skipped with a loud message.
+pub fn bpf_allowed(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("{test}: BPF tests must run in CI but this process is not root");
+    }
+    eprintln!("\n!!! SKIPPED {test}: not root, cannot load BPF programs (run as root to test) !!!\n");
+    false
+}
+
+/// A running `churn` fixture, driven over stdin/stdout (see its main.go). Dropping it
+/// kills the process if it is still running: tests stop only what they started.
+pub struct Churn {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    pub pid: u32,
+}
+
+const LINE_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Churn {
+    pub fn start(path: &Path) -> Churn {
+        let mut child = Command::new(path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", path.display()));
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        let mut c = Churn {
+            pid: child.id(),
+            child,
+            stdin,
+            lines,
+        };
+        let ready = c.line();
+        assert_eq!(ready, format!("ready {}", c.pid), "unexpected first line");
+        c
+    }
+
+    pub fn line(&mut self) -> String {
+        self.lines
+            .recv_timeout(LINE_TIMEOUT)
+            .expect("fixture did not print the expected line in time")
+    }
+
+    /// Starts `n` goroutines and waits until the program says they finished.
+    pub fn spawn(&mut self, n: u64) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "go {n}").expect("write to fixture");
+        stdin.flush().expect("flush");
+        assert_eq!(self.line(), format!("done {n}"));
+    }
+
+    /// Closes stdin and waits for the program to say goodbye and exit.
+    pub fn finish(mut self) -> ExitStatus {
+        drop(self.stdin.take());
+        assert_eq!(self.line(), "bye");
+        let deadline = Instant::now() + LINE_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "fixture did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Churn {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Polls `f` until it returns `Some`, or panics after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -36,6 +36,10 @@ const APT_PACKAGES: &[&str] = &[
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// Toolchains older than goroscope supports, from Debian, for the "unsupported Go
+/// version" tests: `(version, go binary)`; only the default variant is built.
+const OLD_GO: &[(&str, &str)] = &[("1.19", "/usr/lib/go-1.19/bin/go")];
+
 /// Build variants of every fixture: `(name, go build flags)`.
 const VARIANTS: &[(&str, &[&str])] = &[
     ("default", &[]),
@@ -272,21 +276,25 @@ fn fixtures() -> Result<()> {
     let out_root = fixtures_dir();
     let mut manifest = Vec::new();
     let mut built = 0;
-    for v in GO_MATRIX {
+    let toolchains = GO_MATRIX
+        .iter()
+        .map(|v| (*v, go_bin(v), VARIANTS))
+        .chain(OLD_GO.iter().map(|(v, go)| (*v, PathBuf::from(go), &VARIANTS[..1])));
+    for (v, go, variants) in toolchains {
         let out_dir = out_root.join(format!("go{v}"));
         fs::create_dir_all(&out_dir)?;
         for name in &names {
             let hash = source_hash(&src, name)?;
-            for (variant, flags) in VARIANTS {
+            for (variant, flags) in variants {
                 let out = out_dir.join(format!("{name}-{variant}"));
                 let stamp = out.with_extension("stamp");
                 let want = format!("{hash:016x} {v} {flags:?}");
                 let fresh = out.exists() && fs::read_to_string(&stamp).ok().as_deref() == Some(&want);
                 if !fresh {
                     let gocache = cache_dir().join("gocache").join(v);
-                    run(Command::new(go_bin(v))
+                    run(Command::new(&go)
                         .current_dir(&src)
-                        .args(["build", "-trimpath=false", "-o"])
+                        .args(["build", "-o"])
                         .arg(&out)
                         .args(*flags)
                         .arg(format!("./{name}"))

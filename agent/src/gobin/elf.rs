@@ -60,6 +60,25 @@ impl<'data> Elf<'data> {
     pub fn parse(data: &'data [u8]) -> PResult<Self> {
         let file = ElfFile64::<Endianness>::parse(data)
             .map_err(|e| Malformed::new(format!("ELF: {e}")))?;
+        // A partly copied file must be refused, even where the missing part is one we
+        // would not have read.
+        let e = file.endian();
+        for sh in file.elf_section_table().iter() {
+            if sh.sh_type(e) == elf::SHT_NOBITS {
+                continue;
+            }
+            let end = sh.sh_offset(e).checked_add(sh.sh_size(e));
+            if end.is_none_or(|end| end > data.len() as u64) {
+                let name = file
+                    .elf_section_table()
+                    .section_name(e, sh)
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default();
+                return Err(Malformed::new(format!(
+                    "section {name} extends past the end of the file (truncated?)"
+                )));
+            }
+        }
         Ok(Elf { file, data })
     }
 

@@ -7,8 +7,8 @@
 /// Register numbers a probe site can name as the place a value lives.
 ///
 /// The agent decides, per probe site, which register holds the `*g` it needs
-/// (e.g. RBX at `CALL runtime.runqput`, RAX at `push rbp` of `runtime.gdestroy`)
-/// and the kernel program reads that register from `pt_regs`.
+/// (e.g. RBX at `CALL runtime.runqput`, RAX at `push rbp` of `runtime.gdestroy`) and
+/// attaches the kernel program that reads that register.
 pub mod reg {
     pub const RAX: u8 = 0;
     pub const RBX: u8 = 1;
@@ -36,9 +36,6 @@ pub const MAX_SITE_CONFIGS: u32 = 256;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SiteConfig {
-    /// Register (see [`reg`]) holding the `*runtime.g` of interest at this site.
-    pub g_reg: u8,
-    pub _pad: [u8; 3],
     /// Offset of `runtime.g.goid`.
     pub goid_off: u32,
     /// Offset of `runtime.g.parentGoid`.
@@ -47,7 +44,6 @@ pub struct SiteConfig {
     pub gopc_off: u32,
     /// Offset of `runtime.g.startpc` (entry of the goroutine function).
     pub startpc_off: u32,
-    pub _pad2: u32,
 }
 
 /// Per-process event counters kept in the kernel.
@@ -64,8 +60,8 @@ pub struct ProcCounters {
 
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY: both types are `#[repr(C)]`, `Copy`, contain only integers and
-    // explicit padding fields, so every bit pattern is valid.
+    // SAFETY: both types are `#[repr(C)]`, `Copy`, and contain only integers with
+    // no padding, so every bit pattern is valid.
     unsafe impl aya::Pod for super::SiteConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ProcCounters {}

@@ -5,14 +5,13 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::pt_regs,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::{map, uprobe},
     maps::{Array, PerCpuHashMap},
     programs::ProbeContext,
     EbpfContext,
 };
-use goroscope_common::{reg, ProcCounters, SiteConfig, MAX_SITE_CONFIGS};
+use goroscope_common::{ProcCounters, SiteConfig, MAX_SITE_CONFIGS};
 
 /// Per attached site configuration, indexed by the uprobe attach cookie.
 #[map]
@@ -21,28 +20,6 @@ static SITE_CONFIG: Array<SiteConfig> = Array::with_max_entries(MAX_SITE_CONFIGS
 /// Per-process (tgid) counters, per CPU: no atomics on the hot path, the agent sums.
 #[map]
 static PROC_COUNTERS: PerCpuHashMap<u32, ProcCounters> = PerCpuHashMap::with_max_entries(4096, 0);
-
-#[inline(always)]
-fn read_reg(regs: &pt_regs, r: u8) -> u64 {
-    match r {
-        reg::RAX => regs.rax,
-        reg::RBX => regs.rbx,
-        reg::RCX => regs.rcx,
-        reg::RDX => regs.rdx,
-        reg::RSI => regs.rsi,
-        reg::RDI => regs.rdi,
-        reg::R8 => regs.r8,
-        reg::R9 => regs.r9,
-        reg::R10 => regs.r10,
-        reg::R11 => regs.r11,
-        reg::R12 => regs.r12,
-        reg::R13 => regs.r13,
-        reg::R14 => regs.r14,
-        reg::R15 => regs.r15,
-        reg::RBP => regs.rbp,
-        _ => regs.rsp,
-    }
-}
 
 #[inline(always)]
 fn cookie(ctx: &ProbeContext) -> u64 {
@@ -56,14 +33,10 @@ enum Hook {
 }
 
 #[inline(always)]
-fn handle(ctx: &ProbeContext, hook: Hook) -> u32 {
+fn handle(ctx: &ProbeContext, g: u64, hook: Hook) -> u32 {
     let Some(cfg) = SITE_CONFIG.get(cookie(ctx) as u32) else {
         return 0;
     };
-    // SAFETY: for uprobe programs the context is the `pt_regs` of the probed task;
-    // the verifier allows direct loads from it.
-    let regs = unsafe { &*ctx.regs };
-    let g = read_reg(regs, cfg.g_reg);
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: bpf_probe_read_user copies from user memory with fault handling;
     // a bad pointer returns an error instead of faulting.
@@ -90,17 +63,26 @@ fn handle(ctx: &ProbeContext, hook: Hook) -> u32 {
     0
 }
 
-/// Goroutine creation site (e.g. `CALL runtime.runqput` in `runtime.newproc.func1`).
-#[uprobe]
-pub fn goroutine_create(ctx: ProbeContext) -> u32 {
-    handle(&ctx, Hook::Create)
+/// One program per (hook, register holding the `*g`): each reads its register with a
+/// constant-offset load from `pt_regs` (the verifier rejects computed context offsets).
+macro_rules! g_probe {
+    ($name:ident, $hook:expr, $reg:ident) => {
+        #[uprobe]
+        pub fn $name(ctx: ProbeContext) -> u32 {
+            // SAFETY: for uprobe programs the context is the probed task's `pt_regs`;
+            // the verifier allows direct loads from it at constant offsets.
+            let g = unsafe { (*ctx.regs).$reg };
+            handle(&ctx, g, $hook)
+        }
+    };
 }
 
-/// Goroutine exit site (`push rbp` of `runtime.gdestroy` / `runtime.goexit0`).
-#[uprobe]
-pub fn goroutine_exit(ctx: ProbeContext) -> u32 {
-    handle(&ctx, Hook::Exit)
-}
+// Creation at `CALL runtime.runqput` (or the nop before it): new g in RBX.
+g_probe!(goroutine_create_rbx, Hook::Create, rbx);
+// Creation fallback at the RETs of `runtime.newproc1`: new g in RAX.
+g_probe!(goroutine_create_rax, Hook::Create, rax);
+// Exit at `push rbp` of `runtime.gdestroy` / `runtime.goexit0`: g in RAX.
+g_probe!(goroutine_exit_rax, Hook::Exit, rax);
 
 #[cfg(not(test))]
 #[panic_handler]
