@@ -12,7 +12,10 @@ use std::process::Command;
 
 fn main() {
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
-    let root = manifest.parent().expect("agent/ has a parent").to_path_buf();
+    let root = manifest
+        .parent()
+        .expect("agent/ has a parent")
+        .to_path_buf();
     let ebpf = root.join("ebpf/goroscope-ebpf");
     for p in [
         "ebpf/goroscope-ebpf/src",
@@ -43,9 +46,9 @@ fn main() {
         .join("bpf");
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut path = env::var_os("PATH").unwrap_or_default();
-    if let Some(home) = env::var_os("CARGO_HOME").or_else(|| {
-        env::var_os("HOME").map(|h| Path::new(&h).join(".cargo").into_os_string())
-    }) {
+    if let Some(home) = env::var_os("CARGO_HOME")
+        .or_else(|| env::var_os("HOME").map(|h| Path::new(&h).join(".cargo").into_os_string()))
+    {
         let mut paths: Vec<PathBuf> = env::split_paths(&path).collect();
         paths.push(Path::new(&home).join("bin"));
         path = env::join_paths(paths).expect("PATH");
@@ -53,7 +56,13 @@ fn main() {
 
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&ebpf)
-        .args(["build", "--release", "--locked", "--target", "bpfel-unknown-none"])
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            "bpfel-unknown-none",
+        ])
         .arg("--target-dir")
         .arg(&target_dir)
         .env("PATH", path)
@@ -62,7 +71,9 @@ fn main() {
     // Nothing of the outer build (clippy wrapper, host flags, jobserver) may leak in.
     for (k, _) in env::vars_os() {
         let k = k.to_string_lossy();
-        if (k.starts_with("CARGO_") && k != "CARGO_HOME") || k.starts_with("RUSTC_") || k == "RUSTFLAGS"
+        if (k.starts_with("CARGO_") && k != "CARGO_HOME")
+            || k.starts_with("RUSTC_")
+            || k == "RUSTFLAGS"
         {
             cmd.env_remove(&*k);
         }
@@ -76,8 +87,7 @@ fn main() {
     }
     let obj = target_dir.join("bpfel-unknown-none/release/goroscope");
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR")).join("goroscope.bpf.o");
-    std::fs::copy(&obj, &out)
-        .unwrap_or_else(|e| fail(&format!("copying {}: {e}", obj.display())));
+    std::fs::copy(&obj, &out).unwrap_or_else(|e| fail(&format!("copying {}: {e}", obj.display())));
     println!("cargo:rustc-env=GOROSCOPE_BPF_OBJECT={}", out.display());
 }
 

@@ -61,10 +61,16 @@ impl Probes {
     }
 
     /// Attaches the programs for `hooks` at the binary's chosen sites.
-    pub fn attach(&mut self, bin: &Analysis, hooks: &[Hook], scope: Scope) -> Result<Vec<ProbeSite>> {
+    pub fn attach(
+        &mut self,
+        bin: &Analysis,
+        hooks: &[Hook],
+        scope: Scope,
+    ) -> Result<Vec<ProbeSite>> {
         let mut attached = Vec::new();
         for &hook in hooks {
-            let sites: Vec<&ProbeSite> = bin.probe_sites.iter().filter(|s| s.hook == hook).collect();
+            let sites: Vec<&ProbeSite> =
+                bin.probe_sites.iter().filter(|s| s.hook == hook).collect();
             if sites.is_empty() {
                 bail!(
                     "{}: no probe site for {} ({})",
@@ -92,7 +98,9 @@ impl Probes {
                     startpc_off: bin.offsets.g.startpc,
                 };
                 let mut configs: Array<_, SiteConfig> = Array::try_from(
-                    self.ebpf.map_mut("SITE_CONFIG").context("map SITE_CONFIG missing")?,
+                    self.ebpf
+                        .map_mut("SITE_CONFIG")
+                        .context("map SITE_CONFIG missing")?,
                 )?;
                 configs.set(cookie, cfg, 0).context("writing SITE_CONFIG")?;
 
@@ -102,7 +110,8 @@ impl Probes {
                     .with_context(|| format!("program {prog_name} missing"))?
                     .try_into()?;
                 if prog.fd().is_err() {
-                    prog.load().with_context(|| format!("loading program {prog_name}"))?;
+                    prog.load()
+                        .with_context(|| format!("loading program {prog_name}"))?;
                 }
                 let scope = match scope {
                     Scope::Pid(pid) => UProbeScope::OneProcess(pid),
@@ -138,8 +147,11 @@ impl Probes {
 
     /// Kernel counters of one process, summed over CPUs.
     pub fn counters(&self, tgid: u32) -> Result<ProcCounters> {
-        let map: PerCpuHashMap<_, u32, ProcCounters> =
-            PerCpuHashMap::try_from(self.ebpf.map("PROC_COUNTERS").context("map PROC_COUNTERS missing")?)?;
+        let map: PerCpuHashMap<_, u32, ProcCounters> = PerCpuHashMap::try_from(
+            self.ebpf
+                .map("PROC_COUNTERS")
+                .context("map PROC_COUNTERS missing")?,
+        )?;
         let mut sum = ProcCounters::default();
         match map.get(&tgid, 0) {
             Ok(per_cpu) => {

@@ -83,8 +83,37 @@ pub fn goroscope_bin() -> PathBuf {
         .and_then(Path::parent)
         .expect("target dir")
         .join("goroscope");
-    assert!(bin.exists(), "{} not built", bin.display());
+    let built = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| panic!("{} not built: run `cargo xtask test`", bin.display()));
+    let root = workspace_root();
+    for dir in [
+        "agent/src",
+        "agent/build.rs",
+        "ebpf/goroscope-ebpf/src",
+        "ebpf/goroscope-common/src",
+    ] {
+        if let Some(newer) = newest_mtime(&root.join(dir)).filter(|t| *t > built) {
+            panic!(
+                "{} is older than {dir} ({newer:?}): run `cargo build -p goroscope` \
+                 (`cargo xtask test` does)",
+                bin.display()
+            );
+        }
+    }
     bin
+}
+
+fn newest_mtime(path: &Path) -> Option<std::time::SystemTime> {
+    let meta = std::fs::metadata(path).ok()?;
+    if meta.is_file() {
+        return meta.modified().ok();
+    }
+    std::fs::read_dir(path)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| newest_mtime(&e.path()))
+        .max()
 }
 
 /// Source line (1-based) of the first line of `file` containing `needle`.
@@ -97,7 +126,10 @@ pub fn line_of(file: &Path, needle: &str) -> u32 {
 }
 
 pub fn fixture_source(name: &str) -> PathBuf {
-    workspace_root().join("tests/fixtures/go").join(name).join("main.go")
+    workspace_root()
+        .join("tests/fixtures/go")
+        .join(name)
+        .join("main.go")
 }
 
 fn is_root() -> bool {
@@ -114,7 +146,9 @@ pub fn bpf_allowed(test: &str) -> bool {
     if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
         panic!("{test}: BPF tests must run in CI but this process is not root");
     }
-    eprintln!("\n!!! SKIPPED {test}: not root, cannot load BPF programs (run as root to test) !!!\n");
+    eprintln!(
+        "\n!!! SKIPPED {test}: not root, cannot load BPF programs (run as root to test) !!!\n"
+    );
     false
 }
 

@@ -44,7 +44,10 @@ fn missing_file() {
 #[test]
 fn directory() {
     let p = std::env::temp_dir();
-    assert!(matches!(gobin::analyze(&p), Err(BinaryError::IsDirectory(_))));
+    assert!(matches!(
+        gobin::analyze(&p),
+        Err(BinaryError::IsDirectory(_))
+    ));
     cli_error(&p, "is a directory, not a Go binary");
 }
 
@@ -52,7 +55,10 @@ fn directory() {
 fn not_elf_and_empty() {
     for (name, data) in [("text", &b"#!/bin/sh\necho hi\n"[..]), ("empty", &b""[..])] {
         let p = tmp(name, data);
-        assert!(matches!(gobin::analyze(&p), Err(BinaryError::NotElf(_))), "{name}");
+        assert!(
+            matches!(gobin::analyze(&p), Err(BinaryError::NotElf(_))),
+            "{name}"
+        );
         cli_error(&p, "not an ELF file");
     }
 }
@@ -156,7 +162,9 @@ fn truncated_binaries_fail_cleanly() {
         cuts.push(data.len() - 1);
         for cut in cuts {
             let what = format!("go1.{minor} {variant} cut at {cut:#x}");
-            match catch_unwind(AssertUnwindSafe(|| gobin::analyze_bytes(Path::new(&what), &data[..cut]))) {
+            match catch_unwind(AssertUnwindSafe(|| {
+                gobin::analyze_bytes(Path::new(&what), &data[..cut])
+            })) {
                 Err(_) => panics.push(what),
                 Ok(r) => assert!(r.is_err(), "{what}: a truncated binary was accepted"),
             }
@@ -167,7 +175,11 @@ fn truncated_binaries_fail_cleanly() {
 
 #[test]
 fn flipped_bytes_never_panic() {
-    for (minor, variant, stride) in [(21, "stripped", 2039), (27, "stripped", 2039), (24, "default", 60_000)] {
+    for (minor, variant, stride) in [
+        (21, "stripped", 2039),
+        (27, "stripped", 2039),
+        (24, "default", 60_000),
+    ] {
         let data = churn(minor, variant);
         let mut panics = Vec::new();
         let offs = interesting_offsets(&data, stride);

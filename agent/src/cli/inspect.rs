@@ -31,8 +31,16 @@ pub fn render(a: &Analysis) -> String {
     let o = &a.offsets;
     let _ = writeln!(s, "binary:        {}", a.path.display());
     let _ = writeln!(s, "go version:    {}", a.go_version);
-    let _ = writeln!(s, "module:        {}", a.module.as_deref().unwrap_or("(none)"));
-    let _ = writeln!(s, "main package:  {}", a.main_path.as_deref().unwrap_or("(none)"));
+    let _ = writeln!(
+        s,
+        "module:        {}",
+        a.module.as_deref().unwrap_or("(none)")
+    );
+    let _ = writeln!(
+        s,
+        "main package:  {}",
+        a.main_path.as_deref().unwrap_or("(none)")
+    );
     let _ = writeln!(
         s,
         "stripped:      {} (symbols: {}, DWARF: {})",
@@ -41,7 +49,11 @@ pub fn render(a: &Analysis) -> String {
         yes(a.has_dwarf)
     );
     let _ = writeln!(s, "PIE:           {}", yes(a.pie));
-    let _ = writeln!(s, "functions:     {} (text starts at {:#x})", a.functions, a.text_start);
+    let _ = writeln!(
+        s,
+        "functions:     {} (text starts at {:#x})",
+        a.functions, a.text_start
+    );
     let _ = writeln!(s, "offsets from:  {}", a.offsets_source);
     let g = &o.g;
     let _ = writeln!(
@@ -58,7 +70,10 @@ pub fn render(a: &Analysis) -> String {
             );
         }
         None => {
-            let _ = writeln!(s, "cancelCtx:     (unknown: not in DWARF nor the built-in table)");
+            let _ = writeln!(
+                s,
+                "cancelCtx:     (unknown: not in DWARF nor the built-in table)"
+            );
         }
     }
     let addr = |v: Option<u64>| v.map_or("?".to_string(), |v| format!("{v:#x}"));
@@ -76,7 +91,9 @@ pub fn render(a: &Analysis) -> String {
             .iter()
             .map(|v| match &v.loc {
                 gobin::sites::Loc::Register { reg } => format!("{}={reg}", v.name),
-                gobin::sites::Loc::Memory { base, offset } => format!("{}=[{base}+{offset}]", v.name),
+                gobin::sites::Loc::Memory { base, offset } => {
+                    format!("{}=[{base}+{offset}]", v.name)
+                }
             })
             .collect();
         let _ = writeln!(
@@ -88,7 +105,11 @@ pub fn render(a: &Analysis) -> String {
             p.address,
             p.file_offset,
             p.instruction,
-            if p.emulated { "emulated" } else { "single-stepped" },
+            if p.emulated {
+                "emulated"
+            } else {
+                "single-stepped"
+            },
             values.join(" ")
         );
         let rets: Vec<String> = p.ret_offsets.iter().map(|r| format!("{r:#x}")).collect();

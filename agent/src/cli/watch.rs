@@ -20,13 +20,20 @@ pub fn run(pid: u32, interval: f64, duration: Option<f64>) -> Result<()> {
     let target = std::fs::read_link(&exe).with_context(|| format!("process {pid} not found"))?;
     let bin = gobin::analyze(&exe)?;
     let mut probes = Probes::load()?;
-    probes.attach(&bin, &[Hook::GoroutineCreate, Hook::GoroutineExit], Scope::Pid(nz))?;
+    probes.attach(
+        &bin,
+        &[Hook::GoroutineCreate, Hook::GoroutineExit],
+        Scope::Pid(nz),
+    )?;
     eprintln!(
         "goroscope: watching pid {pid} ({}, {}); Ctrl-C to stop",
         target.display(),
         bin.go_version
     );
-    println!("{:>8} {:>12} {:>12} {:>10}", "seconds", "created", "exited", "net");
+    println!(
+        "{:>8} {:>12} {:>12} {:>10}",
+        "seconds", "created", "exited", "net"
+    );
     let start = Instant::now();
     let mut last = probes.counters(pid)?;
     loop {

@@ -39,7 +39,11 @@ pub fn check_ident(data: &[u8]) -> Result<(), ElfCheck> {
     match data[5] {
         elf::ELFDATA2LSB => {}
         elf::ELFDATA2MSB => return Err(ElfCheck::Unsupported("big-endian ELF".into())),
-        d => return Err(ElfCheck::Unsupported(format!("unknown ELF data encoding {d}"))),
+        d => {
+            return Err(ElfCheck::Unsupported(format!(
+                "unknown ELF data encoding {d}"
+            )))
+        }
     }
     let machine = u16::from_le_bytes([data[18], data[19]]);
     if machine != elf::EM_X86_64 {
@@ -176,8 +180,7 @@ impl<'data> Elf<'data> {
     pub fn bytes_at(&self, vaddr: u64, len: usize) -> Option<&'data [u8]> {
         let e = self.file.endian();
         for sh in self.file.elf_section_table().iter() {
-            if sh.sh_type(e) == elf::SHT_NOBITS || sh.sh_flags(e) & u64::from(elf::SHF_ALLOC) == 0
-            {
+            if sh.sh_type(e) == elf::SHT_NOBITS || sh.sh_flags(e) & u64::from(elf::SHF_ALLOC) == 0 {
                 continue;
             }
             let start = sh.sh_addr(e);

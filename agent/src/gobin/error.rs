@@ -13,7 +13,9 @@ pub enum BinaryError {
     IsDirectory(PathBuf),
     #[error("{0}: not an ELF file")]
     NotElf(PathBuf),
-    #[error("{path}: unsupported ELF: {what} (goroscope supports 64-bit little-endian x86-64 ELF)")]
+    #[error(
+        "{path}: unsupported ELF: {what} (goroscope supports 64-bit little-endian x86-64 ELF)"
+    )]
     UnsupportedElf { path: PathBuf, what: String },
     #[error("{0}: ELF file is not a Go program (no .go.buildinfo and no .gopclntab)")]
     NotGo(PathBuf),

@@ -47,11 +47,9 @@ pub struct Pclntab {
     data: Vec<u8>,
     quantum: u64,
     pub text_start: u64,
-    funcnametab: usize,
     cutab: usize,
     filetab: usize,
     pctab: usize,
-    functab: usize,
     /// All functions, sorted by entry.
     pub funcs: Vec<Func>,
     by_name: HashMap<String, Vec<usize>>,
@@ -100,11 +98,9 @@ impl Pclntab {
             data: data.to_vec(),
             quantum,
             text_start,
-            funcnametab,
             cutab,
             filetab,
             pctab,
-            functab,
             funcs: Vec::with_capacity(nfunc),
             by_name: HashMap::new(),
         };
@@ -127,9 +123,14 @@ impl Pclntab {
             let entry = text_start.wrapping_add(u64::from(entry_off));
             let end = text_start.wrapping_add(u64::from(next_off));
             if end < entry {
-                return Err(Malformed::new(format!("function {name} ends before it starts")));
+                return Err(Malformed::new(format!(
+                    "function {name} ends before it starts"
+                )));
             }
-            t.by_name.entry(name.clone()).or_default().push(t.funcs.len());
+            t.by_name
+                .entry(name.clone())
+                .or_default()
+                .push(t.funcs.len());
             t.funcs.push(Func {
                 name,
                 entry,
@@ -170,7 +171,10 @@ impl Pclntab {
         let line = self.pcvalue(pcln, f.entry, pc).ok()??;
         let fileno = u32::try_from(fileno).ok()?;
         let idx = (cu_off as usize).checked_add(fileno as usize)?;
-        let file_off = self.data.u32_at(self.cutab.checked_add(idx.checked_mul(4)?)?).ok()?;
+        let file_off = self
+            .data
+            .u32_at(self.cutab.checked_add(idx.checked_mul(4)?)?)
+            .ok()?;
         let file = self
             .data
             .cstr_at(self.filetab.checked_add(file_off as usize)?)

@@ -144,7 +144,9 @@ fn real_function<'a>(elf: &Elf<'_>, pcln: &'a Pclntab, name: &str) -> Option<&'a
             for i in &body.insns {
                 if i.is_call_near() {
                     let t = i.near_branch_target();
-                    if let Some(real) = candidates.iter().find(|o| o.entry == t && o.entry != c.entry)
+                    if let Some(real) = candidates
+                        .iter()
+                        .find(|o| o.entry == t && o.entry != c.entry)
                     {
                         return Some(real);
                     }
@@ -177,7 +179,10 @@ fn writes(info: &mut InstructionInfoFactory, i: &Instruction, r: Register) -> bo
         u.register().full_register() == r.full_register()
             && matches!(
                 u.access(),
-                OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite
+                OpAccess::Write
+                    | OpAccess::CondWrite
+                    | OpAccess::ReadWrite
+                    | OpAccess::ReadCondWrite
             )
     })
 }
@@ -282,9 +287,10 @@ impl Selector<'_, '_> {
         mut fallback: Option<String>,
     ) -> bool {
         let Some(func) = real_function(self.elf, self.pcln, func_name) else {
-            self.out
-                .missing
-                .push(format!("{}: {func_name} not found in the binary", hook.name()));
+            self.out.missing.push(format!(
+                "{}: {func_name} not found in the binary",
+                hook.name()
+            ));
             return false;
         };
         let Some(body) = decode(self.elf, func) else {
@@ -298,7 +304,15 @@ impl Selector<'_, '_> {
         let head = &body.insns[..body.insns.len().min(16)];
         for (idx, i) in head.iter().enumerate() {
             if idx > 0 && i.code() == Code::Push_r64 && i.op0_register() == Register::RBP {
-                return self.push(hook, &body, i, SiteKind::PushRbp, base_reg, values, fallback);
+                return self.push(
+                    hook,
+                    &body,
+                    i,
+                    SiteKind::PushRbp,
+                    base_reg,
+                    values,
+                    fallback,
+                );
             }
             if writes(&mut info, i, arg) {
                 break;
@@ -315,7 +329,15 @@ impl Selector<'_, '_> {
             if let Some(i) = head.get(pos + 1) {
                 if !head[..=pos].iter().any(|p| writes(&mut info, p, arg)) {
                     let i = *i;
-                    return self.push(hook, &body, &i, SiteKind::AfterStackCheck, base_reg, values, fallback);
+                    return self.push(
+                        hook,
+                        &body,
+                        &i,
+                        SiteKind::AfterStackCheck,
+                        base_reg,
+                        values,
+                        fallback,
+                    );
                 }
             }
         }
@@ -350,13 +372,22 @@ impl Selector<'_, '_> {
             .copied()
             .collect();
         if rets.is_empty() {
-            self.out
-                .missing
-                .push(format!("goroutine-create: {reason}, and runtime.newproc1 has no RET"));
+            self.out.missing.push(format!(
+                "goroutine-create: {reason}, and runtime.newproc1 has no RET"
+            ));
         }
         for r in rets {
-            let why = format!("{reason}; using RET of runtime.newproc1 (RAX = new g), single-stepped");
-            self.push(Hook::GoroutineCreate, &body, &r, SiteKind::Ret, reg::RAX, values.clone(), Some(why));
+            let why =
+                format!("{reason}; using RET of runtime.newproc1 (RAX = new g), single-stepped");
+            self.push(
+                Hook::GoroutineCreate,
+                &body,
+                &r,
+                SiteKind::Ret,
+                reg::RAX,
+                values.clone(),
+                Some(why),
+            );
         }
     }
 
@@ -374,9 +405,25 @@ impl Selector<'_, '_> {
         let call = body.insns[pos];
         if pos > 0 && body.insns[pos - 1].mnemonic() == Mnemonic::Nop {
             let nop = body.insns[pos - 1];
-            self.push(Hook::GoroutineCreate, &body, &nop, SiteKind::NopBeforeRunqput, reg::RBX, values, None);
+            self.push(
+                Hook::GoroutineCreate,
+                &body,
+                &nop,
+                SiteKind::NopBeforeRunqput,
+                reg::RBX,
+                values,
+                None,
+            );
         } else {
-            self.push(Hook::GoroutineCreate, &body, &call, SiteKind::CallRunqput, reg::RBX, values, None);
+            self.push(
+                Hook::GoroutineCreate,
+                &body,
+                &call,
+                SiteKind::CallRunqput,
+                reg::RBX,
+                values,
+                None,
+            );
         }
         Ok(())
     }
@@ -385,11 +432,25 @@ impl Selector<'_, '_> {
         let values = self.g_values(reg::RAX);
         let has_gdestroy = self.pcln.by_name("runtime.gdestroy").next().is_some();
         if version.line() >= (1, 22) && has_gdestroy {
-            self.after_prologue(Hook::GoroutineExit, "runtime.gdestroy", Register::RAX, reg::RAX, values, None);
+            self.after_prologue(
+                Hook::GoroutineExit,
+                "runtime.gdestroy",
+                Register::RAX,
+                reg::RAX,
+                values,
+                None,
+            );
         } else {
             let fallback = (version.line() >= (1, 22))
                 .then(|| "runtime.gdestroy not found; using runtime.goexit0".to_string());
-            self.after_prologue(Hook::GoroutineExit, "runtime.goexit0", Register::RAX, reg::RAX, values, fallback);
+            self.after_prologue(
+                Hook::GoroutineExit,
+                "runtime.goexit0",
+                Register::RAX,
+                reg::RAX,
+                values,
+                fallback,
+            );
         }
     }
 

@@ -4,7 +4,11 @@
 use std::fmt;
 
 /// Oldest Go release goroscope supports.
-pub const MIN_SUPPORTED: GoVersion = GoVersion { major: 1, minor: 21, patch: 0 };
+pub const MIN_SUPPORTED: GoVersion = GoVersion {
+    major: 1,
+    minor: 21,
+    patch: 0,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct GoVersion {
@@ -27,7 +31,11 @@ impl GoVersion {
         let major = parts.next()?.parse().ok()?;
         let minor = parts.next()?.parse().ok()?;
         let patch = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-        Some(GoVersion { major, minor, patch })
+        Some(GoVersion {
+            major,
+            minor,
+            patch,
+        })
     }
 
     /// `1.21`: the release line whose runtime layout this version shares.
