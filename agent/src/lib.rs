@@ -5,4 +5,6 @@
 
 pub mod cli;
 pub mod gobin;
+pub mod inventory;
 pub mod probe;
+pub mod process;

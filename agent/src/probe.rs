@@ -1,17 +1,22 @@
-//! Loading the kernel programs and attaching them at the sites chosen by [`crate::gobin`].
+//! Loading the kernel programs, attaching them at the sites chosen by [`crate::gobin`],
+//! and reading the kernel's maps.
 //!
 //! One BPF object serves every traced binary: each attached uprobe carries a cookie that
-//! indexes its [`SiteConfig`] (which register holds the `*g`, field offsets for that Go
-//! version) in the `SITE_CONFIG` array.
+//! indexes its [`SiteConfig`] (field offsets for that Go version) in the `SITE_CONFIG`
+//! array. Dropping [`Probes`] detaches everything.
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use aya::maps::{Array, PerCpuHashMap};
-use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope};
+use aya::maps::{Array, HashMap as BpfHashMap, PerCpuHashMap};
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope};
 use aya::programs::UProbe;
-use aya::Ebpf;
-use goroscope_common::{ProcCounters, SiteConfig, MAX_SITE_CONFIGS};
+use aya::{Ebpf, EbpfLoader};
+use goroscope_common::{
+    GoroutineInfo, GoroutineKey, ProcCounters, SiteConfig, SiteKey, SiteStats, MAX_SITE_CONFIGS,
+};
 
 use crate::gobin::{Analysis, Hook, ProbeSite};
 
@@ -27,9 +32,20 @@ pub enum Scope {
     AllProcesses,
 }
 
+/// What to attach at a site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Program {
+    /// goroscope's programs.
+    Goroscope,
+    /// An empty program (benchmark floor).
+    Noop,
+}
+
 pub struct Probes {
     ebpf: Ebpf,
+    max_live: u32,
     next_cookie: u32,
+    links: Vec<(&'static str, UProbeLinkId)>,
 }
 
 /// The kernel program for a hook whose `*g` is in register `base_reg`.
@@ -43,29 +59,43 @@ fn program_name(hook: Hook, base_reg: u8) -> Option<&'static str> {
     }
 }
 
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
 impl Probes {
-    /// Loads the BPF object into the kernel (maps created, programs not yet attached).
-    pub fn load() -> Result<Probes> {
-        let ebpf = Ebpf::load(BPF_OBJECT).map_err(|e| {
-            let hint = if unsafe_is_root() {
-                ""
-            } else {
-                " (loading BPF programs needs root, or CAP_BPF and CAP_PERFMON)"
-            };
-            anyhow::anyhow!("loading the BPF programs failed: {e}{hint}")
-        })?;
+    /// Loads the BPF object (maps created, nothing attached). `max_live` bounds the
+    /// live-goroutine map.
+    pub fn load(max_live: u32) -> Result<Probes> {
+        let ebpf = EbpfLoader::new()
+            .map_max_entries("LIVE", max_live)
+            .load(BPF_OBJECT)
+            .map_err(|e| {
+                let hint = if is_root() {
+                    ""
+                } else {
+                    " (loading BPF programs needs root, or CAP_BPF and CAP_PERFMON)"
+                };
+                anyhow::anyhow!("loading the BPF programs failed: {e}{hint}")
+            })?;
         Ok(Probes {
             ebpf,
+            max_live,
             next_cookie: 0,
+            links: Vec::new(),
         })
     }
 
-    /// Attaches the programs for `hooks` at the binary's chosen sites.
+    /// Attaches `program` for `hooks` at the binary's chosen sites. `path` is the file to
+    /// attach to (e.g. `/proc/PID/exe`).
     pub fn attach(
         &mut self,
         bin: &Analysis,
+        path: &Path,
         hooks: &[Hook],
         scope: Scope,
+        program: Program,
     ) -> Result<Vec<ProbeSite>> {
         let mut attached = Vec::new();
         for &hook in hooks {
@@ -80,78 +110,110 @@ impl Probes {
                 );
             }
             for site in sites {
-                let Some(prog_name) = program_name(hook, site.base_reg) else {
-                    bail!(
-                        "no kernel program for {} with the g in register #{}",
-                        hook.name(),
-                        site.base_reg
-                    );
-                };
-                let cookie = self.next_cookie;
-                if cookie >= MAX_SITE_CONFIGS {
-                    bail!("too many probe sites (limit {MAX_SITE_CONFIGS})");
-                }
-                let cfg = SiteConfig {
-                    goid_off: bin.offsets.g.goid,
-                    parent_goid_off: bin.offsets.g.parent_goid,
-                    gopc_off: bin.offsets.g.gopc,
-                    startpc_off: bin.offsets.g.startpc,
-                };
-                let mut configs: Array<_, SiteConfig> = Array::try_from(
-                    self.ebpf
-                        .map_mut("SITE_CONFIG")
-                        .context("map SITE_CONFIG missing")?,
-                )?;
-                configs.set(cookie, cfg, 0).context("writing SITE_CONFIG")?;
-
-                let prog: &mut UProbe = self
-                    .ebpf
-                    .program_mut(prog_name)
-                    .with_context(|| format!("program {prog_name} missing"))?
-                    .try_into()?;
-                if prog.fd().is_err() {
-                    prog.load()
-                        .with_context(|| format!("loading program {prog_name}"))?;
-                }
-                let scope = match scope {
-                    Scope::Pid(pid) => UProbeScope::OneProcess(pid),
-                    Scope::AllProcesses => UProbeScope::AllProcesses,
-                };
-                let point = UProbeAttachPoint {
-                    location: UProbeAttachLocation::AbsoluteOffset(site.file_offset),
-                    cookie: Some(u64::from(cookie)),
-                };
-                prog.attach(point, &bin.path, scope).with_context(|| {
-                    format!(
-                        "attaching {} probe at {}+{:#x} (file offset {:#x}) in {}",
-                        hook.name(),
-                        site.function,
-                        site.offset,
-                        site.file_offset,
-                        bin.path.display()
-                    )
-                })?;
-                self.next_cookie += 1;
-                tracing::info!(
-                    hook = hook.name(),
-                    site = %format!("{}+{:#x}", site.function, site.offset),
-                    instruction = %site.instruction,
-                    emulated = site.emulated,
-                    "probe attached"
-                );
+                self.attach_at(bin, path, site, site.file_offset, scope, program)?;
                 attached.push(site.clone());
             }
         }
         Ok(attached)
     }
 
+    /// Attaches at an explicit file offset (the site's own, or e.g. the function entry
+    /// for the benchmark's "usual way").
+    pub fn attach_at(
+        &mut self,
+        bin: &Analysis,
+        path: &Path,
+        site: &ProbeSite,
+        file_offset: u64,
+        scope: Scope,
+        program: Program,
+    ) -> Result<()> {
+        let prog_name = match program {
+            Program::Noop => "noop",
+            Program::Goroscope => program_name(site.hook, site.base_reg).with_context(|| {
+                format!(
+                    "no kernel program for {} with the g in register #{}",
+                    site.hook.name(),
+                    site.base_reg
+                )
+            })?,
+        };
+        let cookie = self.next_cookie;
+        if cookie >= MAX_SITE_CONFIGS {
+            bail!("too many probe sites (limit {MAX_SITE_CONFIGS})");
+        }
+        let cfg = SiteConfig {
+            goid_off: bin.offsets.g.goid,
+            parent_goid_off: bin.offsets.g.parent_goid,
+            gopc_off: bin.offsets.g.gopc,
+            startpc_off: bin.offsets.g.startpc,
+        };
+        let mut configs: Array<_, SiteConfig> = Array::try_from(
+            self.ebpf
+                .map_mut("SITE_CONFIG")
+                .context("map SITE_CONFIG missing")?,
+        )?;
+        configs.set(cookie, cfg, 0).context("writing SITE_CONFIG")?;
+
+        let prog: &mut UProbe = self
+            .ebpf
+            .program_mut(prog_name)
+            .with_context(|| format!("program {prog_name} missing"))?
+            .try_into()?;
+        if prog.fd().is_err() {
+            prog.load()
+                .with_context(|| format!("loading program {prog_name}"))?;
+        }
+        let uscope = match scope {
+            Scope::Pid(pid) => UProbeScope::OneProcess(pid),
+            Scope::AllProcesses => UProbeScope::AllProcesses,
+        };
+        let point = UProbeAttachPoint {
+            location: UProbeAttachLocation::AbsoluteOffset(file_offset),
+            cookie: Some(u64::from(cookie)),
+        };
+        let link = prog.attach(point, path, uscope).with_context(|| {
+            format!(
+                "attaching {} probe at {}+{:#x} (file offset {file_offset:#x}) in {}",
+                site.hook.name(),
+                site.function,
+                site.offset,
+                path.display()
+            )
+        })?;
+        self.links.push((prog_name, link));
+        self.next_cookie += 1;
+        tracing::info!(
+            hook = site.hook.name(),
+            site = %format!("{}+{:#x}", site.function, site.offset),
+            instruction = %site.instruction,
+            emulated = site.emulated,
+            "probe attached"
+        );
+        Ok(())
+    }
+
+    /// Detaches every probe (also done on drop).
+    pub fn detach_all(&mut self) {
+        for (name, link) in self.links.drain(..) {
+            if let Some(p) = self.ebpf.program_mut(name) {
+                if let Ok(p) = <&mut UProbe>::try_from(p) {
+                    let _ = p.detach(link);
+                }
+            }
+        }
+    }
+
+    fn map(&self, name: &str) -> Result<&aya::maps::Map> {
+        self.ebpf
+            .map(name)
+            .with_context(|| format!("map {name} missing"))
+    }
+
     /// Kernel counters of one process, summed over CPUs.
     pub fn counters(&self, tgid: u32) -> Result<ProcCounters> {
-        let map: PerCpuHashMap<_, u32, ProcCounters> = PerCpuHashMap::try_from(
-            self.ebpf
-                .map("PROC_COUNTERS")
-                .context("map PROC_COUNTERS missing")?,
-        )?;
+        let map: PerCpuHashMap<_, u32, ProcCounters> =
+            PerCpuHashMap::try_from(self.map("PROC_COUNTERS")?)?;
         let mut sum = ProcCounters::default();
         match map.get(&tgid, 0) {
             Ok(per_cpu) => {
@@ -159,6 +221,8 @@ impl Probes {
                     sum.created += c.created;
                     sum.exited += c.exited;
                     sum.read_errors += c.read_errors;
+                    sum.live_map_full += c.live_map_full;
+                    sum.site_map_full += c.site_map_full;
                 }
             }
             Err(aya::maps::MapError::KeyNotFound) => {}
@@ -166,9 +230,72 @@ impl Probes {
         }
         Ok(sum)
     }
+
+    /// Goroutines created while attached and not exited yet, by process and goid.
+    pub fn live(&self) -> Result<HashMap<u32, HashMap<u64, GoroutineInfo>>> {
+        let map: BpfHashMap<_, GoroutineKey, GoroutineInfo> =
+            BpfHashMap::try_from(self.map("LIVE")?)?;
+        let mut out: HashMap<u32, HashMap<u64, GoroutineInfo>> = HashMap::new();
+        for entry in map.iter() {
+            // An entry deleted while iterating is skipped, not an error worth stopping for.
+            let Ok((k, v)) = entry else { continue };
+            out.entry(k.tgid).or_default().insert(k.goid, v);
+        }
+        Ok(out)
+    }
+
+    /// Per creation-site statistics, by process and gopc (runtime address).
+    pub fn sites(&self) -> Result<HashMap<u32, HashMap<u64, SiteStats>>> {
+        let map: BpfHashMap<_, SiteKey, SiteStats> = BpfHashMap::try_from(self.map("SITES")?)?;
+        let mut out: HashMap<u32, HashMap<u64, SiteStats>> = HashMap::new();
+        for entry in map.iter() {
+            let Ok((k, v)) = entry else { continue };
+            out.entry(k.tgid).or_default().insert(k.gopc, v);
+        }
+        Ok(out)
+    }
+
+    /// Removes everything the kernel holds about a process that has exited.
+    pub fn purge(&mut self, tgid: u32) -> Result<()> {
+        let mut live: BpfHashMap<_, GoroutineKey, GoroutineInfo> =
+            BpfHashMap::try_from(self.ebpf.map_mut("LIVE").context("map LIVE missing")?)?;
+        let keys: Vec<GoroutineKey> = live
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.tgid == tgid)
+            .collect();
+        for k in keys {
+            let _ = live.remove(&k);
+        }
+        let mut sites: BpfHashMap<_, SiteKey, SiteStats> =
+            BpfHashMap::try_from(self.ebpf.map_mut("SITES").context("map SITES missing")?)?;
+        let keys: Vec<SiteKey> = sites
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.tgid == tgid)
+            .collect();
+        for k in keys {
+            let _ = sites.remove(&k);
+        }
+        let mut procs: PerCpuHashMap<_, u32, ProcCounters> = PerCpuHashMap::try_from(
+            self.ebpf
+                .map_mut("PROC_COUNTERS")
+                .context("map PROC_COUNTERS missing")?,
+        )?;
+        let _ = procs.remove(&tgid);
+        Ok(())
+    }
+
+    /// Fill ratio of the live-goroutine map (0..1), counting entries.
+    pub fn live_fill(&self) -> Result<f64> {
+        let map: BpfHashMap<_, GoroutineKey, GoroutineInfo> =
+            BpfHashMap::try_from(self.map("LIVE")?)?;
+        Ok(map.keys().count() as f64 / f64::from(self.max_live.max(1)))
+    }
 }
 
-fn unsafe_is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+impl Drop for Probes {
+    fn drop(&mut self) {
+        self.detach_all();
+    }
 }

@@ -5,7 +5,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use goroscope::gobin::{self, Hook};
-use goroscope::probe::{Probes, Scope};
+use goroscope::probe::{Probes, Program, Scope};
 use integration_tests::{bpf_allowed, fixture, wait_for, Churn};
 
 const N: u64 = 5000;
@@ -17,13 +17,15 @@ fn smoke(minor: u32, variant: &str) {
     // A second process of the same binary, not traced: its goroutines must not count.
     let mut other = Churn::start(&f.path);
 
-    let mut probes = Probes::load().expect("load BPF");
+    let mut probes = Probes::load(goroscope_common::DEFAULT_MAX_LIVE).expect("load BPF");
     let pid = NonZeroU32::new(target.pid).unwrap();
     let sites = probes
         .attach(
             &bin,
+            &f.path,
             &[Hook::GoroutineCreate, Hook::GoroutineExit],
             Scope::Pid(pid),
+            Program::Goroscope,
         )
         .expect("attach");
     assert_eq!(sites.len(), 2);

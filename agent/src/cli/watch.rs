@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::gobin::{self, Hook};
-use crate::probe::{Probes, Scope};
+use crate::probe::{Probes, Program, Scope};
 
 pub fn run(pid: u32, interval: f64, duration: Option<f64>) -> Result<()> {
     let Some(nz) = NonZeroU32::new(pid) else {
@@ -19,11 +19,13 @@ pub fn run(pid: u32, interval: f64, duration: Option<f64>) -> Result<()> {
     let exe = PathBuf::from(format!("/proc/{pid}/exe"));
     let target = std::fs::read_link(&exe).with_context(|| format!("process {pid} not found"))?;
     let bin = gobin::analyze(&exe)?;
-    let mut probes = Probes::load()?;
+    let mut probes = Probes::load(goroscope_common::DEFAULT_MAX_LIVE)?;
     probes.attach(
         &bin,
+        &exe,
         &[Hook::GoroutineCreate, Hook::GoroutineExit],
         Scope::Pid(nz),
+        Program::Goroscope,
     )?;
     eprintln!(
         "goroscope: watching pid {pid} ({}, {}); Ctrl-C to stop",

@@ -153,12 +153,17 @@ impl<'data> Elf<'data> {
         }
     }
 
-    /// Address of a symbol in `.symtab` (unstripped binaries only).
-    pub fn symbol_address(&self, name: &str) -> Option<u64> {
+    /// Address and size of a symbol in `.symtab` (unstripped binaries only).
+    pub fn symbol(&self, name: &str) -> Option<(u64, u64)> {
         self.file
             .symbols()
             .find(|s| s.name() == Ok(name))
-            .map(|s| s.address())
+            .map(|s| (s.address(), s.size()))
+    }
+
+    /// Address of a symbol in `.symtab` (unstripped binaries only).
+    pub fn symbol_address(&self, name: &str) -> Option<u64> {
+        self.symbol(name).map(|(a, _)| a)
     }
 
     /// Translates a link-time virtual address to an offset in the file (what uprobes

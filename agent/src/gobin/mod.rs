@@ -9,6 +9,7 @@ pub mod error;
 pub mod offsets;
 mod offsets_table;
 pub mod pclntab;
+pub mod runtime_vars;
 pub mod sites;
 pub mod version;
 
@@ -24,16 +25,7 @@ pub use version::GoVersion;
 
 use error::Malformed;
 
-/// Addresses of runtime variables read from outside the process.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct RuntimeVars {
-    /// `runtime.allgs` (a `[]*g`), link-time address.
-    pub allgs: Option<u64>,
-    /// `runtime.allglen` (a `uintptr`), link-time address.
-    pub allglen: Option<u64>,
-    /// Where they were found: `dwarf`, `symtab`, or `none`.
-    pub source: &'static str,
-}
+pub use runtime_vars::RuntimeVars;
 
 /// Everything goroscope knows about one Go binary.
 #[derive(Serialize)]
@@ -55,6 +47,8 @@ pub struct Analysis {
     pub offsets: RuntimeOffsets,
     pub offsets_source: OffsetsSource,
     pub runtime_vars: RuntimeVars,
+    /// Names of `g.waitreason` values, from the binary's `runtime.waitReasonStrings`.
+    pub wait_reasons: Vec<String>,
     pub probe_sites: Vec<ProbeSite>,
     /// Hooks that could not be placed, with the reason.
     pub missing_sites: Vec<String>,
@@ -145,7 +139,8 @@ pub fn analyze_bytes(path: &Path, data: &[u8]) -> Result<Analysis, BinaryError> 
     let facts = dwarf::read(&elf).map_err(corrupt)?;
     let (offsets, offsets_source) = choose_offsets(path, version, facts.as_ref())?;
 
-    let runtime_vars = runtime_vars(&elf, facts.as_ref());
+    let runtime_vars = runtime_vars(&elf, &pclntab, facts.as_ref());
+    let wait_reasons = runtime_vars::wait_reasons(&elf);
     let sites = sites::select(&elf, &pclntab, version, offsets);
 
     Ok(Analysis {
@@ -163,6 +158,7 @@ pub fn analyze_bytes(path: &Path, data: &[u8]) -> Result<Analysis, BinaryError> 
         offsets,
         offsets_source,
         runtime_vars,
+        wait_reasons,
         probe_sites: sites.sites,
         missing_sites: sites.missing,
         pclntab,
@@ -207,7 +203,11 @@ fn choose_offsets(
     }
 }
 
-fn runtime_vars(elf: &elf::Elf<'_>, facts: Option<&dwarf::DwarfFacts>) -> RuntimeVars {
+fn runtime_vars(
+    elf: &elf::Elf<'_>,
+    pclntab: &Pclntab,
+    facts: Option<&dwarf::DwarfFacts>,
+) -> RuntimeVars {
     if let Some(f) = facts {
         let allgs = f.variables.get("runtime.allgs").copied();
         let allglen = f.variables.get("runtime.allglen").copied();
@@ -219,15 +219,26 @@ fn runtime_vars(elf: &elf::Elf<'_>, facts: Option<&dwarf::DwarfFacts>) -> Runtim
             };
         }
     }
-    let allgs = elf.symbol_address("runtime.allgs");
-    let allglen = elf.symbol_address("runtime.allglen");
-    RuntimeVars {
-        source: if allgs.is_some() && allglen.is_some() {
-            "symtab"
-        } else {
-            "none"
+    if let (Some(allgs), Some(allglen)) = (
+        elf.symbol_address("runtime.allgs"),
+        elf.symbol_address("runtime.allglen"),
+    ) {
+        return RuntimeVars {
+            allgs: Some(allgs),
+            allglen: Some(allglen),
+            source: "symtab",
+        };
+    }
+    match runtime_vars::from_code(elf, pclntab) {
+        Some((allgs, allglen)) => RuntimeVars {
+            allgs: Some(allgs),
+            allglen: Some(allglen),
+            source: "code",
         },
-        allgs,
-        allglen,
+        None => RuntimeVars {
+            allgs: None,
+            allglen: None,
+            source: "none",
+        },
     }
 }

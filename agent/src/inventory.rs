@@ -1,0 +1,125 @@
+//! Attach-time inventory: every goroutine of a process, read from `runtime.allgs` from
+//! outside (`process_vm_readv`), with no cooperation from the program. Also gives the
+//! current state (running, runnable, waiting on what) of every live goroutine.
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::gobin::Analysis;
+use crate::process::ProcMem;
+
+/// Upper bound on goroutines read, so a corrupted `allglen` cannot exhaust memory.
+const MAX_GOROUTINES: u64 = 1 << 22;
+/// `_Gscan` bit of `atomicstatus`.
+const G_SCAN: u32 = 0x1000;
+
+/// One goroutine as read from the process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct G {
+    pub goid: u64,
+    /// `atomicstatus` without the scan bit.
+    pub status: u32,
+    pub wait_reason: u8,
+    /// `waitsince` (nanotime when it blocked; approximate, 0 if unknown).
+    pub wait_since: i64,
+    /// Return pc of the `go` statement (runtime address).
+    pub gopc: u64,
+    /// Entry of the goroutine's function (runtime address).
+    pub startpc: u64,
+    pub parent_goid: u64,
+}
+
+pub const STATUS_IDLE: u32 = 0;
+pub const STATUS_WAITING: u32 = 4;
+pub const STATUS_DEAD: u32 = 6;
+
+/// Human name of a goroutine's state: the wait reason when waiting.
+pub fn state_name(g: &G, wait_reasons: &[String]) -> String {
+    match g.status {
+        0 => "idle".into(),
+        1 => "runnable".into(),
+        2 => "running".into(),
+        3 => "syscall".into(),
+        STATUS_WAITING => match wait_reasons.get(g.wait_reason as usize) {
+            Some(r) if !r.is_empty() => r.clone(),
+            _ => format!("waiting (reason {})", g.wait_reason),
+        },
+        STATUS_DEAD => "dead".into(),
+        8 => "copystack".into(),
+        9 => "preempted".into(),
+        10 => "leaked".into(),
+        s => format!("status {s}"),
+    }
+}
+
+/// Reads every live goroutine (not idle, not dead) of the process. `bias` is the load
+/// bias (PIE); addresses in the result are runtime addresses.
+pub fn read(mem: &ProcMem, a: &Analysis, bias: u64) -> Result<Vec<G>> {
+    let (Some(allgs), Some(allglen)) = (a.runtime_vars.allgs, a.runtime_vars.allglen) else {
+        bail!("runtime.allgs not found in the binary: goroutines that existed before attach are not visible");
+    };
+    let mut hdr = [0u8; 16];
+    mem.read(allgs.wrapping_add(bias), &mut hdr)
+        .context("reading runtime.allgs")?;
+    let ptr = u64::from_le_bytes(hdr[..8].try_into().expect("8 bytes"));
+    let len = u64::from_le_bytes(hdr[8..].try_into().expect("8 bytes"));
+    let glen = mem
+        .read_u64(allglen.wrapping_add(bias))
+        .context("reading runtime.allglen")?;
+    let n = len.min(glen);
+    if n > MAX_GOROUTINES {
+        bail!("runtime.allglen is {n}: not a plausible goroutine count");
+    }
+    let mut ptrs = vec![0u8; n as usize * 8];
+    if n > 0 {
+        mem.read(ptr, &mut ptrs)
+            .context("reading the allgs array")?;
+    }
+    let o = &a.offsets.g;
+    let size = [
+        o.atomicstatus,
+        o.goid,
+        o.waitsince,
+        o.waitreason,
+        o.parent_goid,
+        o.gopc,
+        o.startpc,
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(0) as usize
+        + 8;
+    let gptrs: Vec<u64> = ptrs
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .filter(|&p| p != 0)
+        .collect();
+    let mut blocks = vec![vec![0u8; size]; gptrs.len()];
+    let mut reads: Vec<(u64, &mut [u8])> = gptrs
+        .iter()
+        .zip(blocks.iter_mut())
+        .map(|(p, b)| (*p, b.as_mut_slice()))
+        .collect();
+    mem.read_many(&mut reads).context("reading goroutines")?;
+    let u64_at = |b: &[u8], off: u32| {
+        let off = off as usize;
+        u64::from_le_bytes(b[off..off + 8].try_into().expect("in bounds"))
+    };
+    let mut out = Vec::with_capacity(blocks.len());
+    for b in &blocks {
+        let status = (u64_at(b, o.atomicstatus) as u32) & !G_SCAN;
+        if status == STATUS_IDLE || status == STATUS_DEAD {
+            continue;
+        }
+        out.push(G {
+            goid: u64_at(b, o.goid),
+            status,
+            wait_reason: b[o.waitreason as usize],
+            wait_since: u64_at(b, o.waitsince) as i64,
+            gopc: u64_at(b, o.gopc),
+            startpc: u64_at(b, o.startpc),
+            parent_goid: u64_at(b, o.parent_goid),
+        });
+    }
+    Ok(out)
+}
