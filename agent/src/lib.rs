@@ -8,3 +8,5 @@ pub mod gobin;
 pub mod inventory;
 pub mod probe;
 pub mod process;
+pub mod session;
+pub mod tracker;

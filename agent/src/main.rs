@@ -14,6 +14,14 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::InspectBinary { path, json } => cli::inspect::run(&path, json),
+        Command::Top {
+            target,
+            interval,
+            iterations,
+            all,
+        } => cli::check_interval("interval", interval)
+            .and_then(|i| cli::top::run(target.target(), i, iterations, all)),
+        Command::Snapshot { pid, json } => cli::snapshot::run(pid, json),
         Command::Watch {
             pid,
             interval,

@@ -1,11 +1,16 @@
 //! The `goroscope` command line.
 
 pub mod inspect;
+pub mod render;
+pub mod snapshot;
+pub mod top;
 pub mod watch;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+
+use crate::session::Target;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -13,7 +18,8 @@ use clap::{Parser, Subcommand};
     version,
     about = "Watch goroutines inside live Go programs with eBPF",
     long_about = "goroscope attaches uprobes to the Go runtime of running programs, without \
-                  restarting or rebuilding them, to see goroutines being created and exiting."
+                  restarting or rebuilding them, to see which goroutines are alive, where \
+                  they were created, and for how long."
 )]
 pub struct Cli {
     /// Log level filter (e.g. info, debug, goroscope=trace); also RUST_LOG.
@@ -21,6 +27,28 @@ pub struct Cli {
     pub log: String,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Which processes to trace.
+#[derive(Args, Debug, Clone)]
+#[group(required = true, multiple = false)]
+pub struct TargetArgs {
+    /// Trace this process.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Trace every process running this Go executable, present and future.
+    #[arg(long)]
+    pub exe: Option<PathBuf>,
+}
+
+impl TargetArgs {
+    pub fn target(&self) -> Target {
+        match (&self.pid, &self.exe) {
+            (Some(p), _) => Target::Pid(*p),
+            (None, Some(e)) => Target::Exe(e.clone()),
+            (None, None) => unreachable!("clap requires one of --pid/--exe"),
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -34,8 +62,34 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Live view of a Go program's goroutines by creation site: live count, growth per
+    /// minute, oldest age, dominant wait reason. `q` quits (needs root).
+    Top {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 2.0)]
+        interval: f64,
+        /// Stop after this many refreshes (default: until `q`, Ctrl-C or the target exits).
+        #[arg(long)]
+        iterations: Option<u64>,
+        /// Also show goroutines created by the Go runtime itself.
+        #[arg(long)]
+        all: bool,
+    },
+    /// One-shot dump of a process's goroutines grouped by creation site, like
+    /// `debug/pprof/goroutine?debug=1`, without any cooperation from the program (needs
+    /// ptrace access to it: same user or root).
+    Snapshot {
+        /// Process id of the Go program.
+        #[arg(long)]
+        pid: u32,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Attach to a running Go process and print goroutines created and exited per interval
-    /// (needs root or CAP_BPF+CAP_PERFMON).
+    /// (needs root).
     Watch {
         /// Process id of the Go program.
         #[arg(long)]
@@ -47,4 +101,12 @@ pub enum Command {
         #[arg(long)]
         duration: Option<f64>,
     },
+}
+
+/// Validates an interval given in seconds.
+pub fn check_interval(name: &str, v: f64) -> anyhow::Result<std::time::Duration> {
+    if !(0.05..=3600.0).contains(&v) {
+        anyhow::bail!("--{name} must be between 0.05 and 3600 seconds, not {v}");
+    }
+    Ok(std::time::Duration::from_secs_f64(v))
 }

@@ -2,7 +2,7 @@
 
 use std::num::NonZeroU32;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
@@ -13,9 +13,7 @@ pub fn run(pid: u32, interval: f64, duration: Option<f64>) -> Result<()> {
     let Some(nz) = NonZeroU32::new(pid) else {
         bail!("--pid must be a process id, not 0");
     };
-    if !(0.05..=3600.0).contains(&interval) {
-        bail!("--interval must be between 0.05 and 3600 seconds, not {interval}");
-    }
+    let interval = super::check_interval("interval", interval)?;
     let exe = PathBuf::from(format!("/proc/{pid}/exe"));
     let target = std::fs::read_link(&exe).with_context(|| format!("process {pid} not found"))?;
     let bin = gobin::analyze(&exe)?;
@@ -39,7 +37,7 @@ pub fn run(pid: u32, interval: f64, duration: Option<f64>) -> Result<()> {
     let start = Instant::now();
     let mut last = probes.counters(pid)?;
     loop {
-        std::thread::sleep(Duration::from_secs_f64(interval));
+        std::thread::sleep(interval);
         let now = probes.counters(pid)?;
         let created = now.created - last.created;
         let exited = now.exited - last.exited;

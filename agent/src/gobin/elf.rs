@@ -166,6 +166,16 @@ impl<'data> Elf<'data> {
         self.symbol(name).map(|(a, _)| a)
     }
 
+    /// `(p_vaddr, p_offset)` of the first PT_LOAD segment.
+    pub fn first_load(&self) -> (u64, u64) {
+        let e = self.file.endian();
+        self.file
+            .elf_program_headers()
+            .iter()
+            .find(|ph| ph.p_type(e) == elf::PT_LOAD)
+            .map_or((0, 0), |ph| (ph.p_vaddr(e), ph.p_offset(e)))
+    }
+
     /// Translates a link-time virtual address to an offset in the file (what uprobes
     /// attach to), through the PT_LOAD segment that maps it.
     pub fn file_offset(&self, vaddr: u64) -> Option<u64> {

@@ -43,6 +43,10 @@ pub struct Analysis {
     pub stripped: bool,
     pub pie: bool,
     pub text_start: u64,
+    /// `(p_vaddr, p_offset)` of the first PT_LOAD segment, to compute the load bias of
+    /// a PIE process.
+    #[serde(skip)]
+    pub first_load: (u64, u64),
     pub functions: usize,
     pub offsets: RuntimeOffsets,
     pub offsets_source: OffsetsSource,
@@ -154,6 +158,7 @@ pub fn analyze_bytes(path: &Path, data: &[u8]) -> Result<Analysis, BinaryError> 
         stripped: !elf.has_symtab() && !elf.has_dwarf(),
         pie: elf.is_pie(),
         text_start: pclntab.text_start,
+        first_load: elf.first_load(),
         functions: pclntab.funcs.len(),
         offsets,
         offsets_source,

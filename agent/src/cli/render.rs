@@ -1,0 +1,140 @@
+//! Text rendering shared by `top` and `snapshot`.
+
+use std::fmt::Write as _;
+
+use crate::tracker::{ProcessTable, SiteView};
+
+/// `42ms`, `3.2s`, `4m05s`, `2h03m`, `3d04h`.
+pub fn age(seconds: f64) -> String {
+    let s = seconds.max(0.0);
+    if s < 1.0 {
+        format!("{}ms", (s * 1000.0) as u64)
+    } else if s < 60.0 {
+        format!("{s:.1}s")
+    } else if s < 3600.0 {
+        format!("{}m{:02}s", (s / 60.0) as u64, (s as u64) % 60)
+    } else if s < 86400.0 {
+        format!("{}h{:02}m", (s / 3600.0) as u64, (s as u64 / 60) % 60)
+    } else {
+        format!("{}d{:02}h", (s / 86400.0) as u64, (s as u64 / 3600) % 24)
+    }
+}
+
+fn short_file(file: &str) -> &str {
+    file.rsplit('/').next().unwrap_or(file)
+}
+
+/// The `top` table for one process.
+pub fn top_frame(t: &ProcessTable, all: bool, max_rows: usize) -> String {
+    let mut s = String::new();
+    let shown: Vec<&SiteView> = t.sites.iter().filter(|v| all || !v.system).collect();
+    let _ = writeln!(
+        s,
+        "pid {} {} {} | {} goroutines, {} sites | attached {}",
+        t.pid,
+        t.go_version,
+        t.exe,
+        t.live,
+        t.sites.len(),
+        age(t.attached_seconds)
+    );
+    if let Some(e) = &t.inventory_error {
+        let _ = writeln!(s, "  (inventory unavailable: {e}; live counts cover only goroutines created since attach)");
+    }
+    if let Some(c) = &t.counters {
+        if c.live_map_full + c.site_map_full + c.read_errors > 0 {
+            let _ = writeln!(
+                s,
+                "  LOSSES: live map full {}, site map full {}, read errors {}",
+                c.live_map_full, c.site_map_full, c.read_errors
+            );
+        }
+    }
+    let _ = writeln!(
+        s,
+        "{:>7} {:>8} {:>8} {:>8} {:>8}  {:<22} CREATED AT",
+        "LIVE", "Δ/MIN", "CREATED", "EXITED", "OLDEST", "STATE"
+    );
+    for v in shown.iter().take(max_rows) {
+        let opt = |o: Option<u64>| o.map_or("-".to_string(), |n| n.to_string());
+        let growth = v
+            .growth_per_minute
+            .map_or("-".to_string(), |g| format!("{g:+.1}"));
+        let oldest = if v.live == 0 {
+            "-".to_string()
+        } else {
+            format!(
+                "{}{}",
+                if v.oldest_age_is_lower_bound { ">" } else { "" },
+                age(v.oldest_age_seconds)
+            )
+        };
+        let mut state = v.dominant_state.clone();
+        state.truncate(22);
+        let _ = writeln!(
+            s,
+            "{:>7} {:>8} {:>8} {:>8} {:>8}  {:<22} {} {}:{}",
+            v.live,
+            growth,
+            opt(v.created),
+            opt(v.exited),
+            oldest,
+            state,
+            v.function,
+            short_file(&v.file),
+            v.line
+        );
+    }
+    if shown.len() > max_rows {
+        let _ = writeln!(s, "  … {} more sites", shown.len() - max_rows);
+    }
+    s
+}
+
+/// The `snapshot` text: goroutines grouped by creation site, most first.
+pub fn snapshot(t: &ProcessTable) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "goroutines of pid {} ({}, {}): {} in {} creation sites",
+        t.pid,
+        t.exe,
+        t.go_version,
+        t.live,
+        t.sites.iter().filter(|v| v.live > 0).count()
+    );
+    if let Some(e) = &t.inventory_error {
+        let _ = writeln!(s, "inventory unavailable: {e}");
+    }
+    for v in t.sites.iter().filter(|v| v.live > 0) {
+        let _ = writeln!(s);
+        let _ = writeln!(s, "{} @ {}", v.live, v.location());
+        let _ = writeln!(s, "#\tstart: {}", v.start_function);
+        let states: Vec<String> = v.states.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+        let _ = writeln!(s, "#\tstates: {}", states.join(", "));
+        let goids: Vec<String> = v.sample_goids.iter().map(u64::to_string).collect();
+        let _ = writeln!(
+            s,
+            "#\tgoids: {}{}",
+            goids.join(" "),
+            if v.live as usize > goids.len() {
+                " …"
+            } else {
+                ""
+            }
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ages() {
+        assert_eq!(super::age(0.0421), "42ms");
+        assert_eq!(super::age(3.21), "3.2s");
+        assert_eq!(super::age(245.0), "4m05s");
+        assert_eq!(super::age(7380.0), "2h03m");
+        assert_eq!(super::age(273600.0), "3d04h");
+    }
+}

@@ -1,0 +1,116 @@
+//! `goroscope top`: a live view of goroutines by creation site, refreshed in place.
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use anyhow::Result;
+use crossterm::{cursor, event, execute, terminal};
+
+use crate::session::{Session, Target};
+
+/// Restores the terminal however `top` ends.
+struct Screen;
+
+impl Screen {
+    fn enter() -> Result<Screen> {
+        terminal::enable_raw_mode()?;
+        execute!(
+            std::io::stdout(),
+            terminal::EnterAlternateScreen,
+            cursor::Hide
+        )?;
+        Ok(Screen)
+    }
+}
+
+impl Drop for Screen {
+    fn drop(&mut self) {
+        let _ = execute!(
+            std::io::stdout(),
+            cursor::Show,
+            terminal::LeaveAlternateScreen
+        );
+        let _ = terminal::disable_raw_mode();
+    }
+}
+
+pub fn run(target: Target, interval: Duration, iterations: Option<u64>, all: bool) -> Result<()> {
+    let mut session = Session::attach(target, goroscope_common::DEFAULT_MAX_LIVE)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let tty = std::io::stdout().is_terminal();
+        let screen = if tty { Some(Screen::enter()?) } else { None };
+        // Keys come from a blocking thread; `q`, Esc or Ctrl-C quit.
+        let (quit_tx, mut quit_rx) = tokio::sync::mpsc::channel::<()>(1);
+        if tty {
+            std::thread::spawn(move || loop {
+                match event::read() {
+                    Ok(event::Event::Key(k))
+                        if k.code == event::KeyCode::Char('q')
+                            || k.code == event::KeyCode::Esc
+                            || (k.code == event::KeyCode::Char('c')
+                                && k.modifiers.contains(event::KeyModifiers::CONTROL)) =>
+                    {
+                        let _ = quit_tx.blocking_send(());
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            });
+        }
+        let mut tick = tokio::time::interval(interval);
+        let mut n = 0u64;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = quit_rx.recv() => break,
+                _ = tokio::signal::ctrl_c() => break,
+            }
+            let tables = session.refresh()?;
+            let rows = terminal::size()
+                .map_or(40, |(_, h)| h as usize)
+                .saturating_sub(6)
+                .max(5);
+            let mut frame = format!(
+                "goroscope top — {} — refresh {:.1}s{}\n",
+                session.target(),
+                interval.as_secs_f64(),
+                if tty { " — q quits" } else { "" }
+            );
+            for t in &tables {
+                frame.push_str(&super::render::top_frame(
+                    t,
+                    all,
+                    rows / tables.len().max(1),
+                ));
+            }
+            if tables.is_empty() {
+                frame.push_str("no process of the target is running\n");
+            }
+            let mut out = std::io::stdout().lock();
+            if tty {
+                execute!(
+                    out,
+                    cursor::MoveTo(0, 0),
+                    terminal::Clear(terminal::ClearType::All)
+                )?;
+                out.write_all(frame.replace('\n', "\r\n").as_bytes())?;
+            } else {
+                writeln!(out, "{frame}")?;
+            }
+            out.flush()?;
+            n += 1;
+            if session.finished() || iterations.is_some_and(|i| n >= i) {
+                break;
+            }
+        }
+        drop(screen);
+        if session.finished() {
+            eprintln!("goroscope: {} exited", session.target());
+        }
+        Ok(())
+    })
+}
