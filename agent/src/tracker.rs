@@ -130,8 +130,11 @@ pub struct Tracked {
     pub bias: u64,
     mem: ProcMem,
     attached_ns: u64,
-    /// When each goroutine not created under our probes was first seen.
+    /// Goroutines that existed before attach (the attach-time inventory), with when they
+    /// were first seen; their age is at least that.
     first_seen: HashMap<u64, u64>,
+    /// Whether the attach-time inventory has been taken.
+    inventoried: bool,
     history: VecDeque<(u64, HashMap<u64, u64>)>,
     sites_cache: HashMap<u64, Option<SourceLoc>>,
 }
@@ -151,6 +154,7 @@ impl Tracked {
             mem: ProcMem::new(id.pid),
             attached_ns: mono_ns(),
             first_seen: HashMap::new(),
+            inventoried: false,
             history: VecDeque::new(),
             sites_cache: HashMap::new(),
         })
@@ -171,9 +175,8 @@ impl Tracked {
 
     fn func_name(&self, pc_link: u64) -> String {
         self.analysis
-            .pclntab
-            .func_at(pc_link)
-            .map_or_else(|| format!("{pc_link:#x}"), |f| f.name.clone())
+            .start_function(pc_link)
+            .unwrap_or_else(|| format!("{pc_link:#x}"))
     }
 
     /// Builds the table. `live`/`sites`/`counters` come from the kernel (None when not
@@ -209,13 +212,26 @@ impl Tracked {
         };
         let bias = self.bias;
         let wait_reasons = self.analysis.wait_reasons.clone();
+        // With probes, a goroutine the kernel does not hold as live and that did not
+        // exist at attach is exiting (the exit probe fires before the runtime marks it
+        // dead) or was created after the kernel maps were read: not counted this time.
+        // If the live map overflowed, the inventory is trusted instead.
+        let attach_time = !self.inventoried || live.is_none();
+        self.inventoried = true;
+        let trust_kernel = live.is_some() && counters.is_none_or(|c| c.live_map_full == 0);
         let mut goroutines = Vec::with_capacity(gs.len());
         let mut seen = HashMap::with_capacity(gs.len());
         for g in &gs {
             let (age_ns, lower) = match live.and_then(|l| l.get(&g.goid)) {
                 Some(info) => (now.saturating_sub(info.created_ns), false),
                 None => {
-                    let first = *self.first_seen.entry(g.goid).or_insert(now);
+                    let first = match self.first_seen.get(&g.goid) {
+                        Some(t) => *t,
+                        None if attach_time || !trust_kernel => {
+                            *self.first_seen.entry(g.goid).or_insert(now)
+                        }
+                        None => continue,
+                    };
                     (now.saturating_sub(first), true)
                 }
             };

@@ -152,13 +152,15 @@ pub fn bpf_allowed(test: &str) -> bool {
     false
 }
 
-/// A running `churn` fixture, driven over stdin/stdout (see its main.go). Dropping it
-/// kills the process if it is still running: tests stop only what they started.
+/// A running fixture, driven over stdin/stdout (see each fixture's main.go). Dropping
+/// it kills the process if it is still running: tests stop only what they started.
 pub struct Churn {
     child: Child,
     stdin: Option<ChildStdin>,
     lines: Receiver<String>,
     pub pid: u32,
+    /// The fixture's first line, `ready <pid> …`.
+    pub ready: String,
 }
 
 const LINE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -187,10 +189,24 @@ impl Churn {
             child,
             stdin,
             lines,
+            ready: String::new(),
         };
-        let ready = c.line();
-        assert_eq!(ready, format!("ready {}", c.pid), "unexpected first line");
+        c.ready = c.line();
+        let words: Vec<&str> = c.ready.split_whitespace().collect();
+        assert_eq!(
+            words[..2],
+            ["ready", &c.pid.to_string()],
+            "unexpected first line"
+        );
         c
+    }
+
+    /// Sends one command line and returns the reply line.
+    pub fn cmd(&mut self, line: &str) -> String {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{line}").expect("write to fixture");
+        stdin.flush().expect("flush");
+        self.line()
     }
 
     pub fn line(&mut self) -> String {
@@ -199,22 +215,26 @@ impl Churn {
             .expect("fixture did not print the expected line in time")
     }
 
-    /// Starts `n` goroutines and waits until the program says they finished.
+    /// `churn`: starts `n` goroutines and waits until the program says they finished.
     pub fn spawn(&mut self, n: u64) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        writeln!(stdin, "go {n}").expect("write to fixture");
-        stdin.flush().expect("flush");
-        assert_eq!(self.line(), format!("done {n}"));
+        assert_eq!(self.cmd(&format!("go {n}")), format!("done {n}"));
     }
 
     /// Closes stdin and waits for the program to say goodbye and exit.
-    pub fn finish(mut self) -> ExitStatus {
+    pub fn finish(self) -> ExitStatus {
+        let (last, status) = self.finish_with();
+        assert_eq!(last, "bye");
+        status
+    }
+
+    /// Closes stdin, waits for the program's last line and its exit.
+    pub fn finish_with(mut self) -> (String, ExitStatus) {
         drop(self.stdin.take());
-        assert_eq!(self.line(), "bye");
+        let last = self.line();
         let deadline = Instant::now() + LINE_TIMEOUT;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
+                return (last, status);
             }
             assert!(Instant::now() < deadline, "fixture did not exit");
             std::thread::sleep(Duration::from_millis(10));

@@ -13,6 +13,7 @@ pub mod runtime_vars;
 pub mod sites;
 pub mod version;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -56,6 +57,10 @@ pub struct Analysis {
     pub probe_sites: Vec<ProbeSite>,
     /// Hooks that could not be placed, with the reason.
     pub missing_sites: Vec<String>,
+    /// Compiler-generated `go` statement wrappers (`f.gowrapN`, `f.funcN` in 1.21) →
+    /// the function they start, so a goroutine's start function is the user's.
+    #[serde(skip)]
+    pub go_wrappers: HashMap<u64, String>,
     #[serde(skip)]
     pub pclntab: Pclntab,
 }
@@ -146,6 +151,7 @@ pub fn analyze_bytes(path: &Path, data: &[u8]) -> Result<Analysis, BinaryError> 
     let runtime_vars = runtime_vars(&elf, &pclntab, facts.as_ref());
     let wait_reasons = runtime_vars::wait_reasons(&elf);
     let sites = sites::select(&elf, &pclntab, version, offsets);
+    let go_wrappers = go_wrappers(&elf, &pclntab);
 
     Ok(Analysis {
         path: p(),
@@ -166,8 +172,52 @@ pub fn analyze_bytes(path: &Path, data: &[u8]) -> Result<Analysis, BinaryError> 
         wait_reasons,
         probe_sites: sites.sites,
         missing_sites: sites.missing,
+        go_wrappers,
         pclntab,
     })
+}
+
+impl Analysis {
+    /// Name of the function starting at (or containing) link-time `pc`, seen through
+    /// `go` statement wrappers.
+    pub fn start_function(&self, pc: u64) -> Option<String> {
+        let f = self.pclntab.func_at(pc)?;
+        Some(
+            self.go_wrappers
+                .get(&f.entry)
+                .cloned()
+                .unwrap_or_else(|| f.name.clone()),
+        )
+    }
+}
+
+/// `go f(x)` makes the compiler start a closure (`caller.gowrapN` from Go 1.22,
+/// `caller.funcN` before) that calls `f`; the runtime hides it in tracebacks. A closure
+/// whose body makes exactly one call outside the runtime is treated as such a wrapper.
+fn go_wrappers(elf: &elf::Elf<'_>, pcln: &Pclntab) -> HashMap<u64, String> {
+    let is_closure = |name: &str| {
+        let last = name.rsplit('.').next().unwrap_or("");
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        last.strip_prefix("gowrap").is_some_and(digits)
+            || (last.strip_prefix("func").is_some_and(digits) && !name.starts_with("runtime."))
+    };
+    let mut out = HashMap::new();
+    for f in pcln.funcs.iter().filter(|f| is_closure(&f.name)) {
+        let Some(calls) = sites::decode_calls(elf, f) else {
+            continue;
+        };
+        let mut targets: Vec<&str> = calls
+            .iter()
+            .filter_map(|t| pcln.func_at(*t).filter(|c| c.entry == *t))
+            .map(|c| c.name.as_str())
+            .filter(|n| !n.starts_with("runtime."))
+            .collect();
+        targets.dedup();
+        if let [only] = targets[..] {
+            out.insert(f.entry, only.to_string());
+        }
+    }
+    out
 }
 
 fn choose_offsets(

@@ -120,6 +120,17 @@ struct Body<'a> {
     insns: Vec<Instruction>,
 }
 
+pub(crate) fn decode_calls(elf: &Elf<'_>, func: &Func) -> Option<Vec<u64>> {
+    let body = decode(elf, func)?;
+    Some(
+        body.insns
+            .iter()
+            .filter(|i| i.is_call_near())
+            .map(|i| i.near_branch_target())
+            .collect(),
+    )
+}
+
 fn decode<'a>(elf: &Elf<'_>, func: &'a Func) -> Option<Body<'a>> {
     let len = usize::try_from(func.end.checked_sub(func.entry)?).ok()?;
     if len == 0 || len > 1 << 20 {
