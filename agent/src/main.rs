@@ -22,6 +22,7 @@ fn main() -> ExitCode {
         } => cli::check_interval("interval", interval)
             .and_then(|i| cli::top::run(target.target(), i, iterations, all)),
         Command::Snapshot { pid, json } => cli::snapshot::run(pid, json),
+        Command::BenchAttach { pid, mode } => cli::bench::run(pid, mode),
         Command::Watch {
             pid,
             interval,

@@ -23,6 +23,48 @@ use crate::gobin::{Analysis, Hook, ProbeSite};
 /// The kernel programs, built from `ebpf/goroscope-ebpf` by `agent/build.rs`.
 pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("GOROSCOPE_BPF_OBJECT"));
 
+/// What the kernel counted for one process.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Totals {
+    /// Goroutines created while attached.
+    pub created: u64,
+    /// Goroutines exited while attached (whenever created).
+    pub exited: u64,
+    /// Probe hits whose `runtime.g` could not be read.
+    pub read_errors: u64,
+    /// Creations not recorded: live-goroutine map full.
+    pub live_map_full: u64,
+    /// Events not counted per site: site map full.
+    pub site_map_full: u64,
+}
+
+impl Totals {
+    /// From the process's live-map entries and site statistics: created while attached
+    /// = exited (tracked) + still live; exited = tracked + untracked exits.
+    pub fn new(
+        c: ProcCounters,
+        sites: Option<&HashMap<u64, SiteStats>>,
+        live: Option<&HashMap<u64, GoroutineInfo>>,
+    ) -> Self {
+        let (tracked, untracked) = sites
+            .into_iter()
+            .flat_map(|s| s.values())
+            .fold((0, 0), |(t, u), s| (t + s.exited(), u + s.exited_untracked));
+        Totals {
+            created: tracked + live.map_or(0, |l| l.len() as u64),
+            exited: tracked + untracked,
+            read_errors: c.read_errors,
+            live_map_full: c.live_map_full,
+            site_map_full: c.site_map_full,
+        }
+    }
+
+    /// Events the kernel could not record.
+    pub fn lost(&self) -> u64 {
+        self.read_errors + self.live_map_full + self.site_map_full
+    }
+}
+
 /// Which processes a probe fires for.
 #[derive(Debug, Clone, Copy)]
 pub enum Scope {
@@ -142,12 +184,17 @@ impl Probes {
         if cookie >= MAX_SITE_CONFIGS {
             bail!("too many probe sites (limit {MAX_SITE_CONFIGS})");
         }
-        let cfg = SiteConfig {
-            goid_off: bin.offsets.g.goid,
-            parent_goid_off: bin.offsets.g.parent_goid,
-            gopc_off: bin.offsets.g.gopc,
-            startpc_off: bin.offsets.g.startpc,
-        };
+        let g = &bin.offsets.g;
+        let cfg = SiteConfig::new(g.goid, g.parent_goid, g.gopc, g.startpc).with_context(|| {
+            format!(
+                "runtime.g layout of {} not supported: parentGoid {}, gopc {}, startpc {} are not within {} bytes",
+                bin.go_version,
+                g.parent_goid,
+                g.gopc,
+                g.startpc,
+                goroscope_common::G_WINDOW
+            )
+        })?;
         let mut configs: Array<_, SiteConfig> = Array::try_from(
             self.ebpf
                 .map_mut("SITE_CONFIG")
@@ -210,7 +257,7 @@ impl Probes {
             .with_context(|| format!("map {name} missing"))
     }
 
-    /// Kernel counters of one process, summed over CPUs.
+    /// Kernel loss counters of one process, summed over CPUs.
     pub fn counters(&self, tgid: u32) -> Result<ProcCounters> {
         let map: PerCpuHashMap<_, u32, ProcCounters> =
             PerCpuHashMap::try_from(self.map("PROC_COUNTERS")?)?;
@@ -218,8 +265,6 @@ impl Probes {
         match map.get(&tgid, 0) {
             Ok(per_cpu) => {
                 for c in per_cpu.iter() {
-                    sum.created += c.created;
-                    sum.exited += c.exited;
                     sum.read_errors += c.read_errors;
                     sum.live_map_full += c.live_map_full;
                     sum.site_map_full += c.site_map_full;
@@ -229,6 +274,18 @@ impl Probes {
             Err(e) => return Err(e).context("reading PROC_COUNTERS"),
         }
         Ok(sum)
+    }
+
+    /// Totals of one process (reads the whole live and site maps: use [`Probes::live`],
+    /// [`Probes::sites`] and [`Totals::new`] when reading many processes).
+    pub fn totals(&self, tgid: u32) -> Result<Totals> {
+        let sites = self.sites()?;
+        let live = self.live()?;
+        Ok(Totals::new(
+            self.counters(tgid)?,
+            sites.get(&tgid),
+            live.get(&tgid),
+        ))
     }
 
     /// Goroutines created while attached and not exited yet, by process and goid.

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use goroscope_common::{GoroutineInfo, ProcCounters, SiteStats, LIFETIME_BUCKETS};
+
 use serde::Serialize;
 
 use crate::gobin::{Analysis, SourceLoc};
@@ -86,26 +87,7 @@ impl SiteView {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Counters {
-    pub created: u64,
-    pub exited: u64,
-    pub read_errors: u64,
-    pub live_map_full: u64,
-    pub site_map_full: u64,
-}
-
-impl From<ProcCounters> for Counters {
-    fn from(c: ProcCounters) -> Self {
-        Counters {
-            created: c.created,
-            exited: c.exited,
-            read_errors: c.read_errors,
-            live_map_full: c.live_map_full,
-            site_map_full: c.site_map_full,
-        }
-    }
-}
+pub use crate::probe::Totals as Counters;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ProcessTable {
@@ -267,6 +249,13 @@ impl Tracked {
                     .collect()
             })
             .unwrap_or_default();
+        // Goroutines created while attached and still live, per site (from the kernel).
+        let mut live_created: HashMap<u64, u64> = HashMap::new();
+        for info in live.into_iter().flat_map(|l| l.values()) {
+            *live_created
+                .entry(info.gopc.wrapping_sub(bias))
+                .or_default() += 1;
+        }
         let mut keys: Vec<u64> = by_site.keys().copied().collect();
         keys.extend(kernel_sites.keys().filter(|k| !by_site.contains_key(k)));
         let live_now: HashMap<u64, u64> =
@@ -313,8 +302,10 @@ impl Tracked {
                     .map(|(s, _)| s.to_string())
                     .unwrap_or_default(),
                 live: live_n,
-                created: sites.map(|_| ks.map_or(0, |s| s.created)),
-                exited: sites.map(|_| ks.map_or(0, |s| s.exited + s.exited_untracked)),
+                created: sites.map(|_| {
+                    ks.map_or(0, |s| s.exited()) + live_created.get(&gopc).copied().unwrap_or(0)
+                }),
+                exited: sites.map(|_| ks.map_or(0, |s| s.exited() + s.exited_untracked)),
                 oldest_age_seconds: oldest.map_or(0.0, |g| g.age_seconds),
                 oldest_age_is_lower_bound: oldest.is_some_and(|g| g.age_is_lower_bound),
                 growth_per_minute: then.as_ref().map(|(t, past)| {
@@ -324,7 +315,7 @@ impl Tracked {
                 states,
                 dominant_state,
                 lifetime: ks.map(|s| Lifetime {
-                    count: s.exited,
+                    count: s.exited(),
                     sum_seconds: s.lifetime_ns_sum as f64 / 1e9,
                     buckets: s
                         .lifetime_buckets
@@ -354,7 +345,7 @@ impl Tracked {
             live: goroutines.len() as u64,
             sites: site_views,
             goroutines: goroutines.into_iter().map(|(_, g)| g).collect(),
-            counters: counters.map(Counters::from),
+            counters: counters.map(|c| Counters::new(c, sites, live)),
             inventory_error,
         }
     }

@@ -77,6 +77,28 @@ enum Cmd {
     Lint,
     /// Regenerate agent/src/gobin/offsets_table.rs from DWARF of the fixture builds.
     GenOffsets,
+    /// Benchmarks (need root); results go to target/bench/.
+    Bench {
+        #[command(subcommand)]
+        which: Bench,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// ns per goroutine of a 1,000,000-goroutine churn: no probes, empty programs at
+    /// goroscope's sites (the floor), goroscope, empty programs at function entry.
+    Overhead {
+        /// Runs per mode (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Goroutines per run.
+        #[arg(long, default_value_t = 1_000_000)]
+        goroutines: u64,
+        /// Go version of the fixture.
+        #[arg(long, default_value = "1.26.6")]
+        go: String,
+    },
 }
 
 fn main() {
@@ -90,6 +112,14 @@ fn main() {
         } => test(no_lint, &cargo_args),
         Cmd::Lint => lint(),
         Cmd::GenOffsets => gen_offsets(),
+        Cmd::Bench {
+            which:
+                Bench::Overhead {
+                    runs,
+                    goroutines,
+                    go,
+                },
+        } => bench_overhead(runs, goroutines, &go),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");
@@ -448,5 +478,223 @@ fn gen_offsets() -> Result<()> {
     let path = root().join("agent/src/gobin/offsets_table.rs");
     fs::write(&path, text)?;
     step(&format!("wrote {}", path.display()));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------- bench
+
+/// A child process driven line by line over stdin/stdout.
+struct Driven {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    out: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl Driven {
+    fn start(cmd: &mut Command) -> Result<Driven> {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+        let stdin = child.stdin.take();
+        let out = std::io::BufRead::lines(std::io::BufReader::new(
+            child.stdout.take().context("stdout")?,
+        ));
+        Ok(Driven { child, stdin, out })
+    }
+
+    fn line(&mut self) -> Result<String> {
+        self.out
+            .next()
+            .context("process ended early")?
+            .map_err(Into::into)
+    }
+
+    fn send(&mut self, line: &str) -> Result<()> {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().context("stdin closed")?;
+        writeln!(stdin, "{line}")?;
+        stdin.flush()?;
+        Ok(())
+    }
+
+    /// Closes stdin and returns the remaining output.
+    fn finish(mut self) -> Result<Vec<String>> {
+        drop(self.stdin.take());
+        let rest: Vec<String> = self.out.by_ref().collect::<Result<_, _>>()?;
+        self.child.wait()?;
+        Ok(rest)
+    }
+}
+
+impl Drop for Driven {
+    fn drop(&mut self) {
+        // Only our own child, by its pid.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn bench_overhead(runs: usize, n: u64, go: &str) -> Result<()> {
+    if !is_root() {
+        bail!("the overhead benchmark attaches BPF programs: run it as root");
+    }
+    if runs == 0 || n == 0 {
+        bail!("--runs and --goroutines must be positive");
+    }
+    setup_go()?;
+    fixtures()?;
+    run(Command::new(cargo()).current_dir(root()).args([
+        "build",
+        "--release",
+        "-q",
+        "-p",
+        "goroscope",
+    ]))?;
+    let agent = root().join("target/release/goroscope");
+    let fixture = fixtures_dir().join(format!("go{go}/bench-default"));
+    if !fixture.exists() {
+        bail!(
+            "{} not built (is {go} in the Go matrix?)",
+            fixture.display()
+        );
+    }
+    let modes = ["none", "floor", "goroscope", "entry"];
+    let mut ns: std::collections::HashMap<&str, Vec<f64>> = std::collections::HashMap::new();
+    let mut reports: std::collections::HashMap<&str, Vec<serde_json::Value>> =
+        std::collections::HashMap::new();
+    // Modes take turns run by run, so drift of the machine hits them alike.
+    for r in 0..runs {
+        for mode in modes {
+            let mut target = Driven::start(&mut Command::new(&fixture))?;
+            let ready = target.line()?;
+            let pid = ready
+                .strip_prefix("ready ")
+                .context("fixture did not say ready")?
+                .to_string();
+            let mut agent_proc = if mode == "none" {
+                None
+            } else {
+                let mut a = Driven::start(Command::new(&agent).args([
+                    "bench-attach",
+                    "--pid",
+                    &pid,
+                    "--mode",
+                    mode,
+                ]))?;
+                let l = a.line()?;
+                if l != "attached" {
+                    bail!("agent said {l:?}");
+                }
+                Some(a)
+            };
+            target.send(&format!("go {n}"))?;
+            let line = target.line()?;
+            let v: f64 = line
+                .strip_prefix("ns ")
+                .and_then(|v| v.parse().ok())
+                .with_context(|| format!("fixture said {line:?}"))?;
+            ns.entry(mode).or_default().push(v);
+            if let Some(a) = agent_proc.take() {
+                let out = a.finish()?;
+                let report: serde_json::Value =
+                    serde_json::from_str(out.last().context("agent report")?)?;
+                reports.entry(mode).or_default().push(report);
+            }
+            target.finish()?;
+            step(&format!("bench run {} {mode}: {v:.0} ns/goroutine", r + 1));
+        }
+    }
+    let mut results = serde_json::Map::new();
+    let mut medians = std::collections::HashMap::new();
+    for mode in modes {
+        let raw = ns[mode].clone();
+        let m = median(&mut ns.get_mut(mode).expect("ran").clone());
+        medians.insert(mode, m);
+        results.insert(
+            mode.to_string(),
+            serde_json::json!({
+                "median_ns_per_goroutine": m,
+                "runs_ns": raw,
+                "agent": reports.get(mode).cloned().unwrap_or_default(),
+            }),
+        );
+    }
+    let base = medians["none"];
+    let added = |m: &str| medians[m] - base;
+    let ratio_floor = added("goroscope") / added("floor");
+    let ratio_entry = added("entry") / added("goroscope");
+    let goro = &results["goroscope"]["agent"];
+    let lost: u64 = goro
+        .as_array()
+        .map(|a| a.iter().filter_map(|r| r["lost"].as_u64()).sum())
+        .unwrap_or(0);
+    let created: Vec<u64> = goro
+        .as_array()
+        .map(|a| a.iter().filter_map(|r| r["created"].as_u64()).collect())
+        .unwrap_or_default();
+    let cpu = goro
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .filter_map(|r| r["agent_cpu_seconds"].as_f64())
+                .reduce(f64::max)
+        })
+        .unwrap_or(0.0);
+    let rss = goro
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .filter_map(|r| r["agent_max_rss_kib"].as_u64())
+                .max()
+        })
+        .unwrap_or(0);
+    let mut md = String::new();
+    writeln!(md, "# Overhead benchmark\n")?;
+    writeln!(
+        md,
+        "Go {go} fixture `bench`: {n} goroutines created that exit at once; median of {runs} runs per mode, modes interleaved.\n"
+    )?;
+    writeln!(md, "| mode | ns per goroutine | added vs none |")?;
+    writeln!(md, "|---|---|---|")?;
+    for mode in modes {
+        writeln!(
+            md,
+            "| {mode} | {:.0} | {:+.0} |",
+            medians[mode],
+            added(mode)
+        )?;
+    }
+    writeln!(md)?;
+    writeln!(
+        md,
+        "- goroscope added cost / floor added cost: {ratio_floor:.2} (goal ≤ 1.5)"
+    )?;
+    writeln!(
+        md,
+        "- entry probes added cost / goroscope added cost: {ratio_entry:.1} (goal ≥ 10)"
+    )?;
+    writeln!(
+        md,
+        "- goroscope events: created per run {created:?}, lost {lost}"
+    )?;
+    writeln!(md, "- agent (goroscope mode, refreshing its table every 5 s): max CPU {cpu:.2} s per run, peak RSS {rss} KiB")?;
+    let dir = root().join("target/bench");
+    fs::create_dir_all(&dir)?;
+    fs::write(dir.join("overhead.md"), &md)?;
+    fs::write(
+        dir.join("overhead.json"),
+        serde_json::to_string_pretty(&serde_json::Value::Object(results))?,
+    )?;
+    print!("{md}");
+    step(&format!("results in {}", dir.join("overhead.md").display()));
     Ok(())
 }

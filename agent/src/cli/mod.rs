@@ -1,5 +1,6 @@
 //! The `goroscope` command line.
 
+pub mod bench;
 pub mod inspect;
 pub mod render;
 pub mod snapshot;
@@ -87,6 +88,14 @@ pub enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Benchmark helper for `cargo xtask bench overhead`.
+    #[command(hide = true)]
+    BenchAttach {
+        #[arg(long)]
+        pid: u32,
+        #[arg(long, value_enum)]
+        mode: bench::Mode,
     },
     /// Attach to a running Go process and print goroutines created and exited per interval
     /// (needs root).

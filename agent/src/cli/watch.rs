@@ -35,10 +35,10 @@ pub fn run(pid: u32, interval: f64, duration: Option<f64>) -> Result<()> {
         "seconds", "created", "exited", "net"
     );
     let start = Instant::now();
-    let mut last = probes.counters(pid)?;
+    let mut last = probes.totals(pid)?;
     loop {
         std::thread::sleep(interval);
-        let now = probes.counters(pid)?;
+        let now = probes.totals(pid)?;
         let created = now.created - last.created;
         let exited = now.exited - last.exited;
         println!(

@@ -31,12 +31,42 @@ pub const MAX_PROCS: u32 = 1024;
 pub struct SiteConfig {
     /// Offset of `runtime.g.goid`.
     pub goid_off: u32,
-    /// Offset of `runtime.g.parentGoid`.
-    pub parent_goid_off: u32,
     /// Offset of `runtime.g.gopc` (return address of the `go` statement's call).
     pub gopc_off: u32,
-    /// Offset of `runtime.g.startpc` (entry of the goroutine function).
-    pub startpc_off: u32,
+    /// Start of a [`G_WINDOW`]-byte window of `runtime.g` holding `parentGoid`, `gopc` and
+    /// `startpc`, read in one go at creation.
+    pub window_off: u32,
+    /// Word index (0..4) of `parentGoid` in the window.
+    pub parent_goid_word: u8,
+    /// Word index of `gopc` in the window.
+    pub gopc_word: u8,
+    /// Word index of `startpc` in the window.
+    pub startpc_word: u8,
+    pub _pad: u8,
+}
+
+/// Bytes of `runtime.g` read at once at creation (see [`SiteConfig::window_off`]).
+pub const G_WINDOW: usize = 32;
+
+impl SiteConfig {
+    /// Builds the configuration from `runtime.g` offsets; `None` if `parentGoid`, `gopc`
+    /// and `startpc` do not fit one aligned window (true of every Go version so far).
+    pub fn new(goid: u32, parent_goid: u32, gopc: u32, startpc: u32) -> Option<SiteConfig> {
+        let start = parent_goid.min(gopc).min(startpc);
+        let word = |off: u32| {
+            let rel = off - start;
+            (rel.is_multiple_of(8) && (rel as usize) + 8 <= G_WINDOW).then_some((rel / 8) as u8)
+        };
+        Some(SiteConfig {
+            goid_off: goid,
+            gopc_off: gopc,
+            window_off: start,
+            parent_goid_word: word(parent_goid)?,
+            gopc_word: word(gopc)?,
+            startpc_word: word(startpc)?,
+            _pad: 0,
+        })
+    }
 }
 
 /// Key of the live-goroutine map.
@@ -87,42 +117,46 @@ pub fn lifetime_bucket(ns: u64) -> usize {
     }
 }
 
-/// Statistics of one creation site, updated with atomic adds by every CPU.
+/// Statistics of one creation site, updated at goroutine exit with atomic adds by every
+/// CPU. Creations are not counted here: goroutines created while attached are the exited
+/// ones (the histogram's total) plus those still in the live map, so the creation path
+/// touches one map only.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SiteStats {
-    /// Goroutines created at this site while attached.
-    pub created: u64,
-    /// Of those, exited (their lifetime is in the histogram).
-    pub exited: u64,
+    /// Sum of the lifetimes in the histogram, in ns.
+    pub lifetime_ns_sum: u64,
     /// Goroutines of this site that existed before attach (or whose creation could not be
     /// recorded) and exited while attached.
     pub exited_untracked: u64,
-    /// Sum of the lifetimes in the histogram, in ns.
-    pub lifetime_ns_sum: u64,
+    /// Lifetimes of the goroutines created while attached that exited (see
+    /// [`lifetime_bucket`]); their sum is the number that exited.
     pub lifetime_buckets: [u64; LIFETIME_BUCKETS],
+}
+
+impl SiteStats {
+    /// Goroutines created while attached that exited.
+    pub fn exited(&self) -> u64 {
+        self.lifetime_buckets.iter().sum()
+    }
 }
 
 impl Default for SiteStats {
     fn default() -> Self {
         SiteStats {
-            created: 0,
-            exited: 0,
-            exited_untracked: 0,
             lifetime_ns_sum: 0,
+            exited_untracked: 0,
             lifetime_buckets: [0; LIFETIME_BUCKETS],
         }
     }
 }
 
-/// Per-process counters (per CPU; the agent sums).
+/// Per-process loss counters (per CPU; the agent sums). Touched only when something
+/// goes wrong, so the hot path does not pay for them; created/exited totals are the sums
+/// of the process's `SiteStats`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProcCounters {
-    /// Goroutines created (creation probe hits).
-    pub created: u64,
-    /// Goroutines exited (exit probe hits).
-    pub exited: u64,
     /// Probe hits whose `*g` fields could not be read.
     pub read_errors: u64,
     /// Creations not recorded because the live-goroutine map was full.
@@ -146,6 +180,32 @@ mod user {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn site_config_windows() {
+        // Go 1.21 and 1.27 layouts.
+        let c = SiteConfig::new(152, 272, 280, 296).unwrap();
+        assert_eq!(
+            (
+                c.window_off,
+                c.parent_goid_word,
+                c.gopc_word,
+                c.startpc_word
+            ),
+            (272, 0, 1, 3)
+        );
+        let c = SiteConfig::new(152, 280, 288, 304).unwrap();
+        assert_eq!(
+            (
+                c.window_off,
+                c.parent_goid_word,
+                c.gopc_word,
+                c.startpc_word
+            ),
+            (280, 0, 1, 3)
+        );
+        assert_eq!(SiteConfig::new(152, 272, 280, 400), None);
+    }
 
     #[test]
     fn lifetime_buckets() {

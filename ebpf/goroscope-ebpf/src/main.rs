@@ -4,9 +4,9 @@
 //!
 //! State stays in the kernel (no event stream): `LIVE` holds goroutines created while
 //! attached (for their age and creation site), `SITES` holds per-(process, `go`
-//! statement) counts and a lifetime histogram. The agent reads the maps when it needs
-//! them, so the hot path never wakes userspace. Every map is bounded and a full map is
-//! counted in `PROC_COUNTERS`.
+//! statement) exit counts and a lifetime histogram. Creation touches `LIVE` only. The
+//! agent reads the maps when it needs them, so the hot path never wakes userspace. Every
+//! map is bounded and what does not fit is counted in `PROC_COUNTERS`.
 #![no_std]
 #![no_main]
 // For `atomic_xadd`: the BPF target has no `AtomicU64::fetch_add` in `core`.
@@ -23,7 +23,7 @@ use aya_ebpf::{
 };
 use goroscope_common::{
     lifetime_bucket, GoroutineInfo, GoroutineKey, ProcCounters, SiteConfig, SiteKey, SiteStats,
-    DEFAULT_MAX_LIVE, MAX_PROCS, MAX_SITES, MAX_SITE_CONFIGS,
+    DEFAULT_MAX_LIVE, G_WINDOW, MAX_PROCS, MAX_SITES, MAX_SITE_CONFIGS,
 };
 
 /// Per attached site configuration, indexed by the uprobe attach cookie.
@@ -34,11 +34,11 @@ static SITE_CONFIG: Array<SiteConfig> = Array::with_max_entries(MAX_SITE_CONFIGS
 #[map]
 static LIVE: HashMap<GoroutineKey, GoroutineInfo> = HashMap::with_max_entries(DEFAULT_MAX_LIVE, 0);
 
-/// Per creation-site statistics, shared by all CPUs (atomic adds).
+/// Per creation-site exit statistics, shared by all CPUs (atomic adds).
 #[map]
 static SITES: HashMap<SiteKey, SiteStats> = HashMap::with_max_entries(MAX_SITES, 0);
 
-/// Per-process counters, per CPU (no contention on the hot path; the agent sums).
+/// Per-process loss counters, per CPU (touched only when something is lost).
 #[map]
 static PROC_COUNTERS: PerCpuHashMap<u32, ProcCounters> = PerCpuHashMap::with_max_entries(MAX_PROCS, 0);
 
@@ -64,19 +64,23 @@ fn cookie(ctx: &ProbeContext) -> u64 {
 }
 
 #[inline(always)]
-fn read(g: u64, off: u32) -> Result<u64, i32> {
+fn read<T>(addr: u64) -> Result<T, i32> {
     // SAFETY: bpf_probe_read_user copies from user memory with fault handling; a bad
     // pointer returns an error instead of faulting.
-    unsafe { bpf_probe_read_user((g + off as u64) as *const u64) }
+    unsafe { bpf_probe_read_user(addr as *const T) }
 }
 
+/// Counts a loss for the process (rare path).
 #[inline(always)]
-fn proc_counters(tgid: u32) -> Option<*mut ProcCounters> {
-    if let Some(p) = PROC_COUNTERS.get_ptr_mut(&tgid) {
-        return Some(p);
+fn lost(tgid: u32, f: impl FnOnce(&mut ProcCounters)) {
+    if PROC_COUNTERS.get_ptr_mut(&tgid).is_none() {
+        let _ = PROC_COUNTERS.insert(&tgid, &ProcCounters::default(), BPF_NOEXIST as u64);
     }
-    let _ = PROC_COUNTERS.insert(&tgid, &ProcCounters::default(), BPF_NOEXIST as u64);
-    PROC_COUNTERS.get_ptr_mut(&tgid)
+    if let Some(p) = PROC_COUNTERS.get_ptr_mut(&tgid) {
+        // SAFETY: this CPU's slot of a per-CPU map value, valid for the duration of the
+        // program; uprobe programs do not migrate between CPUs.
+        f(unsafe { &mut *p });
+    }
 }
 
 #[inline(always)]
@@ -100,40 +104,27 @@ fn on_create(ctx: &ProbeContext, g: u64) -> u32 {
         return 0;
     };
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let Some(pc) = proc_counters(tgid) else {
-        return 0;
-    };
-    // SAFETY: `pc` points at this CPU's slot of a per-CPU map value, valid for the
-    // duration of this program; uprobe programs do not migrate between CPUs.
-    let pc = unsafe { &mut *pc };
-    let (Ok(goid), Ok(parent_goid), Ok(gopc), Ok(startpc)) = (
-        read(g, cfg.goid_off),
-        read(g, cfg.parent_goid_off),
-        read(g, cfg.gopc_off),
-        read(g, cfg.startpc_off),
+    let (Ok(goid), Ok(w)) = (
+        read::<u64>(g + cfg.goid_off as u64),
+        read::<[u64; G_WINDOW / 8]>(g + cfg.window_off as u64),
     ) else {
-        pc.read_errors += 1;
+        lost(tgid, |c| c.read_errors += 1);
         return 0;
     };
-    pc.created += 1;
     let key = GoroutineKey {
         tgid,
         _pad: 0,
         goid,
     };
     let info = GoroutineInfo {
+        // SAFETY: bpf_ktime_get_ns has no preconditions.
         created_ns: unsafe { bpf_ktime_get_ns() },
-        gopc,
-        startpc,
-        parent_goid,
+        gopc: w[(cfg.gopc_word & 3) as usize],
+        startpc: w[(cfg.startpc_word & 3) as usize],
+        parent_goid: w[(cfg.parent_goid_word & 3) as usize],
     };
     if LIVE.insert(&key, &info, BPF_ANY as u64).is_err() {
-        pc.live_map_full += 1;
-    }
-    match site(tgid, gopc) {
-        // SAFETY: `s` points into a map value; see `atomic_add`.
-        Some(s) => atomic_add(unsafe { &raw mut (*s).created }, 1),
-        None => pc.site_map_full += 1,
+        lost(tgid, |c| c.live_map_full += 1);
     }
     0
 }
@@ -144,16 +135,10 @@ fn on_exit(ctx: &ProbeContext, g: u64) -> u32 {
         return 0;
     };
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let Some(pc) = proc_counters(tgid) else {
+    let Ok(goid) = read::<u64>(g + cfg.goid_off as u64) else {
+        lost(tgid, |c| c.read_errors += 1);
         return 0;
     };
-    // SAFETY: as in `on_create`.
-    let pc = unsafe { &mut *pc };
-    let Ok(goid) = read(g, cfg.goid_off) else {
-        pc.read_errors += 1;
-        return 0;
-    };
-    pc.exited += 1;
     let key = GoroutineKey {
         tgid,
         _pad: 0,
@@ -164,16 +149,15 @@ fn on_exit(ctx: &ProbeContext, g: u64) -> u32 {
     match created {
         Some(info) => {
             let _ = LIVE.remove(&key);
+            // SAFETY: bpf_ktime_get_ns has no preconditions.
             let lifetime = unsafe { bpf_ktime_get_ns() }.saturating_sub(info.created_ns);
             let Some(s) = site(tgid, info.gopc) else {
-                pc.site_map_full += 1;
+                lost(tgid, |c| c.site_map_full += 1);
                 return 0;
             };
             let b = lifetime_bucket(lifetime);
-            // SAFETY: `s` points into a map value; `b` < LIFETIME_BUCKETS by construction
-            // (the verifier checks the bound too).
+            // SAFETY: `s` points into a map value; `get_mut` bounds the bucket index.
             unsafe {
-                atomic_add(&raw mut (*s).exited, 1);
                 atomic_add(&raw mut (*s).lifetime_ns_sum, lifetime);
                 if let Some(slot) = (*s).lifetime_buckets.get_mut(b) {
                     atomic_add(slot, 1);
@@ -181,14 +165,14 @@ fn on_exit(ctx: &ProbeContext, g: u64) -> u32 {
             }
         }
         None => {
-            let Ok(gopc) = read(g, cfg.gopc_off) else {
-                pc.read_errors += 1;
+            let Ok(gopc) = read::<u64>(g + cfg.gopc_off as u64) else {
+                lost(tgid, |c| c.read_errors += 1);
                 return 0;
             };
             match site(tgid, gopc) {
                 // SAFETY: `s` points into a map value.
                 Some(s) => atomic_add(unsafe { &raw mut (*s).exited_untracked }, 1),
-                None => pc.site_map_full += 1,
+                None => lost(tgid, |c| c.site_map_full += 1),
             }
         }
     }

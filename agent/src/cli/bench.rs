@@ -1,0 +1,94 @@
+//! `goroscope bench-attach` (hidden): attaches in one of the benchmark's modes, prints
+//! `attached`, keeps attached until stdin closes, then prints a JSON report. Driven by
+//! `cargo xtask bench overhead`.
+
+use std::io::BufRead;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::gobin::{self, Hook};
+use crate::probe::{Probes, Program, Scope};
+use crate::session::{Session, Target};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// goroscope as it runs: its programs at its sites, the table refreshed every 5 s.
+    Goroscope,
+    /// Empty programs at goroscope's sites (the floor).
+    Floor,
+    /// Empty programs at the first instruction of runtime.newproc1 and runtime.gdestroy
+    /// (or goexit0): the usual way.
+    Entry,
+}
+
+fn rusage() -> (f64, u64) {
+    // SAFETY: getrusage fills the zeroed struct we pass; RUSAGE_SELF always exists.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    (tv(ru.ru_utime) + tv(ru.ru_stime), ru.ru_maxrss as u64)
+}
+
+pub fn run(pid: u32, mode: Mode) -> Result<()> {
+    let Some(nz) = NonZeroU32::new(pid) else {
+        bail!("--pid must not be 0");
+    };
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        for _ in std::io::stdin().lock().lines() {}
+        let _ = tx.send(());
+    });
+    let mut refreshes = 0u64;
+    let counters = match mode {
+        Mode::Goroscope => {
+            let mut s = Session::attach(Target::Pid(pid), goroscope_common::DEFAULT_MAX_LIVE)?;
+            println!("attached");
+            while rx.recv_timeout(Duration::from_secs(5)).is_err() {
+                s.refresh()?;
+                refreshes += 1;
+            }
+            s.refresh()?;
+            s.probes().context("probes")?.totals(pid)?
+        }
+        Mode::Floor | Mode::Entry => {
+            let exe = std::path::PathBuf::from(format!("/proc/{pid}/exe"));
+            let bin = gobin::analyze(&exe)?;
+            let mut p = Probes::load(goroscope_common::DEFAULT_MAX_LIVE)?;
+            for hook in [Hook::GoroutineCreate, Hook::GoroutineExit] {
+                for site in bin.probe_sites.iter().filter(|s| s.hook == hook) {
+                    let off = match mode {
+                        Mode::Entry => {
+                            let name = match hook {
+                                Hook::GoroutineCreate => "runtime.newproc1",
+                                _ => site.function.as_str(),
+                            };
+                            let f = bin.pclntab.by_name(name).last().context("entry function")?;
+                            site.file_offset - site.address + f.entry
+                        }
+                        _ => site.file_offset,
+                    };
+                    p.attach_at(&bin, &exe, site, off, Scope::Pid(nz), Program::Noop)?;
+                }
+            }
+            println!("attached");
+            let _ = rx.recv();
+            Default::default()
+        }
+    };
+    let (cpu, rss_kb) = rusage();
+    println!(
+        "{}",
+        serde_json::json!({
+            "mode": format!("{mode:?}").to_lowercase(),
+            "created": counters.created,
+            "exited": counters.exited,
+            "lost": counters.lost(),
+            "agent_cpu_seconds": cpu,
+            "agent_max_rss_kib": rss_kb,
+            "refreshes": refreshes,
+        })
+    );
+    Ok(())
+}
