@@ -258,6 +258,11 @@ impl Tracked {
         }
         let mut keys: Vec<u64> = by_site.keys().copied().collect();
         keys.extend(kernel_sites.keys().filter(|k| !by_site.contains_key(k)));
+        keys.extend(
+            live_created
+                .keys()
+                .filter(|k| !by_site.contains_key(k) && !kernel_sites.contains_key(k)),
+        );
         let live_now: HashMap<u64, u64> =
             by_site.iter().map(|(k, v)| (*k, v.len() as u64)).collect();
         let then = self

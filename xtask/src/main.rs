@@ -90,7 +90,7 @@ enum Bench {
     /// goroscope's sites (the floor), goroscope, empty programs at function entry.
     Overhead {
         /// Runs per mode (the median is reported).
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 9)]
         runs: usize,
         /// Goroutines per run.
         #[arg(long, default_value_t = 1_000_000)]

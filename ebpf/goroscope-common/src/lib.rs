@@ -33,26 +33,30 @@ pub struct SiteConfig {
     pub goid_off: u32,
     /// Offset of `runtime.g.gopc` (return address of the `go` statement's call).
     pub gopc_off: u32,
-    /// Start of a [`G_WINDOW`]-byte window of `runtime.g` holding `parentGoid`, `gopc` and
-    /// `startpc`, read in one go at creation.
+    /// Start of a window of `runtime.g` (at most [`G_WINDOW`] bytes) holding `goid`,
+    /// `parentGoid`, `gopc` and `startpc`, read with one helper call at creation.
     pub window_off: u32,
-    /// Word index (0..4) of `parentGoid` in the window.
+    /// Word index of `goid` in the window.
+    pub goid_word: u8,
+    /// Word index of `parentGoid` in the window.
     pub parent_goid_word: u8,
     /// Word index of `gopc` in the window.
     pub gopc_word: u8,
     /// Word index of `startpc` in the window.
     pub startpc_word: u8,
-    pub _pad: u8,
 }
 
 /// Bytes of `runtime.g` read at once at creation (see [`SiteConfig::window_off`]).
-pub const G_WINDOW: usize = 32;
+pub const G_WINDOW: usize = 192;
+/// Words in the creation window.
+pub const G_WINDOW_WORDS: usize = G_WINDOW / 8;
 
 impl SiteConfig {
-    /// Builds the configuration from `runtime.g` offsets; `None` if `parentGoid`, `gopc`
-    /// and `startpc` do not fit one aligned window (true of every Go version so far).
+    /// Builds the configuration from `runtime.g` offsets; `None` if `goid`,
+    /// `parentGoid`, `gopc` and `startpc` do not fit one aligned window (they do in every
+    /// Go version so far: 152..304 in 1.21).
     pub fn new(goid: u32, parent_goid: u32, gopc: u32, startpc: u32) -> Option<SiteConfig> {
-        let start = parent_goid.min(gopc).min(startpc);
+        let start = goid.min(parent_goid).min(gopc).min(startpc);
         let word = |off: u32| {
             let rel = off - start;
             (rel.is_multiple_of(8) && (rel as usize) + 8 <= G_WINDOW).then_some((rel / 8) as u8)
@@ -61,10 +65,10 @@ impl SiteConfig {
             goid_off: goid,
             gopc_off: gopc,
             window_off: start,
+            goid_word: word(goid)?,
             parent_goid_word: word(parent_goid)?,
             gopc_word: word(gopc)?,
             startpc_word: word(startpc)?,
-            _pad: 0,
         })
     }
 }
@@ -183,26 +187,23 @@ mod tests {
 
     #[test]
     fn site_config_windows() {
-        // Go 1.21 and 1.27 layouts.
-        let c = SiteConfig::new(152, 272, 280, 296).unwrap();
-        assert_eq!(
+        let words = |c: SiteConfig| {
             (
                 c.window_off,
+                c.goid_word,
                 c.parent_goid_word,
                 c.gopc_word,
-                c.startpc_word
-            ),
-            (272, 0, 1, 3)
+                c.startpc_word,
+            )
+        };
+        // Go 1.21 and 1.23 layouts.
+        assert_eq!(
+            words(SiteConfig::new(152, 272, 280, 296).unwrap()),
+            (152, 0, 15, 16, 18)
         );
-        let c = SiteConfig::new(152, 280, 288, 304).unwrap();
         assert_eq!(
-            (
-                c.window_off,
-                c.parent_goid_word,
-                c.gopc_word,
-                c.startpc_word
-            ),
-            (280, 0, 1, 3)
+            words(SiteConfig::new(160, 280, 288, 304).unwrap()),
+            (160, 0, 15, 16, 18)
         );
         assert_eq!(SiteConfig::new(152, 272, 280, 400), None);
     }

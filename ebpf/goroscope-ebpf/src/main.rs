@@ -23,7 +23,7 @@ use aya_ebpf::{
 };
 use goroscope_common::{
     lifetime_bucket, GoroutineInfo, GoroutineKey, ProcCounters, SiteConfig, SiteKey, SiteStats,
-    DEFAULT_MAX_LIVE, G_WINDOW, MAX_PROCS, MAX_SITES, MAX_SITE_CONFIGS,
+    DEFAULT_MAX_LIVE, G_WINDOW_WORDS, MAX_PROCS, MAX_SITES, MAX_SITE_CONFIGS,
 };
 
 /// Per attached site configuration, indexed by the uprobe attach cookie.
@@ -104,13 +104,13 @@ fn on_create(ctx: &ProbeContext, g: u64) -> u32 {
         return 0;
     };
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let (Ok(goid), Ok(w)) = (
-        read::<u64>(g + cfg.goid_off as u64),
-        read::<[u64; G_WINDOW / 8]>(g + cfg.window_off as u64),
-    ) else {
+    let Ok(w) = read::<[u64; G_WINDOW_WORDS]>(g + cfg.window_off as u64) else {
         lost(tgid, |c| c.read_errors += 1);
         return 0;
     };
+    // Masking keeps every index provably in bounds for the verifier (24 words < 32).
+    let word = |i: u8| w.get((i & 31) as usize).copied().unwrap_or(0);
+    let goid = word(cfg.goid_word);
     let key = GoroutineKey {
         tgid,
         _pad: 0,
@@ -119,9 +119,9 @@ fn on_create(ctx: &ProbeContext, g: u64) -> u32 {
     let info = GoroutineInfo {
         // SAFETY: bpf_ktime_get_ns has no preconditions.
         created_ns: unsafe { bpf_ktime_get_ns() },
-        gopc: w[(cfg.gopc_word & 3) as usize],
-        startpc: w[(cfg.startpc_word & 3) as usize],
-        parent_goid: w[(cfg.parent_goid_word & 3) as usize],
+        gopc: word(cfg.gopc_word),
+        startpc: word(cfg.startpc_word),
+        parent_goid: word(cfg.parent_goid_word),
     };
     if LIVE.insert(&key, &info, BPF_ANY as u64).is_err() {
         lost(tgid, |c| c.live_map_full += 1);
