@@ -15,7 +15,8 @@ use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkI
 use aya::programs::UProbe;
 use aya::{Ebpf, EbpfLoader};
 use goroscope_common::{
-    GoroutineInfo, GoroutineKey, ProcCounters, SiteConfig, SiteKey, SiteStats, MAX_SITE_CONFIGS,
+    GSlot, GoroutineInfo, GoroutineKey, ProcCounters, SiteConfig, SiteKey, SiteStats, G_SLOTS,
+    MAX_SITE_CONFIGS, SLOT_BUSY,
 };
 
 use crate::gobin::{Analysis, Hook, ProbeSite};
@@ -83,7 +84,90 @@ pub enum Program {
     Noop,
 }
 
+/// The kernel's goroutine slot table (`GSLOTS`), mapped into this process.
+struct SlotTable {
+    ptr: *mut GSlot,
+    len: usize,
+    bytes: usize,
+}
+
+impl SlotTable {
+    fn map(ebpf: &Ebpf) -> Result<SlotTable> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let Some(aya::maps::Map::Array(data)) = ebpf.map("GSLOTS") else {
+            bail!("map GSLOTS missing");
+        };
+        let fd = data.fd().as_fd().as_raw_fd();
+        let len = G_SLOTS as usize;
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let bytes = (len * std::mem::size_of::<GSlot>()).div_ceil(page) * page;
+        // SAFETY: maps the value area of a BPF array created with BPF_F_MMAPABLE, exactly
+        // its size rounded up to pages (what the kernel permits); the mapping stays valid
+        // until `munmap` in Drop, independent of the fd.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            bail!(
+                "mmap of the goroutine slot table: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(SlotTable {
+            ptr: ptr.cast(),
+            len,
+            bytes,
+        })
+    }
+
+    /// Slot `i` if it holds a goroutine; `None` if free, being written, or changed while
+    /// read (the kernel writes concurrently).
+    fn get(&self, i: usize) -> Option<GSlot> {
+        debug_assert!(i < self.len);
+        // SAFETY: `i < len`, so the slot lies inside the mapping; volatile reads because
+        // the kernel writes the memory concurrently. GSlot is plain integers.
+        unsafe {
+            let p = self.ptr.add(i);
+            let goid = std::ptr::read_volatile(&raw const (*p).goid);
+            if goid == 0 || goid == SLOT_BUSY {
+                return None;
+            }
+            let slot = std::ptr::read_volatile(p);
+            (std::ptr::read_volatile(&raw const (*p).goid) == goid && slot.goid == goid)
+                .then_some(slot)
+        }
+    }
+
+    /// Frees every slot of a process that exited.
+    fn clear(&self, tgid: u32) {
+        for i in 0..self.len {
+            if self.get(i).is_some_and(|s| s.tgid == tgid) {
+                // SAFETY: in bounds as above; the process is gone, so no probe of it
+                // writes this slot any more.
+                unsafe { std::ptr::write_volatile(&raw mut (*self.ptr.add(i)).goid, 0) };
+            }
+        }
+    }
+}
+
+impl Drop for SlotTable {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `map`, once.
+        unsafe { libc::munmap(self.ptr.cast(), self.bytes) };
+    }
+}
+
 pub struct Probes {
+    /// Declared before `ebpf` so it is unmapped before the map is closed.
+    slots: SlotTable,
     ebpf: Ebpf,
     max_live: u32,
     next_cookie: u32,
@@ -121,7 +205,9 @@ impl Probes {
                 };
                 anyhow::anyhow!("loading the BPF programs failed: {e}{hint}")
             })?;
+        let slots = SlotTable::map(&ebpf)?;
         Ok(Probes {
+            slots,
             ebpf,
             max_live,
             next_cookie: 0,
@@ -290,9 +376,14 @@ impl Probes {
 
     /// Goroutines created while attached and not exited yet, by process and goid.
     pub fn live(&self) -> Result<HashMap<u32, HashMap<u64, GoroutineInfo>>> {
+        let mut out: HashMap<u32, HashMap<u64, GoroutineInfo>> = HashMap::new();
+        for i in 0..self.slots.len {
+            if let Some(s) = self.slots.get(i) {
+                out.entry(s.tgid).or_default().insert(s.goid, s.info);
+            }
+        }
         let map: BpfHashMap<_, GoroutineKey, GoroutineInfo> =
             BpfHashMap::try_from(self.map("LIVE")?)?;
-        let mut out: HashMap<u32, HashMap<u64, GoroutineInfo>> = HashMap::new();
         for entry in map.iter() {
             // An entry deleted while iterating is skipped, not an error worth stopping for.
             let Ok((k, v)) = entry else { continue };
@@ -314,6 +405,7 @@ impl Probes {
 
     /// Removes everything the kernel holds about a process that has exited.
     pub fn purge(&mut self, tgid: u32) -> Result<()> {
+        self.slots.clear(tgid);
         let mut live: BpfHashMap<_, GoroutineKey, GoroutineInfo> =
             BpfHashMap::try_from(self.ebpf.map_mut("LIVE").context("map LIVE missing")?)?;
         let keys: Vec<GoroutineKey> = live
@@ -343,7 +435,7 @@ impl Probes {
         Ok(())
     }
 
-    /// Fill ratio of the live-goroutine map (0..1), counting entries.
+    /// Fill ratio of the live-goroutine overflow map (0..1), counting entries.
     pub fn live_fill(&self) -> Result<f64> {
         let map: BpfHashMap<_, GoroutineKey, GoroutineInfo> =
             BpfHashMap::try_from(self.map("LIVE")?)?;

@@ -98,6 +98,9 @@ enum Bench {
         /// Go version of the fixture.
         #[arg(long, default_value = "1.26.6")]
         go: String,
+        /// Skip the (slow) entry-probe mode.
+        #[arg(long)]
+        no_entry: bool,
     },
 }
 
@@ -118,8 +121,9 @@ fn main() {
                     runs,
                     goroutines,
                     go,
+                    no_entry,
                 },
-        } => bench_overhead(runs, goroutines, &go),
+        } => bench_overhead(runs, goroutines, &go, no_entry),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");
@@ -543,7 +547,7 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-fn bench_overhead(runs: usize, n: u64, go: &str) -> Result<()> {
+fn bench_overhead(runs: usize, n: u64, go: &str, no_entry: bool) -> Result<()> {
     if !is_root() {
         bail!("the overhead benchmark attaches BPF programs: run it as root");
     }
@@ -567,13 +571,14 @@ fn bench_overhead(runs: usize, n: u64, go: &str) -> Result<()> {
             fixture.display()
         );
     }
-    let modes = ["none", "floor", "goroscope", "entry"];
+    let all_modes = ["none", "floor", "goroscope", "entry"];
+    let modes = &all_modes[..if no_entry { 3 } else { 4 }];
     let mut ns: std::collections::HashMap<&str, Vec<f64>> = std::collections::HashMap::new();
     let mut reports: std::collections::HashMap<&str, Vec<serde_json::Value>> =
         std::collections::HashMap::new();
     // Modes take turns run by run, so drift of the machine hits them alike.
     for r in 0..runs {
-        for mode in modes {
+        for &mode in modes {
             let mut target = Driven::start(&mut Command::new(&fixture))?;
             let ready = target.line()?;
             let pid = ready
@@ -615,7 +620,7 @@ fn bench_overhead(runs: usize, n: u64, go: &str) -> Result<()> {
     }
     let mut results = serde_json::Map::new();
     let mut medians = std::collections::HashMap::new();
-    for mode in modes {
+    for &mode in modes {
         let raw = ns[mode].clone();
         let m = median(&mut ns.get_mut(mode).expect("ran").clone());
         medians.insert(mode, m);
@@ -631,7 +636,11 @@ fn bench_overhead(runs: usize, n: u64, go: &str) -> Result<()> {
     let base = medians["none"];
     let added = |m: &str| medians[m] - base;
     let ratio_floor = added("goroscope") / added("floor");
-    let ratio_entry = added("entry") / added("goroscope");
+    let ratio_entry = if no_entry {
+        f64::NAN
+    } else {
+        added("entry") / added("goroscope")
+    };
     let goro = &results["goroscope"]["agent"];
     let lost: u64 = goro
         .as_array()

@@ -17,8 +17,11 @@ pub mod reg {
 
 /// Maximum number of probe-site configurations (one per attached binary and hook).
 pub const MAX_SITE_CONFIGS: u32 = 256;
-/// Default bound of the live-goroutine map (entries); the agent may change it at load.
-pub const DEFAULT_MAX_LIVE: u32 = 262_144;
+/// Slots of the goroutine slot table (a power of two).
+pub const G_SLOTS: u32 = 1 << 18;
+/// Default bound of the live-goroutine overflow map (goroutines whose slot was taken);
+/// the agent may change it at load.
+pub const DEFAULT_MAX_LIVE: u32 = 65_536;
 /// Bound of the per-(process, creation site) statistics map.
 pub const MAX_SITES: u32 = 16_384;
 /// Bound of the per-process counters map.
@@ -71,6 +74,31 @@ impl SiteConfig {
             startpc_word: word(startpc)?,
         })
     }
+}
+
+/// Marks a slot being written (never a goid: goids start at 1 and grow).
+pub const SLOT_BUSY: u64 = u64::MAX;
+
+/// A goroutine created while attached, in the slot table: an array indexed by a hash of
+/// (process, `g` pointer), claimed with compare-and-swap on `goid` (0 = free,
+/// [`SLOT_BUSY`] = being written). Array slots cost no hashing or locking in the kernel;
+/// a goroutine whose slot is taken goes to the `LIVE` hash map instead.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GSlot {
+    pub goid: u64,
+    /// Address of the `runtime.g` (Go reuses a `g` for a later goroutine after exit).
+    pub g: u64,
+    pub tgid: u32,
+    pub _pad: u32,
+    pub info: GoroutineInfo,
+}
+
+/// Slot of a goroutine: Fibonacci hashing of the `g` address mixed with the process.
+#[inline(always)]
+pub fn slot_index(tgid: u32, g: u64) -> u32 {
+    let h = (g >> 3) ^ ((tgid as u64) << 40);
+    (h.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - G_SLOTS.trailing_zeros())) as u32
 }
 
 /// Key of the live-goroutine map.
@@ -163,7 +191,8 @@ impl Default for SiteStats {
 pub struct ProcCounters {
     /// Probe hits whose `*g` fields could not be read.
     pub read_errors: u64,
-    /// Creations not recorded because the live-goroutine map was full.
+    /// Creations not recorded because their slot was taken and the live-goroutine
+    /// overflow map was full.
     pub live_map_full: u64,
     /// Creations/exits not counted per site because the site map was full.
     pub site_map_full: u64,
@@ -176,6 +205,7 @@ mod user {
     unsafe impl aya::Pod for super::SiteConfig {}
     unsafe impl aya::Pod for super::GoroutineKey {}
     unsafe impl aya::Pod for super::GoroutineInfo {}
+    unsafe impl aya::Pod for super::GSlot {}
     unsafe impl aya::Pod for super::SiteKey {}
     unsafe impl aya::Pod for super::SiteStats {}
     unsafe impl aya::Pod for super::ProcCounters {}
@@ -206,6 +236,20 @@ mod tests {
             (160, 0, 15, 16, 18)
         );
         assert_eq!(SiteConfig::new(152, 272, 280, 400), None);
+    }
+
+    #[test]
+    fn slot_indexes_are_in_range_and_spread() {
+        let mut seen = [0u32; 64];
+        for i in 0..100_000u64 {
+            // g structs are ~400 bytes apart in the heap.
+            let idx = slot_index(1234, 0xc000_0000_00 + i * 416);
+            assert!(idx < G_SLOTS);
+            seen[(idx >> 12) as usize] += 1;
+        }
+        // Every 1/64th of the table gets a share (uniform would be 1562 each).
+        assert!(seen.iter().all(|&n| n > 1000 && n < 2200), "{seen:?}");
+        assert_ne!(slot_index(1, 0xc000_1000), slot_index(2, 0xc000_1000));
     }
 
     #[test]

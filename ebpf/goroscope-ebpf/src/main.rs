@@ -2,11 +2,12 @@
 //! binary analysis. Kept small and boring: read a register, read a few fields of
 //! `runtime.g` at offsets given by userspace, update bounded maps.
 //!
-//! State stays in the kernel (no event stream): `LIVE` holds goroutines created while
-//! attached (for their age and creation site), `SITES` holds per-(process, `go`
-//! statement) exit counts and a lifetime histogram. Creation touches `LIVE` only. The
-//! agent reads the maps when it needs them, so the hot path never wakes userspace. Every
-//! map is bounded and what does not fit is counted in `PROC_COUNTERS`.
+//! State stays in the kernel (no event stream): `GSLOTS` (a slot table indexed by the
+//! `g` address, overflowing into the `LIVE` hash map) holds goroutines created while
+//! attached, for their age and creation site; `SITES` holds per-(process, `go`
+//! statement) exit counts and a lifetime histogram. The agent reads the maps when it
+//! needs them (the slot table through mmap), so the hot path never wakes userspace.
+//! Every map is bounded and what does not fit is counted in `PROC_COUNTERS`.
 #![no_std]
 #![no_main]
 // For `atomic_xadd`: the BPF target has no `AtomicU64::fetch_add` in `core`.
@@ -14,7 +15,7 @@
 #![allow(internal_features)]
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST},
+    bindings::{BPF_ANY, BPF_F_MMAPABLE, BPF_NOEXIST},
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{map, uprobe},
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
@@ -22,15 +23,20 @@ use aya_ebpf::{
     EbpfContext,
 };
 use goroscope_common::{
-    lifetime_bucket, GoroutineInfo, GoroutineKey, ProcCounters, SiteConfig, SiteKey, SiteStats,
-    DEFAULT_MAX_LIVE, G_WINDOW_WORDS, MAX_PROCS, MAX_SITES, MAX_SITE_CONFIGS,
+    lifetime_bucket, slot_index, GSlot, GoroutineInfo, GoroutineKey, ProcCounters, SiteConfig,
+    SiteKey, SiteStats, DEFAULT_MAX_LIVE, G_SLOTS, G_WINDOW_WORDS, MAX_PROCS, MAX_SITES,
+    MAX_SITE_CONFIGS, SLOT_BUSY,
 };
 
 /// Per attached site configuration, indexed by the uprobe attach cookie.
 #[map]
 static SITE_CONFIG: Array<SiteConfig> = Array::with_max_entries(MAX_SITE_CONFIGS, 0);
 
-/// Goroutines created while attached, until they exit.
+/// Goroutines created while attached, until they exit: the fast path (see `GSlot`).
+#[map]
+static GSLOTS: Array<GSlot> = Array::with_max_entries(G_SLOTS, BPF_F_MMAPABLE);
+
+/// Goroutines created while attached whose slot was taken, until they exit.
 #[map]
 static LIVE: HashMap<GoroutineKey, GoroutineInfo> = HashMap::with_max_entries(DEFAULT_MAX_LIVE, 0);
 
@@ -54,6 +60,20 @@ fn atomic_add(p: *mut u64, v: u64) {
         core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
             p, v,
         );
+    }
+}
+
+/// Compare-and-swap; returns whether `*p` was `old` and is now `new`.
+#[inline(always)]
+fn cas(p: *mut u64, old: u64, new: u64) -> bool {
+    // SAFETY: as for `atomic_add`; compiles to a BPF cmpxchg.
+    unsafe {
+        core::intrinsics::atomic_cxchg::<
+            u64,
+            { core::intrinsics::AtomicOrdering::SeqCst },
+            { core::intrinsics::AtomicOrdering::SeqCst },
+        >(p, old, new)
+        .1
     }
 }
 
@@ -123,6 +143,23 @@ fn on_create(ctx: &ProbeContext, g: u64) -> u32 {
         startpc: word(cfg.startpc_word),
         parent_goid: word(cfg.parent_goid_word),
     };
+    if let Some(slot) = GSLOTS.get_ptr_mut(slot_index(tgid, g)) {
+        // SAFETY: `slot` points into an array map value valid for the program's duration;
+        // it is claimed with compare-and-swap before any other field is written.
+        unsafe {
+            let goid_p = &raw mut (*slot).goid;
+            let prev = *goid_p;
+            // Free, or left by an earlier goroutine on this same g whose exit was missed.
+            let ours = prev == 0 || ((*slot).g == g && (*slot).tgid == tgid && prev != SLOT_BUSY);
+            if ours && cas(goid_p, prev, SLOT_BUSY) {
+                (*slot).g = g;
+                (*slot).tgid = tgid;
+                (*slot).info = info;
+                *goid_p = goid;
+                return 0;
+            }
+        }
+    }
     if LIVE.insert(&key, &info, BPF_ANY as u64).is_err() {
         lost(tgid, |c| c.live_map_full += 1);
     }
@@ -144,11 +181,25 @@ fn on_exit(ctx: &ProbeContext, g: u64) -> u32 {
         _pad: 0,
         goid,
     };
-    // SAFETY: the value is copied out before the entry is deleted.
-    let created = unsafe { LIVE.get(&key) }.copied();
+    let mut created = None;
+    if let Some(slot) = GSLOTS.get_ptr_mut(slot_index(tgid, g)) {
+        // SAFETY: as in `on_create`; the slot is ours if it names this goroutine.
+        unsafe {
+            if (*slot).goid == goid && (*slot).g == g && (*slot).tgid == tgid {
+                created = Some((*slot).info);
+                (*slot).goid = 0;
+            }
+        }
+    }
+    if created.is_none() {
+        // SAFETY: the value is copied out before the entry is deleted.
+        created = unsafe { LIVE.get(&key) }.copied();
+        if created.is_some() {
+            let _ = LIVE.remove(&key);
+        }
+    }
     match created {
         Some(info) => {
-            let _ = LIVE.remove(&key);
             // SAFETY: bpf_ktime_get_ns has no preconditions.
             let lifetime = unsafe { bpf_ktime_get_ns() }.saturating_sub(info.created_ns);
             let Some(s) = site(tgid, info.gopc) else {
