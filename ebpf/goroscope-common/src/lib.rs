@@ -243,7 +243,7 @@ mod tests {
         let mut seen = [0u32; 64];
         for i in 0..100_000u64 {
             // g structs are ~400 bytes apart in the heap.
-            let idx = slot_index(1234, 0xc000_0000_00 + i * 416);
+            let idx = slot_index(1234, 0x00c0_0000_0000 + i * 416);
             assert!(idx < G_SLOTS);
             seen[(idx >> 12) as usize] += 1;
         }
