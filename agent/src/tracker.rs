@@ -110,6 +110,8 @@ pub struct Tracked {
     pub id: ProcessId,
     pub analysis: Arc<Analysis>,
     pub bias: u64,
+    /// The executable's path as the process sees it (not `/proc/PID/exe`).
+    exe: String,
     mem: ProcMem,
     attached_ns: u64,
     /// Goroutines that existed before attach (the attach-time inventory), with when they
@@ -129,10 +131,14 @@ impl Tracked {
         } else {
             0
         };
+        let exe = std::fs::read_link(id.exe_link())
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| analysis.path.display().to_string());
         Ok(Tracked {
             id,
             analysis,
             bias,
+            exe,
             mem: ProcMem::new(id.pid),
             attached_ns: mono_ns(),
             first_seen: HashMap::new(),
@@ -344,7 +350,7 @@ impl Tracked {
         }
         ProcessTable {
             pid: self.id.pid,
-            exe: self.analysis.path.display().to_string(),
+            exe: self.exe.clone(),
             go_version: self.analysis.go_version.clone(),
             attached_seconds: now.saturating_sub(self.attached_ns) as f64 / 1e9,
             live: goroutines.len() as u64,

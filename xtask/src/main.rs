@@ -101,6 +101,10 @@ enum Bench {
         /// Skip the (slow) entry-probe mode.
         #[arg(long)]
         no_entry: bool,
+        /// GOMAXPROCS of the fixture (0: Go's default, one per CPU). With 1 the creating
+        /// goroutine never yields and a million goroutines pile up: not representative.
+        #[arg(long, default_value_t = 0)]
+        gomaxprocs: u32,
     },
 }
 
@@ -122,8 +126,9 @@ fn main() {
                     goroutines,
                     go,
                     no_entry,
+                    gomaxprocs,
                 },
-        } => bench_overhead(runs, goroutines, &go, no_entry),
+        } => bench_overhead(runs, goroutines, &go, no_entry, gomaxprocs),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");
@@ -547,7 +552,7 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-fn bench_overhead(runs: usize, n: u64, go: &str, no_entry: bool) -> Result<()> {
+fn bench_overhead(runs: usize, n: u64, go: &str, no_entry: bool, gomaxprocs: u32) -> Result<()> {
     if !is_root() {
         bail!("the overhead benchmark attaches BPF programs: run it as root");
     }
@@ -579,7 +584,11 @@ fn bench_overhead(runs: usize, n: u64, go: &str, no_entry: bool) -> Result<()> {
     // Modes take turns run by run, so drift of the machine hits them alike.
     for r in 0..runs {
         for &mode in modes {
-            let mut target = Driven::start(&mut Command::new(&fixture))?;
+            let mut cmd = Command::new(&fixture);
+            if gomaxprocs > 0 {
+                cmd.env("GOMAXPROCS", gomaxprocs.to_string());
+            }
+            let mut target = Driven::start(&mut cmd)?;
             let ready = target.line()?;
             let pid = ready
                 .strip_prefix("ready ")
@@ -670,7 +679,8 @@ fn bench_overhead(runs: usize, n: u64, go: &str, no_entry: bool) -> Result<()> {
     writeln!(md, "# Overhead benchmark\n")?;
     writeln!(
         md,
-        "Go {go} fixture `bench`: {n} goroutines created that exit at once; median of {runs} runs per mode, modes interleaved.\n"
+        "Go {go} fixture `bench`: {n} goroutines created that exit at once, GOMAXPROCS={}; median of {runs} runs per mode, modes interleaved.\n",
+        if gomaxprocs == 0 { "default".to_string() } else { gomaxprocs.to_string() }
     )?;
     writeln!(md, "| mode | ns per goroutine | added vs none |")?;
     writeln!(md, "|---|---|---|")?;

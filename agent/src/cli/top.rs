@@ -61,6 +61,7 @@ pub fn run(target: Target, interval: Duration, iterations: Option<u64>, all: boo
                 }
             });
         }
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut tick = tokio::time::interval(interval);
         let mut n = 0u64;
         loop {
@@ -68,6 +69,7 @@ pub fn run(target: Target, interval: Duration, iterations: Option<u64>, all: boo
                 _ = tick.tick() => {}
                 _ = quit_rx.recv() => break,
                 _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
             }
             let tables = session.refresh()?;
             let rows = terminal::size()

@@ -199,7 +199,7 @@ fn go_wrappers(elf: &elf::Elf<'_>, pcln: &Pclntab) -> HashMap<u64, String> {
         let last = name.rsplit('.').next().unwrap_or("");
         let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
         last.strip_prefix("gowrap").is_some_and(digits)
-            || (last.strip_prefix("func").is_some_and(digits) && !name.starts_with("runtime."))
+            || last.strip_prefix("func").is_some_and(digits)
     };
     let mut out = HashMap::new();
     for f in pcln.funcs.iter().filter(|f| is_closure(&f.name)) {
@@ -210,7 +210,12 @@ fn go_wrappers(elf: &elf::Elf<'_>, pcln: &Pclntab) -> HashMap<u64, String> {
             .iter()
             .filter_map(|t| pcln.func_at(*t).filter(|c| c.entry == *t))
             .map(|c| c.name.as_str())
-            .filter(|n| !n.starts_with("runtime."))
+            // Runtime helpers (morestack, write barriers, panics) are not what a user
+            // wrapper starts; a runtime wrapper starts a runtime function.
+            .filter(|n| {
+                !n.starts_with("runtime.morestack")
+                    && (f.name.starts_with("runtime.") || !n.starts_with("runtime."))
+            })
             .collect();
         targets.dedup();
         if let [only] = targets[..] {
