@@ -406,26 +406,8 @@ impl Probes {
     /// Removes everything the kernel holds about a process that has exited.
     pub fn purge(&mut self, tgid: u32) -> Result<()> {
         self.slots.clear(tgid);
-        let mut live: BpfHashMap<_, GoroutineKey, GoroutineInfo> =
-            BpfHashMap::try_from(self.ebpf.map_mut("LIVE").context("map LIVE missing")?)?;
-        let keys: Vec<GoroutineKey> = live
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| k.tgid == tgid)
-            .collect();
-        for k in keys {
-            let _ = live.remove(&k);
-        }
-        let mut sites: BpfHashMap<_, SiteKey, SiteStats> =
-            BpfHashMap::try_from(self.ebpf.map_mut("SITES").context("map SITES missing")?)?;
-        let keys: Vec<SiteKey> = sites
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| k.tgid == tgid)
-            .collect();
-        for k in keys {
-            let _ = sites.remove(&k);
-        }
+        remove_where::<GoroutineKey, GoroutineInfo>(&mut self.ebpf, "LIVE", |k| k.tgid == tgid)?;
+        remove_where::<SiteKey, SiteStats>(&mut self.ebpf, "SITES", |k| k.tgid == tgid)?;
         let mut procs: PerCpuHashMap<_, u32, ProcCounters> = PerCpuHashMap::try_from(
             self.ebpf
                 .map_mut("PROC_COUNTERS")
@@ -441,6 +423,27 @@ impl Probes {
             BpfHashMap::try_from(self.map("LIVE")?)?;
         Ok(map.keys().count() as f64 / f64::from(self.max_live.max(1)))
     }
+}
+
+/// Removes the entries of a hash map whose key matches.
+fn remove_where<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    matches: impl Fn(&K) -> bool,
+) -> Result<()> {
+    let mut map: BpfHashMap<_, K, V> = BpfHashMap::try_from(
+        ebpf.map_mut(name)
+            .with_context(|| format!("map {name} missing"))?,
+    )?;
+    let keys: Vec<K> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| matches(k))
+        .collect();
+    for k in keys {
+        let _ = map.remove(&k);
+    }
+    Ok(())
 }
 
 impl Drop for Probes {

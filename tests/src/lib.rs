@@ -116,6 +116,21 @@ fn newest_mtime(path: &Path) -> Option<std::time::SystemTime> {
         .max()
 }
 
+/// Runs `goroscope ARGS --json`, asserts success, and returns the parsed output.
+pub fn goroscope_json(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(goroscope_bin())
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("run goroscope");
+    assert!(
+        out.status.success(),
+        "goroscope {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("goroscope printed JSON")
+}
+
 /// Source line (1-based) of the first line of `file` containing `needle`.
 pub fn line_of(file: &Path, needle: &str) -> u32 {
     let text = std::fs::read_to_string(file).expect("fixture source");

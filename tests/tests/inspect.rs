@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::process::Command;
 
 use goroscope::gobin::{self, offsets, Hook, OffsetsSource, SiteKind};
-use integration_tests::{fixture_source, line_of, supported};
+use integration_tests::{fixture_source, goroscope_json, line_of, supported};
 
 /// Bytes of the file at a site's file offset.
 fn file_bytes(path: &std::path::Path, off: u64, len: usize) -> Vec<u8> {
@@ -230,17 +230,7 @@ fn source_lines_from_pclntab() {
 fn cli_text_and_json() {
     let bin = integration_tests::goroscope_bin();
     for f in supported("churn") {
-        let out = Command::new(&bin)
-            .args(["inspect-binary", "--json"])
-            .arg(&f.path)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let j = goroscope_json(&["inspect-binary", f.path.to_str().unwrap()]);
         assert_eq!(j["go_version"], format!("go{}", f.go));
         assert_eq!(j["stripped"], f.variant == "stripped");
         assert_eq!(j["pie"], f.variant == "pie");

@@ -9,7 +9,7 @@ use goroscope::session::{Session, Target};
 use goroscope::tracker::{ProcessTable, SiteView};
 use goroscope_common::DEFAULT_MAX_LIVE;
 use integration_tests::{
-    bpf_allowed, fixture, fixture_source, goroscope_bin, line_of, wait_for, Churn,
+    bpf_allowed, fixture, fixture_source, goroscope_bin, goroscope_json, line_of, wait_for, Churn,
 };
 
 fn site<'a>(t: &'a ProcessTable, fixture: &str, marker: &str) -> &'a SiteView {
@@ -115,16 +115,7 @@ fn blockers(minor: u32, variant: &str) {
     assert_eq!(lt.buckets.iter().map(|(_, n)| n).sum::<u64>(), 30);
 
     // The same answer from the inventory alone, through the CLI.
-    let out = Command::new(goroscope_bin())
-        .args(["snapshot", "--json", "--pid", &p.pid.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let j = goroscope_json(&["snapshot", "--pid", &p.pid.to_string()]);
     let line = line_of(&fixture_source("blockers"), BLOCK);
     let snap = j["sites"]
         .as_array()
