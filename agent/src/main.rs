@@ -2,17 +2,46 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use goroscope::cli::{self, Cli, Command};
+use goroscope::config::{Config, LogFormat};
+
+fn init_logs(level: Option<&str>, default: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level.unwrap_or(default)))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cli.log))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-    let result = match cli.command {
+    let result = match &cli.command {
+        // The daemon's config decides its log format: read it first.
+        Command::Run(args) => Config::resolve(args).and_then(|cfg| {
+            init_logs(cli.log.as_deref(), "info", cfg.log_format);
+            goroscope::daemon::run(cfg)
+        }),
+        _ => {
+            init_logs(cli.log.as_deref(), "warn", LogFormat::Text);
+            command(cli.command)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("goroscope: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn command(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run(_) => unreachable!("handled in main"),
         Command::InspectBinary { path, json } => cli::inspect::run(&path, json),
         Command::Top {
             target,
@@ -28,12 +57,5 @@ fn main() -> ExitCode {
             interval,
             duration,
         } => cli::watch::run(pid, interval, duration),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("goroscope: error: {e:#}");
-            ExitCode::from(2)
-        }
     }
 }

@@ -24,6 +24,17 @@ use crate::gobin::{Analysis, Hook, ProbeSite};
 /// The kernel programs, built from `ebpf/goroscope-ebpf` by `agent/build.rs`.
 pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("GOROSCOPE_BPF_OBJECT"));
 
+/// Fill ratio (0..1) of the kernel maps, the fullest over all probe sets when merged.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct MapFill {
+    /// Slot array of live goroutines.
+    pub goroutine_slots: f64,
+    /// Overflow hash map of live goroutines.
+    pub goroutine_overflow: f64,
+    /// Per-site statistics.
+    pub sites: f64,
+}
+
 /// What the kernel counted for one process.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Totals {
@@ -415,6 +426,19 @@ impl Probes {
         )?;
         let _ = procs.remove(&tgid);
         Ok(())
+    }
+
+    /// Fill ratios of the bounded maps.
+    pub fn map_fill(&self) -> Result<MapFill> {
+        let slots = (0..self.slots.len)
+            .filter(|i| self.slots.get(*i).is_some())
+            .count();
+        let sites: BpfHashMap<_, SiteKey, SiteStats> = BpfHashMap::try_from(self.map("SITES")?)?;
+        Ok(MapFill {
+            goroutine_slots: slots as f64 / self.slots.len.max(1) as f64,
+            goroutine_overflow: self.live_fill()?,
+            sites: sites.keys().count() as f64 / f64::from(goroscope_common::MAX_SITES),
+        })
     }
 
     /// Fill ratio of the live-goroutine overflow map (0..1), counting entries.

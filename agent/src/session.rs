@@ -19,7 +19,7 @@ use crate::process::{self, ProcessId};
 use crate::tracker::{ProcessTable, Tracked};
 
 /// What to trace.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Target {
     Pid(u32),
     Exe(PathBuf),

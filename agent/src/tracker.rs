@@ -45,6 +45,8 @@ pub struct GoroutineView {
     pub age_seconds: f64,
     /// The goroutine existed before attach: its age is at least `age_seconds`.
     pub age_is_lower_bound: bool,
+    /// Blocked (Go status `_Gwaiting`: channel, select, sleep, IO wait, lock…).
+    pub waiting: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -66,6 +68,8 @@ pub struct SiteView {
     pub system: bool,
     pub start_function: String,
     pub live: u64,
+    /// Live goroutines that are blocked (`_Gwaiting`).
+    pub waiting: u64,
     /// Created while attached (None without probes).
     pub created: Option<u64>,
     /// Exited while attached, whenever they were created (None without probes).
@@ -92,6 +96,8 @@ pub use crate::probe::Totals as Counters;
 #[derive(Debug, Clone, Serialize)]
 pub struct ProcessTable {
     pub pid: u32,
+    /// Process start time (clock ticks after boot): tells a reused pid apart.
+    pub start_time: u64,
     pub exe: String,
     pub go_version: String,
     pub attached_seconds: f64,
@@ -238,6 +244,7 @@ impl Tracked {
                     start_function: self.func_name(g.startpc.wrapping_sub(bias)),
                     age_seconds: age_ns as f64 / 1e9,
                     age_is_lower_bound: lower,
+                    waiting: g.status == inventory::STATUS_WAITING,
                 },
             ));
         }
@@ -313,6 +320,7 @@ impl Tracked {
                     .map(|(s, _)| s.to_string())
                     .unwrap_or_default(),
                 live: live_n,
+                waiting: members.iter().filter(|g| g.waiting).count() as u64,
                 created: sites.map(|_| {
                     ks.map_or(0, |s| s.exited()) + live_created.get(&gopc).copied().unwrap_or(0)
                 }),
@@ -350,6 +358,7 @@ impl Tracked {
         }
         ProcessTable {
             pid: self.id.pid,
+            start_time: self.id.start_time,
             exe: self.exe.clone(),
             go_version: self.analysis.go_version.clone(),
             attached_seconds: now.saturating_sub(self.attached_ns) as f64 / 1e9,

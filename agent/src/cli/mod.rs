@@ -23,9 +23,10 @@ use crate::session::Target;
                   they were created, and for how long."
 )]
 pub struct Cli {
-    /// Log level filter (e.g. info, debug, goroscope=trace); also RUST_LOG.
-    #[arg(long, global = true, default_value = "warn", env = "GOROSCOPE_LOG")]
-    pub log: String,
+    /// Log level filter (e.g. info, debug, goroscope=trace); also RUST_LOG
+    /// [default: info for `run`, warn otherwise].
+    #[arg(long, global = true, env = "GOROSCOPE_LOG")]
+    pub log: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -54,6 +55,10 @@ impl TargetArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// The daemon: trace targets, judge leaks, serve Prometheus metrics, health and debug
+    /// endpoints over HTTP (needs root). Flags and GOROSCOPE_* variables override the
+    /// config file.
+    Run(Box<crate::config::RunArgs>),
     /// Analyse a Go binary: Go version, module, runtime struct offsets and the probe sites
     /// goroscope would use (needs no privileges).
     InspectBinary {

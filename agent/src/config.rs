@@ -1,0 +1,335 @@
+//! Configuration of the `goroscope run` daemon: a TOML file, overridden by environment
+//! variables and flags (flags and `GOROSCOPE_*` variables are parsed together by clap;
+//! they win over the file, which wins over the defaults).
+//!
+//! ```toml
+//! listen = "0.0.0.0:9750"
+//! interval_seconds = 5
+//! top_sites = 20
+//! max_live_goroutines = 65536
+//! log_format = "json"
+//!
+//! [[targets]]
+//! exe = "/usr/local/bin/myservice"
+//! [[targets]]
+//! pid = 4242
+//!
+//! [leak]
+//! window_seconds = 30
+//! min_growth = 10
+//! min_age_seconds = 20
+//! min_waiting_ratio = 0.8
+//! ```
+//!
+//! Unknown keys and bad values are errors that name the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::leak::LeakConfig;
+use crate::session::Target;
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:9750";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// One `[[targets]]` entry: exactly one of `pid` and `exe`.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetEntry {
+    pub pid: Option<u32>,
+    pub exe: Option<PathBuf>,
+}
+
+/// The config file as written.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub interval_seconds: Option<f64>,
+    pub top_sites: Option<usize>,
+    pub max_live_goroutines: Option<u32>,
+    pub log_format: Option<LogFormat>,
+    #[serde(default)]
+    pub targets: Vec<TargetEntry>,
+    pub leak: Option<LeakConfig>,
+}
+
+/// Flags and environment variables of `goroscope run` (all optional: they override the
+/// file).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RunArgs {
+    /// Config file (TOML).
+    #[arg(long, env = "GOROSCOPE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Trace this process (repeatable).
+    #[arg(long)]
+    pub pid: Vec<u32>,
+    /// Trace every process running this Go executable, present and future (repeatable).
+    #[arg(long)]
+    pub exe: Vec<PathBuf>,
+    /// Address of the HTTP server (/metrics, /healthz, /readyz, /debug/goroutines)
+    /// [default: 0.0.0.0:9750].
+    #[arg(long, env = "GOROSCOPE_LISTEN")]
+    pub listen: Option<String>,
+    /// Seconds between refreshes of the goroutine tables [default: 5].
+    #[arg(long, env = "GOROSCOPE_INTERVAL_SECONDS")]
+    pub interval_seconds: Option<f64>,
+    /// Sites per process with their own metric series; the rest fold into site="other"
+    /// [default: 20].
+    #[arg(long, env = "GOROSCOPE_TOP_SITES")]
+    pub top_sites: Option<usize>,
+    /// Bound of the kernel's overflow map of live goroutines [default: 65536].
+    #[arg(long, env = "GOROSCOPE_MAX_LIVE_GOROUTINES")]
+    pub max_live_goroutines: Option<u32>,
+    /// Log format [default: text].
+    #[arg(long, value_enum, env = "GOROSCOPE_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Leak model: history a verdict looks at [default: 30].
+    #[arg(long, env = "GOROSCOPE_LEAK_WINDOW_SECONDS")]
+    pub leak_window_seconds: Option<f64>,
+    /// Leak model: least rise of a site's live floor over the window [default: 10].
+    #[arg(long, env = "GOROSCOPE_LEAK_MIN_GROWTH")]
+    pub leak_min_growth: Option<u64>,
+    /// Leak model: least age of a site's oldest goroutine [default: 20].
+    #[arg(long, env = "GOROSCOPE_LEAK_MIN_AGE_SECONDS")]
+    pub leak_min_age_seconds: Option<f64>,
+    /// Leak model: least share of blocked goroutines at the site [default: 0.8].
+    #[arg(long, env = "GOROSCOPE_LEAK_MIN_WAITING_RATIO")]
+    pub leak_min_waiting_ratio: Option<f64>,
+}
+
+/// The effective, validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub interval: Duration,
+    pub top_sites: usize,
+    pub max_live_goroutines: u32,
+    pub log_format: LogFormat,
+    pub targets: Vec<Target>,
+    pub leak: LeakConfig,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<FileConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        toml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "config file {}: {}",
+                path.display(),
+                e.to_string().trim_end()
+            )
+        })
+    }
+}
+
+impl Config {
+    /// Merges flags/env over the file over the defaults, and validates.
+    pub fn resolve(args: &RunArgs) -> Result<Config> {
+        let file = match &args.config {
+            Some(p) => FileConfig::load(p)?,
+            None => FileConfig::default(),
+        };
+        let listen_s = args
+            .listen
+            .clone()
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        let listen: SocketAddr = listen_s.parse().map_err(|_| {
+            anyhow::anyhow!("listen: {listen_s:?} is not an address like 0.0.0.0:9750 or [::1]:9750")
+        })?;
+        let interval = args.interval_seconds.or(file.interval_seconds).unwrap_or(5.0);
+        if !(0.1..=3600.0).contains(&interval) {
+            bail!("interval_seconds must be between 0.1 and 3600, not {interval}");
+        }
+        let top_sites = args.top_sites.or(file.top_sites).unwrap_or(20);
+        if !(1..=1000).contains(&top_sites) {
+            bail!("top_sites must be between 1 and 1000, not {top_sites}");
+        }
+        let max_live = args
+            .max_live_goroutines
+            .or(file.max_live_goroutines)
+            .unwrap_or(goroscope_common::DEFAULT_MAX_LIVE);
+        if !(1024..=16 << 20).contains(&max_live) {
+            bail!("max_live_goroutines must be between 1024 and 16777216, not {max_live}");
+        }
+        let mut leak = file.leak.unwrap_or_default();
+        if let Some(v) = args.leak_window_seconds {
+            leak.window_seconds = v;
+        }
+        if let Some(v) = args.leak_min_growth {
+            leak.min_growth = v;
+        }
+        if let Some(v) = args.leak_min_age_seconds {
+            leak.min_age_seconds = v;
+        }
+        if let Some(v) = args.leak_min_waiting_ratio {
+            leak.min_waiting_ratio = v;
+        }
+        leak.validate().map_err(anyhow::Error::msg)?;
+        if leak.window_seconds < 2.0 * interval {
+            bail!(
+                "leak.window_seconds ({}) must be at least twice interval_seconds ({interval})",
+                leak.window_seconds
+            );
+        }
+        let mut targets = Vec::new();
+        for (i, t) in file.targets.iter().enumerate() {
+            targets.push(match (t.pid, &t.exe) {
+                (Some(0), None) => bail!("targets[{i}].pid must not be 0"),
+                (Some(p), None) => Target::Pid(p),
+                (None, Some(e)) => Target::Exe(e.clone()),
+                _ => bail!("targets[{i}] needs exactly one of `pid` and `exe`"),
+            });
+        }
+        targets.extend(args.pid.iter().map(|p| Target::Pid(*p)));
+        targets.extend(args.exe.iter().cloned().map(Target::Exe));
+        if targets.is_empty() {
+            bail!(
+                "nothing to trace: give --pid PID or --exe PATH (repeatable), or [[targets]] in \
+                 the config file"
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        targets.retain(|t| seen.insert(t.clone()));
+        Ok(Config {
+            listen,
+            interval: Duration::from_secs_f64(interval),
+            top_sites,
+            max_live_goroutines: max_live,
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            targets,
+            leak,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> (tempdir::Dir, RunArgs) {
+        let d = tempdir::Dir::new();
+        let p = d.0.join("goroscope.toml");
+        std::fs::write(&p, text).unwrap();
+        (
+            d,
+            RunArgs {
+                config: Some(p),
+                ..RunArgs::default()
+            },
+        )
+    }
+
+    mod tempdir {
+        pub struct Dir(pub std::path::PathBuf);
+        impl Dir {
+            pub fn new() -> Dir {
+                use std::sync::atomic::{AtomicU32, Ordering};
+                static N: AtomicU32 = AtomicU32::new(0);
+                let p = std::env::temp_dir().join(format!(
+                    "goroscope-config-test-{}-{}",
+                    std::process::id(),
+                    N.fetch_add(1, Ordering::Relaxed)
+                ));
+                std::fs::create_dir_all(&p).unwrap();
+                Dir(p)
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    fn err(text: &str) -> String {
+        let (_d, a) = file(text);
+        format!("{:#}", Config::resolve(&a).unwrap_err())
+    }
+
+    #[test]
+    fn full_file_and_flag_override() {
+        let (_d, mut a) = file(
+            "listen = \"127.0.0.1:9999\"\ninterval_seconds = 2\ntop_sites = 5\n\
+             log_format = \"json\"\n[[targets]]\nexe = \"/bin/svc\"\n[[targets]]\npid = 42\n\
+             [leak]\nmin_growth = 3\n",
+        );
+        let c = Config::resolve(&a).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9999".parse().unwrap());
+        assert_eq!(c.interval, Duration::from_secs(2));
+        assert_eq!(c.top_sites, 5);
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(
+            c.targets,
+            vec![Target::Exe("/bin/svc".into()), Target::Pid(42)]
+        );
+        assert_eq!(c.leak.min_growth, 3);
+        assert_eq!(c.leak.window_seconds, 30.0);
+        a.top_sites = Some(7);
+        a.listen = Some("[::1]:1".into());
+        a.pid = vec![42, 43];
+        let c = Config::resolve(&a).unwrap();
+        assert_eq!(c.top_sites, 7);
+        assert_eq!(c.listen, "[::1]:1".parse().unwrap());
+        // Duplicates collapse.
+        assert_eq!(c.targets.len(), 3);
+    }
+
+    #[test]
+    fn defaults_need_only_a_target() {
+        let a = RunArgs {
+            pid: vec![1],
+            ..RunArgs::default()
+        };
+        let c = Config::resolve(&a).unwrap();
+        assert_eq!(c.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(c.interval, Duration::from_secs(5));
+        assert_eq!(c.top_sites, 20);
+        assert_eq!(c.leak, LeakConfig::default());
+        let none = format!("{:#}", Config::resolve(&RunArgs::default()).unwrap_err());
+        assert!(none.contains("nothing to trace"), "{none}");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("listne = \"x\"\n", "listne"),
+            ("[leak]\nwindow = 3\n", "window"),
+            ("[[targets]]\npid = 1\nexe = \"/x\"\n", "targets[0]"),
+            ("[[targets]]\nname = \"x\"\n", "name"),
+            ("[[targets]]\n", "targets[0]"),
+            ("interval_seconds = \"5s\"\n", "interval_seconds"),
+            ("interval_seconds = 0\n[[targets]]\npid=1\n", "interval_seconds"),
+            ("top_sites = 0\n[[targets]]\npid=1\n", "top_sites"),
+            ("listen = \"9750\"\n[[targets]]\npid=1\n", "listen"),
+            ("log_format = \"xml\"\n", "log_format"),
+            ("[leak]\nmin_waiting_ratio = 2.0\n[[targets]]\npid=1\n", "leak.min_waiting_ratio"),
+            ("[leak]\nwindow_seconds = 6\n[[targets]]\npid=1\n", "leak.window_seconds"),
+            ("max_live_goroutines = 5\n[[targets]]\npid=1\n", "max_live_goroutines"),
+            ("this is not toml", "goroscope.toml"),
+        ];
+        for (text, key) in cases {
+            let e = err(text);
+            assert!(e.contains(key), "{text:?}: error {e:?} does not name {key}");
+        }
+        let missing = RunArgs {
+            config: Some("/nonexistent/goroscope.toml".into()),
+            ..RunArgs::default()
+        };
+        let e = format!("{:#}", Config::resolve(&missing).unwrap_err());
+        assert!(e.contains("/nonexistent/goroscope.toml"), "{e}");
+    }
+}

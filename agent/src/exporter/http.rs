@@ -1,0 +1,215 @@
+//! The HTTP server: `/metrics`, `/healthz`, `/readyz`, `/debug/goroutines`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+
+use super::metrics::{self, Format};
+use super::{ProcessReport, Snapshot};
+use crate::leak::{Suspicion, Verdict};
+use crate::probe::Totals;
+
+/// State shared by the refresher and the HTTP handlers.
+pub struct Shared {
+    snapshot: RwLock<Arc<Snapshot>>,
+    /// f64 bits: how long the previous /metrics render took.
+    scrape_seconds: AtomicU64,
+    /// Unhealthy when no refresh happened for this long.
+    stale_after: Duration,
+    last_beat: RwLock<Instant>,
+}
+
+impl Shared {
+    pub fn new(initial: Snapshot, interval: Duration) -> Arc<Shared> {
+        Arc::new(Shared {
+            snapshot: RwLock::new(Arc::new(initial)),
+            scrape_seconds: AtomicU64::new(0f64.to_bits()),
+            stale_after: interval * 3 + Duration::from_secs(30),
+            last_beat: RwLock::new(Instant::now()),
+        })
+    }
+
+    pub fn publish(&self, s: Snapshot) {
+        *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(s);
+        self.beat();
+    }
+
+    /// The refresher is alive (called even when a refresh failed).
+    pub fn beat(&self) {
+        *self.last_beat.write().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/debug/goroutines", get(debug_goroutines))
+        .with_state(shared)
+}
+
+async fn index() -> &'static str {
+    "goroscope: /metrics /healthz /readyz /debug/goroutines?pid=N\n"
+}
+
+async fn metrics_handler(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let format = Format::negotiate(
+        headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let start = Instant::now();
+    let snap = s.snapshot();
+    let previous = f64::from_bits(s.scrape_seconds.load(Ordering::Relaxed));
+    let body = metrics::render(&snap, format, previous);
+    s.scrape_seconds
+        .store(start.elapsed().as_secs_f64().to_bits(), Ordering::Relaxed);
+    ([(header::CONTENT_TYPE, format.content_type())], body).into_response()
+}
+
+async fn healthz(State(s): State<Arc<Shared>>) -> Response {
+    let age = s
+        .last_beat
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .elapsed();
+    if age > s.stale_after {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("refresher stalled: no refresh for {:.0} s\n", age.as_secs_f64()),
+        )
+            .into_response()
+    } else {
+        "ok\n".into_response()
+    }
+}
+
+async fn readyz(State(s): State<Arc<Shared>>) -> Response {
+    let snap = s.snapshot();
+    if snap.ready() {
+        return "ready\n".into_response();
+    }
+    let mut why = String::from("not ready:");
+    if snap.refreshed_at_unix == 0.0 {
+        why.push_str(" no refresh yet;");
+    }
+    for t in snap.targets.iter().filter(|t| !t.attached) {
+        why.push_str(&format!(
+            " {} not attached ({});",
+            t.target,
+            t.error.as_deref().unwrap_or("attaching")
+        ));
+    }
+    why.push('\n');
+    (StatusCode::SERVICE_UNAVAILABLE, why).into_response()
+}
+
+#[derive(Serialize)]
+struct DebugSite {
+    site: String,
+    function: String,
+    file: String,
+    line: u32,
+    start_function: String,
+    live: u64,
+    waiting: u64,
+    created: Option<u64>,
+    exited: Option<u64>,
+    oldest_age_seconds: f64,
+    oldest_age_is_lower_bound: bool,
+    states: BTreeMap<String, u64>,
+    dominant_state: String,
+    sample_goids: Vec<u64>,
+    leak: Verdict,
+}
+
+#[derive(Serialize)]
+struct DebugProcess {
+    pid: u32,
+    exe: String,
+    go_version: String,
+    attached_seconds: f64,
+    live: u64,
+    counters: Option<Totals>,
+    inventory_error: Option<String>,
+    suspected_leaks: Vec<Suspicion>,
+    sites: Vec<DebugSite>,
+}
+
+fn debug_process(p: &ProcessReport) -> DebugProcess {
+    let t = &p.table;
+    DebugProcess {
+        pid: t.pid,
+        exe: t.exe.clone(),
+        go_version: t.go_version.clone(),
+        attached_seconds: t.attached_seconds,
+        live: t.live,
+        counters: t.counters.clone(),
+        inventory_error: t.inventory_error.clone(),
+        suspected_leaks: p.suspicions(),
+        sites: t
+            .sites
+            .iter()
+            .map(|s| DebugSite {
+                site: s.location(),
+                function: s.function.clone(),
+                file: s.file.clone(),
+                line: s.line,
+                start_function: s.start_function.clone(),
+                live: s.live,
+                waiting: s.waiting,
+                created: s.created,
+                exited: s.exited,
+                oldest_age_seconds: s.oldest_age_seconds,
+                oldest_age_is_lower_bound: s.oldest_age_is_lower_bound,
+                states: s.states.clone(),
+                dominant_state: s.dominant_state.clone(),
+                sample_goids: s.sample_goids.clone(),
+                leak: p.verdict(s),
+            })
+            .collect(),
+    }
+}
+
+async fn debug_goroutines(
+    State(s): State<Arc<Shared>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let snap = s.snapshot();
+    let Some(pid) = q.get("pid") else {
+        let all: Vec<DebugProcess> = snap.processes.iter().map(debug_process).collect();
+        return Json(all).into_response();
+    };
+    let Ok(pid) = pid.parse::<u32>() else {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("pid: {pid:?} is not a process id\n"),
+        )
+            .into_response();
+    };
+    match snap.processes.iter().find(|p| p.table.pid == pid) {
+        Some(p) => Json(debug_process(p)).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            format!("pid {pid} is not traced by this agent\n"),
+        )
+            .into_response(),
+    }
+}

@@ -1,0 +1,426 @@
+//! Prometheus text (0.0.4) and OpenMetrics (1.0.0) rendering of a [`Snapshot`].
+//!
+//! Cardinality is bounded: per process only the `top_sites` sites ranked by (suspected,
+//! live, created) get their own `site`/`function` series; the rest are summed into
+//! `site="other",function="other"`. A site that moves in or out of the top makes the
+//! `other` counters go down once, which Prometheus treats as a counter reset. Goids and
+//! addresses never become labels: a site whose source location is unknown is labelled
+//! `site="unknown"`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use goroscope_common::LIFETIME_BUCKETS;
+
+use super::{ProcessReport, Snapshot};
+use crate::tracker::bucket_upper_seconds;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `text/plain; version=0.0.4`
+    Prometheus,
+    /// `application/openmetrics-text; version=1.0.0`
+    OpenMetrics,
+}
+
+impl Format {
+    /// Picks the format from an HTTP `Accept` header (OpenMetrics when it is asked for).
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        match accept {
+            Some(a)
+                if a.split(',').any(|part| {
+                    let mut it = part.split(';');
+                    let media = it.next().unwrap_or("").trim();
+                    let q_zero = it.any(|p| {
+                        p.trim()
+                            .strip_prefix("q=")
+                            .and_then(|q| q.parse::<f64>().ok())
+                            == Some(0.0)
+                    });
+                    media == "application/openmetrics-text" && !q_zero
+                }) =>
+            {
+                Format::OpenMetrics
+            }
+            _ => Format::Prometheus,
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Gauge,
+    Counter,
+    Histogram,
+    Info,
+}
+
+/// Every metric goroscope exports: (name as written in samples, kind, labels, help).
+/// Counters end in `_total`, infos in `_info`, histograms are the base name. The
+/// metric-list test pins this table.
+pub const METRICS: &[(&str, Kind, &[&str], &str)] = &[
+    ("goroscope_build_info", Kind::Info, &["version"], "goroscope's version."),
+    ("goroscope_traced_processes", Kind::Gauge, &[], "Processes whose goroutines are traced."),
+    ("goroscope_target_attached", Kind::Gauge, &["target"], "Whether the probes of a configured target are attached (1) or not (0)."),
+    ("goroscope_attach_failures_total", Kind::Counter, &[], "Processes or targets that could not be traced."),
+    ("goroscope_map_fill_ratio", Kind::Gauge, &["map"], "Fill ratio of a bounded kernel map (0..1); when full, events are lost and counted."),
+    ("goroscope_refresh_duration_seconds", Kind::Gauge, &[], "Time the last refresh of the goroutine tables took."),
+    ("goroscope_last_refresh_timestamp_seconds", Kind::Gauge, &[], "Unix time of the last refresh of the goroutine tables."),
+    ("goroscope_scrape_duration_seconds", Kind::Gauge, &[], "Time rendering the previous /metrics response took."),
+    ("goroscope_process_info", Kind::Info, &["pid", "exe", "go_version"], "A traced process."),
+    ("goroscope_process_goroutines", Kind::Gauge, &["pid", "exe"], "Live goroutines of a traced process."),
+    ("goroscope_process_goroutines_by_state", Kind::Gauge, &["pid", "exe", "state"], "Live goroutines by state (running, runnable, syscall, or the wait reason)."),
+    ("goroscope_process_lost_events_total", Kind::Counter, &["pid", "exe", "reason"], "Probe events not recorded: read_error (goroutine unreadable), live_map_full, site_map_full."),
+    ("goroscope_site_goroutines", Kind::Gauge, &["pid", "exe", "site", "function"], "Live goroutines created at a `go` statement (site = file:line)."),
+    ("goroscope_site_goroutines_waiting", Kind::Gauge, &["pid", "exe", "site", "function"], "Live goroutines created at the site that are blocked (channel, select, sleep, IO, lock)."),
+    ("goroscope_site_goroutines_created_total", Kind::Counter, &["pid", "exe", "site", "function"], "Goroutines created at the site since goroscope attached."),
+    ("goroscope_site_goroutines_exited_total", Kind::Counter, &["pid", "exe", "site", "function"], "Goroutines created at the site that exited since goroscope attached."),
+    ("goroscope_site_goroutine_lifetime_seconds", Kind::Histogram, &["pid", "exe", "site", "function"], "Lifetime of goroutines created at the site (created while attached)."),
+    ("goroscope_site_oldest_goroutine_age_seconds", Kind::Gauge, &["pid", "exe", "site", "function"], "Age of the oldest live goroutine created at the site (a lower bound for goroutines older than goroscope's attach)."),
+    ("goroscope_site_goroutines_growth_per_second", Kind::Gauge, &["pid", "exe", "site", "function"], "Trend of the site's live goroutines over the leak window (least squares), goroutines per second."),
+    ("goroscope_site_leak_suspected", Kind::Gauge, &["pid", "exe", "site", "function"], "1 when the leak model suspects the site of leaking goroutines (see README, Leak model)."),
+];
+
+/// Upper bounds (histogram bucket indexes) exported for lifetimes: every 4th kernel
+/// bucket, 1 µs … 275 s, then +Inf.
+const EXPORTED_BUCKETS: [usize; 8] = [0, 4, 8, 12, 16, 20, 24, 28];
+
+/// Sums of the sites that share one label pair.
+#[derive(Default)]
+struct SiteAgg {
+    live: u64,
+    waiting: u64,
+    created: u64,
+    exited: u64,
+    buckets: [u64; LIFETIME_BUCKETS],
+    lifetime_sum: f64,
+    oldest: f64,
+    growth: f64,
+    suspected: bool,
+}
+
+/// Folds a process's sites into at most `top + 1` label pairs `(site, function)`.
+fn fold_sites(p: &ProcessReport, top: usize) -> BTreeMap<(String, String), SiteAgg> {
+    let mut ranked: Vec<_> = p.table.sites.iter().map(|s| (s, p.verdict(s))).collect();
+    ranked.sort_by(|(a, va), (b, vb)| {
+        vb.suspected
+            .cmp(&va.suspected)
+            .then(b.live.cmp(&a.live))
+            .then(b.created.cmp(&a.created))
+            .then(a.gopc.cmp(&b.gopc))
+    });
+    let mut out: BTreeMap<(String, String), SiteAgg> = BTreeMap::new();
+    for (i, (s, v)) in ranked.into_iter().enumerate() {
+        let key = if i >= top {
+            ("other".to_string(), "other".to_string())
+        } else if s.file.is_empty() {
+            ("unknown".to_string(), "unknown".to_string())
+        } else {
+            (format!("{}:{}", s.file, s.line), s.function.clone())
+        };
+        let a = out.entry(key).or_default();
+        a.live += s.live;
+        a.waiting += s.waiting;
+        a.created += s.created.unwrap_or(0);
+        a.exited += s.exited.unwrap_or(0);
+        if let Some(l) = &s.lifetime {
+            for (b, (_, n)) in l.buckets.iter().enumerate().take(LIFETIME_BUCKETS) {
+                a.buckets[b] += n;
+            }
+            a.lifetime_sum += l.sum_seconds;
+        }
+        a.oldest = a.oldest.max(s.oldest_age_seconds);
+        a.growth += v.growth_per_second;
+        a.suspected |= v.suspected;
+    }
+    out
+}
+
+struct Enc {
+    out: String,
+    format: Format,
+}
+
+fn escape(v: &str) -> String {
+    let mut s = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => s.push_str("\\\\"),
+            '"' => s.push_str("\\\""),
+            '\n' => s.push_str("\\n"),
+            c => s.push(c),
+        }
+    }
+    s
+}
+
+fn value(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 { "+Inf" } else { "-Inf" }.into()
+    } else {
+        format!("{v}")
+    }
+}
+
+impl Enc {
+    fn header(&mut self, name: &str) {
+        let (_, kind, _, help) = METRICS
+            .iter()
+            .find(|m| m.0 == name)
+            .unwrap_or_else(|| panic!("metric {name} not in METRICS"));
+        let (family, ty) = match (kind, self.format) {
+            (Kind::Counter, Format::OpenMetrics) => (name.trim_end_matches("_total"), "counter"),
+            (Kind::Counter, Format::Prometheus) => (name, "counter"),
+            (Kind::Info, Format::OpenMetrics) => (name.trim_end_matches("_info"), "info"),
+            (Kind::Info, Format::Prometheus) => (name, "gauge"),
+            (Kind::Gauge, _) => (name, "gauge"),
+            (Kind::Histogram, _) => (name, "histogram"),
+        };
+        let _ = writeln!(self.out, "# HELP {family} {help}");
+        let _ = writeln!(self.out, "# TYPE {family} {ty}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], v: f64) {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, val)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{k}=\"{}\"", escape(val));
+            }
+            self.out.push('}');
+        }
+        self.out.push(' ');
+        self.out.push_str(&value(v));
+        self.out.push('\n');
+    }
+
+    /// A family with one sample per item.
+    fn family<T>(&mut self, name: &str, items: &[T], f: impl Fn(&T) -> (Vec<(&str, &str)>, f64)) {
+        self.header(name);
+        for it in items {
+            let (labels, v) = f(it);
+            self.sample(name, &labels, v);
+        }
+    }
+}
+
+/// Renders the snapshot; `scrape_seconds` is how long the previous render took.
+pub fn render(snap: &Snapshot, format: Format, scrape_seconds: f64) -> String {
+    let mut e = Enc {
+        out: String::with_capacity(64 * 1024),
+        format,
+    };
+    e.family("goroscope_build_info", &[()], |_| {
+        (vec![("version", env!("CARGO_PKG_VERSION"))], 1.0)
+    });
+    e.family("goroscope_traced_processes", &[()], |_| {
+        (vec![], snap.processes.len() as f64)
+    });
+    e.family("goroscope_target_attached", &snap.targets, |t| {
+        (vec![("target", t.target.as_str())], f64::from(u8::from(t.attached)))
+    });
+    e.family("goroscope_attach_failures_total", &[()], |_| {
+        (vec![], snap.attach_failures as f64)
+    });
+    let fills = [
+        ("goroutine_slots", snap.fill.goroutine_slots),
+        ("goroutine_overflow", snap.fill.goroutine_overflow),
+        ("sites", snap.fill.sites),
+    ];
+    e.family("goroscope_map_fill_ratio", &fills, |(m, v)| {
+        (vec![("map", *m)], *v)
+    });
+    e.family("goroscope_refresh_duration_seconds", &[()], |_| {
+        (vec![], snap.refresh_seconds)
+    });
+    e.family("goroscope_last_refresh_timestamp_seconds", &[()], |_| {
+        (vec![], snap.refreshed_at_unix)
+    });
+    e.family("goroscope_scrape_duration_seconds", &[()], |_| {
+        (vec![], scrape_seconds)
+    });
+
+    // Per process.
+    struct P<'a> {
+        pid: String,
+        exe: &'a str,
+        report: &'a ProcessReport,
+        states: BTreeMap<&'a str, u64>,
+        sites: BTreeMap<(String, String), SiteAgg>,
+    }
+    let procs: Vec<P> = snap
+        .processes
+        .iter()
+        .map(|r| {
+            let mut states = BTreeMap::new();
+            for g in &r.table.goroutines {
+                *states.entry(g.state.as_str()).or_default() += 1;
+            }
+            P {
+                pid: r.table.pid.to_string(),
+                exe: &r.table.exe,
+                report: r,
+                states,
+                sites: fold_sites(r, snap.top_sites),
+            }
+        })
+        .collect();
+    e.family("goroscope_process_info", &procs, |p| {
+        (
+            vec![
+                ("pid", p.pid.as_str()),
+                ("exe", p.exe),
+                ("go_version", p.report.table.go_version.as_str()),
+            ],
+            1.0,
+        )
+    });
+    e.family("goroscope_process_goroutines", &procs, |p| {
+        (
+            vec![("pid", p.pid.as_str()), ("exe", p.exe)],
+            p.report.table.live as f64,
+        )
+    });
+    e.header("goroscope_process_goroutines_by_state");
+    for p in &procs {
+        for (state, n) in &p.states {
+            e.sample(
+                "goroscope_process_goroutines_by_state",
+                &[("pid", &p.pid), ("exe", p.exe), ("state", state)],
+                *n as f64,
+            );
+        }
+    }
+    e.header("goroscope_process_lost_events_total");
+    for p in &procs {
+        let c = p.report.table.counters.clone().unwrap_or_default();
+        for (reason, n) in [
+            ("read_error", c.read_errors),
+            ("live_map_full", c.live_map_full),
+            ("site_map_full", c.site_map_full),
+        ] {
+            e.sample(
+                "goroscope_process_lost_events_total",
+                &[("pid", &p.pid), ("exe", p.exe), ("reason", reason)],
+                n as f64,
+            );
+        }
+    }
+
+    // Per site.
+    type Get = fn(&SiteAgg) -> f64;
+    let site_gauges: [(&str, Get); 7] = [
+        ("goroscope_site_goroutines", |a| a.live as f64),
+        ("goroscope_site_goroutines_waiting", |a| a.waiting as f64),
+        ("goroscope_site_goroutines_created_total", |a| a.created as f64),
+        ("goroscope_site_goroutines_exited_total", |a| a.exited as f64),
+        ("goroscope_site_oldest_goroutine_age_seconds", |a| a.oldest),
+        ("goroscope_site_goroutines_growth_per_second", |a| a.growth),
+        ("goroscope_site_leak_suspected", |a| f64::from(u8::from(a.suspected))),
+    ];
+    for (name, get) in site_gauges {
+        e.header(name);
+        for p in &procs {
+            for ((site, function), a) in &p.sites {
+                e.sample(
+                    name,
+                    &[
+                        ("pid", &p.pid),
+                        ("exe", p.exe),
+                        ("site", site),
+                        ("function", function),
+                    ],
+                    get(a),
+                );
+            }
+        }
+    }
+    let h = "goroscope_site_goroutine_lifetime_seconds";
+    e.header(h);
+    let bucket_name = format!("{h}_bucket");
+    let sum_name = format!("{h}_sum");
+    let count_name = format!("{h}_count");
+    let les: Vec<String> = EXPORTED_BUCKETS
+        .iter()
+        .map(|b| value(bucket_upper_seconds(*b).unwrap_or(f64::INFINITY)))
+        .collect();
+    for p in &procs {
+        for ((site, function), a) in &p.sites {
+            let labels = [
+                ("pid", p.pid.as_str()),
+                ("exe", p.exe),
+                ("site", site.as_str()),
+                ("function", function.as_str()),
+            ];
+            let total: u64 = a.buckets.iter().sum();
+            let mut cumulative = 0u64;
+            let mut next = 0usize;
+            for (b, le) in EXPORTED_BUCKETS.iter().zip(&les) {
+                while next <= *b {
+                    cumulative += a.buckets[next];
+                    next += 1;
+                }
+                let mut l = labels.to_vec();
+                l.push(("le", le));
+                e.sample(&bucket_name, &l, cumulative as f64);
+            }
+            let mut l = labels.to_vec();
+            l.push(("le", "+Inf"));
+            e.sample(&bucket_name, &l, total as f64);
+            e.sample(&sum_name, &labels, a.lifetime_sum);
+            e.sample(&count_name, &labels, total as f64);
+        }
+    }
+    if format == Format::OpenMetrics {
+        e.out.push_str("# EOF\n");
+    }
+    e.out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiation() {
+        let prom = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
+                    version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(Format::negotiate(Some(prom)), Format::OpenMetrics);
+        assert_eq!(Format::negotiate(Some("text/plain")), Format::Prometheus);
+        assert_eq!(Format::negotiate(None), Format::Prometheus);
+        assert_eq!(
+            Format::negotiate(Some("application/openmetrics-text; q=0, text/plain")),
+            Format::Prometheus
+        );
+    }
+
+    #[test]
+    fn empty_snapshot_renders_agent_metrics() {
+        let s = Snapshot::default();
+        let om = render(&s, Format::OpenMetrics, 0.0);
+        assert!(om.ends_with("# EOF\n"));
+        assert!(om.contains("# TYPE goroscope_attach_failures counter\n"));
+        assert!(om.contains("goroscope_attach_failures_total 0\n"));
+        assert!(om.contains("# TYPE goroscope_build info\n"));
+        let text = render(&s, Format::Prometheus, 0.0);
+        assert!(text.contains("# TYPE goroscope_attach_failures_total counter\n"));
+        assert!(!text.contains("# EOF"));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}
