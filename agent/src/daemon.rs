@@ -112,7 +112,7 @@ fn refresher(
     for t in &cfg.targets {
         match Session::attach(t.clone(), cfg.max_live_goroutines) {
             Ok(s) => {
-                tracing::info!(target = %t, "probes attached");
+                tracing::info!(traced = %t, "probes attached");
                 sessions.push((t.clone(), Some(s), None));
             }
             Err(e) => {
@@ -140,7 +140,7 @@ fn refresher(
                         verdicts: Default::default(),
                     }))
                 }
-                Err(e) => tracing::warn!(target = %target, "refresh failed: {e:#}"),
+                Err(e) => tracing::warn!(traced = %target, "refresh failed: {e:#}"),
             }
             if let Some(Ok(f)) = s.probes().map(|p| p.map_fill()) {
                 fill.goroutine_slots = fill.goroutine_slots.max(f.goroutine_slots);
@@ -149,7 +149,7 @@ fn refresher(
             }
             failures += s.attach_failures;
             if s.finished() {
-                tracing::warn!(target = %target, "the traced process exited; probes detached");
+                tracing::warn!(traced = %target, "the traced process exited; probes detached");
                 retired_failures += s.attach_failures;
                 *slot = None;
                 *error = Some("process exited".into());

@@ -277,3 +277,196 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// An HTTP response read by [`http_get`].
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Header lines, lowercase names.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// A plain HTTP/1.0 GET (no chunked bodies), enough for goroscope's and Prometheus' APIs.
+pub fn http_get(addr: &str, path: &str, accept: Option<&str>) -> std::io::Result<HttpResponse> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let accept = accept.map_or(String::new(), |a| format!("Accept: {a}\r\n"));
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{accept}\r\n")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok(HttpResponse {
+        status,
+        headers,
+        body: body.to_string(),
+    })
+}
+
+/// A free TCP port on loopback (bound then released: good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind loopback")
+        .port()
+}
+
+/// A `goroscope run` daemon listening on loopback, with JSON logs collected. Dropping it
+/// sends SIGTERM to its pid (and SIGKILL if it does not exit).
+pub struct Agent {
+    child: Child,
+    logs: Receiver<String>,
+    /// Log lines read so far.
+    pub log: Vec<String>,
+    /// `127.0.0.1:PORT` of its HTTP server.
+    pub addr: String,
+}
+
+impl Agent {
+    /// Starts `goroscope run ARGS --listen 127.0.0.1:0 --log-format json` and waits until
+    /// it says where it listens.
+    pub fn start(args: &[&str]) -> Agent {
+        let mut child = Command::new(goroscope_bin())
+            .arg("run")
+            .args(args)
+            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start goroscope run");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, logs) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("goroscope: {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut a = Agent {
+            child,
+            logs,
+            log: Vec::new(),
+            addr: String::new(),
+        };
+        let addr = a.wait_log("listening", Duration::from_secs(60));
+        a.addr = addr["addr"].as_str().expect("addr field").to_string();
+        a
+    }
+
+    /// Waits for a JSON log line whose message starts with `message`.
+    pub fn wait_log(&mut self, message: &str, timeout: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match self.logs.recv_timeout(left) {
+                Ok(l) => l,
+                Err(_) => panic!(
+                    "goroscope did not log {message:?} in time; exit: {:?}; log:\n{}",
+                    self.child.try_wait(),
+                    self.log.join("\n")
+                ),
+            };
+            self.log.push(line.clone());
+            let v: serde_json::Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+            if v["message"].as_str().is_some_and(|m| m.starts_with(message)) {
+                return v;
+            }
+        }
+    }
+
+    pub fn get(&self, path: &str) -> HttpResponse {
+        http_get(&self.addr, path, None).expect("GET from goroscope")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn stop(mut self) -> ExitStatus {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> ExitStatus {
+        if let Ok(Some(s)) = self.child.try_wait() {
+            return s;
+        }
+        // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                return self.child.wait().expect("wait");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+/// Parses Prometheus text: `(name, labels, value)` per sample.
+pub fn parse_metrics(text: &str) -> Vec<(String, Vec<(String, String)>, f64)> {
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let (series, value) = line.rsplit_once(' ').expect("sample has a value");
+        let (name, labels) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        let mut ls = Vec::new();
+        let mut rest = labels;
+        while let Some((k, v)) = rest.split_once("=\"") {
+            // Values in tests have no escaped quotes.
+            let (val, tail) = v.split_once('"').expect("closing quote");
+            ls.push((k.trim_start_matches(',').to_string(), val.to_string()));
+            rest = tail;
+        }
+        let v = match value {
+            "+Inf" => f64::INFINITY,
+            "NaN" => f64::NAN,
+            v => v.parse().expect("numeric value"),
+        };
+        out.push((name.to_string(), ls, v));
+    }
+    out
+}

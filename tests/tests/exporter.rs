@@ -1,0 +1,294 @@
+//! `goroscope run` on a real Go program: exact per-site metrics, the pinned metric list,
+//! both exposition formats (checked by `promtool check metrics`), health, readiness, the
+//! debug API, site folding, shutdown, and a target that exits.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use integration_tests::{
+    bpf_allowed, fixture, fixture_source, line_of, parse_metrics, wait_for, workspace_root,
+    Agent, Churn,
+};
+
+const BLOCK: &str = "// blockers: blocking site";
+const FINISH: &str = "// blockers: finishing site";
+
+type Samples = Vec<(String, Vec<(String, String)>, f64)>;
+
+fn label<'a>(labels: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    labels
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Value of `name` for the blockers site marked `marker` (site label ends with
+/// `blockers/main.go:LINE`).
+fn site_value(samples: &Samples, name: &str, pid: u32, marker: &str, extra: &[(&str, &str)]) -> Option<f64> {
+    let suffix = format!(
+        "tests/fixtures/go/blockers/main.go:{}",
+        line_of(&fixture_source("blockers"), marker)
+    );
+    let found: Vec<f64> = samples
+        .iter()
+        .filter(|(n, l, _)| {
+            n == name
+                && label(l, "pid") == Some(&pid.to_string())
+                && label(l, "site").is_some_and(|s| s.ends_with(&suffix))
+                && extra.iter().all(|(k, v)| label(l, k) == Some(v))
+        })
+        .map(|(_, _, v)| *v)
+        .collect();
+    assert!(found.len() <= 1, "{name} {suffix}: {found:?}");
+    found.first().copied()
+}
+
+fn metrics(agent: &Agent) -> (String, Samples) {
+    let r = agent.get("/metrics");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let s = parse_metrics(&r.body);
+    (r.body, s)
+}
+
+/// `name type labels` of every family in the Prometheus text output.
+fn families(text: &str, samples: &Samples) -> BTreeSet<String> {
+    let mut types = BTreeMap::new();
+    for l in text.lines() {
+        if let Some(rest) = l.strip_prefix("# TYPE ") {
+            let (n, t) = rest.split_once(' ').expect("TYPE line");
+            types.insert(n.to_string(), t.to_string());
+        }
+    }
+    let mut out = BTreeSet::new();
+    for (name, labels, _) in samples {
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| {
+                name.strip_suffix(s)
+                    .filter(|base| types.get(*base).is_some_and(|t| t == "histogram"))
+            })
+            .unwrap_or(name);
+        let ty = types.get(family).unwrap_or_else(|| panic!("no TYPE for {name}"));
+        let names: Vec<&str> = labels
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .filter(|k| *k != "le")
+            .collect();
+        out.insert(format!("{family} {ty} {}", names.join(",")).trim_end().to_string());
+    }
+    out
+}
+
+#[test]
+fn daemon_serves_exact_metrics_and_stops_cleanly() {
+    if !bpf_allowed("daemon_serves_exact_metrics_and_stops_cleanly") {
+        return;
+    }
+    let f = fixture(27, "blockers", "default");
+    let mut p = Churn::start(&f.path);
+    assert_eq!(p.cmd("block 7"), "blocked 7");
+    let mut agent = Agent::start(&["--pid", &p.pid.to_string(), "--interval-seconds", "1"]);
+    wait_for("/readyz", Duration::from_secs(30), || {
+        (agent.get("/readyz").status == 200).then_some(())
+    });
+    assert_eq!(p.cmd("block 5"), "blocked 5");
+    assert_eq!(p.cmd("finish 30"), "finished 30");
+    let pid = p.pid;
+    let (text, samples) = wait_for("12 live at the blocking site", Duration::from_secs(30), || {
+        let (t, s) = metrics(&agent);
+        (site_value(&s, "goroscope_site_goroutines", pid, BLOCK, &[]) == Some(12.0)
+            && site_value(&s, "goroscope_site_goroutines_exited_total", pid, FINISH, &[])
+                == Some(30.0))
+        .then_some((t, s))
+    });
+
+    // Exact per-site numbers.
+    let v = |name, marker, extra: &[(&str, &str)]| site_value(&samples, name, pid, marker, extra);
+    let spawner = [("function", "main.spawner")];
+    assert_eq!(v("goroscope_site_goroutines", BLOCK, &spawner), Some(12.0));
+    assert_eq!(v("goroscope_site_goroutines_waiting", BLOCK, &[]), Some(12.0));
+    assert_eq!(v("goroscope_site_goroutines_created_total", BLOCK, &[]), Some(5.0));
+    assert_eq!(v("goroscope_site_goroutines_exited_total", BLOCK, &[]), Some(0.0));
+    assert_eq!(v("goroscope_site_goroutines_created_total", FINISH, &[]), Some(30.0));
+    assert_eq!(v("goroscope_site_goroutines", FINISH, &[]), Some(0.0));
+    assert_eq!(v("goroscope_site_goroutine_lifetime_seconds_count", FINISH, &[]), Some(30.0));
+    assert_eq!(
+        v("goroscope_site_goroutine_lifetime_seconds_bucket", FINISH, &[("le", "+Inf")]),
+        Some(30.0)
+    );
+    assert_eq!(v("goroscope_site_leak_suspected", BLOCK, &[]), Some(0.0));
+    let oldest = v("goroscope_site_oldest_goroutine_age_seconds", BLOCK, &[]).unwrap();
+    assert!(oldest > 0.0 && oldest < 120.0, "oldest {oldest}");
+    let per_pid = |name: &str| -> Vec<&(String, Vec<(String, String)>, f64)> {
+        samples
+            .iter()
+            .filter(|(n, l, _)| n == name && label(l, "pid") == Some(&pid.to_string()))
+            .collect()
+    };
+    let total = per_pid("goroscope_process_goroutines")[0].2;
+    let by_site: f64 = per_pid("goroscope_site_goroutines").iter().map(|s| s.2).sum();
+    let by_state: f64 = per_pid("goroscope_process_goroutines_by_state").iter().map(|s| s.2).sum();
+    assert_eq!(by_site, total, "sites add up to the process");
+    assert_eq!(by_state, total, "states add up to the process");
+    let chan = per_pid("goroscope_process_goroutines_by_state")
+        .into_iter()
+        .find(|s| label(&s.1, "state") == Some("chan receive"))
+        .expect("chan receive state")
+        .2;
+    assert!(chan >= 12.0, "chan receive {chan}");
+    let lost: f64 = per_pid("goroscope_process_lost_events_total").iter().map(|s| s.2).sum();
+    assert_eq!(lost, 0.0);
+    let agent_metric = |name: &str| samples.iter().find(|s| s.0 == name).unwrap().2;
+    assert_eq!(agent_metric("goroscope_traced_processes"), 1.0);
+    assert_eq!(agent_metric("goroscope_attach_failures_total"), 0.0);
+
+    // The metric list is pinned: renames and new labels are deliberate.
+    let pinned_path = workspace_root().join("tests/stable-metrics.txt");
+    let pinned: BTreeSet<String> = std::fs::read_to_string(&pinned_path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    let got = families(&text, &samples);
+    assert!(
+        got == pinned,
+        "metric families differ from {}; update it if the change is deliberate. Now:\n{}",
+        pinned_path.display(),
+        got.iter().cloned().collect::<Vec<_>>().join("\n")
+    );
+
+    // promtool lints the Prometheus text format (names, units, _total).
+    let mut lint = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (installed by `cargo xtask setup`)");
+    lint.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = lint.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Content negotiation.
+    let om = integration_tests::http_get(
+        &agent.addr,
+        "/metrics",
+        Some("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"),
+    )
+    .unwrap();
+    assert!(om
+        .header("content-type")
+        .unwrap()
+        .starts_with("application/openmetrics-text; version=1.0.0"));
+    assert!(om.body.ends_with("# EOF\n"));
+    assert!(om.body.contains("# TYPE goroscope_site_goroutines_created counter\n"));
+    assert!(agent
+        .get("/metrics")
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+
+    // Health, debug API.
+    assert_eq!(agent.get("/healthz").status, 200);
+    let d = agent.get(&format!("/debug/goroutines?pid={pid}"));
+    assert_eq!(d.status, 200);
+    let d = d.json();
+    let line = line_of(&fixture_source("blockers"), BLOCK);
+    let site = d["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["line"] == line && s["function"] == "main.spawner")
+        .expect("blocking site in /debug/goroutines");
+    assert_eq!(site["live"], 12);
+    assert_eq!(site["start_function"], "main.blockForever");
+    assert_eq!(site["dominant_state"], "chan receive");
+    assert_eq!(site["sample_goids"].as_array().unwrap().len(), 5);
+    assert_eq!(site["leak"]["suspected"], false);
+    assert_eq!(d["suspected_leaks"].as_array().unwrap().len(), 0);
+    assert_eq!(agent.get("/debug/goroutines?pid=abc").status, 400);
+    assert_eq!(agent.get("/debug/goroutines?pid=1").status, 404);
+    assert_eq!(agent.get("/debug/goroutines").json().as_array().unwrap().len(), 1);
+
+    // A second agent with --top-sites 1: one site of its own, the rest in "other".
+    let folded = Agent::start(&["--pid", &pid.to_string(), "--interval-seconds", "1", "--top-sites", "1"]);
+    let s = wait_for("folded agent's first refresh", Duration::from_secs(30), || {
+        let (_, s) = metrics(&folded);
+        site_value(&s, "goroscope_site_goroutines", pid, BLOCK, &[])
+            .is_some()
+            .then_some(s)
+    });
+    let sites: Vec<_> = s
+        .iter()
+        .filter(|(n, _, _)| n == "goroscope_site_goroutines")
+        .collect();
+    assert_eq!(sites.len(), 2, "{sites:?}");
+    assert!(sites.iter().any(|s| label(&s.1, "site") == Some("other")));
+    assert!(sites
+        .iter()
+        .any(|s| label(&s.1, "function") == Some("main.spawner") && s.2 == 12.0));
+    assert_eq!(sites.iter().map(|s| s.2).sum::<f64>(), total);
+    assert_eq!(folded.stop().code(), Some(0));
+
+    // The target exits: the agent keeps serving, says it is not attached any more.
+    assert_eq!(p.finish().code(), Some(0));
+    agent.wait_log("the traced process exited", Duration::from_secs(30));
+    let get = |s: &Samples, n: &str| s.iter().find(|x| x.0 == n).unwrap().2;
+    let s = wait_for("the exit in /metrics", Duration::from_secs(30), || {
+        let (_, s) = metrics(&agent);
+        (get(&s, "goroscope_traced_processes") == 0.0).then_some(s)
+    });
+    assert_eq!(get(&s, "goroscope_target_attached"), 0.0);
+    assert_eq!(agent.get("/readyz").status, 503);
+
+    // SIGTERM: graceful stop, probes detached.
+    let pid_agent = agent.pid();
+    let status = {
+        let mut a = agent;
+        // SAFETY: kill(2) on the agent we started, still running (not reaped).
+        unsafe { libc::kill(pid_agent as i32, libc::SIGTERM) };
+        a.wait_log("stopped", Duration::from_secs(30));
+        a.stop()
+    };
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn daemon_refuses_a_dead_pid_and_a_taken_port() {
+    if !bpf_allowed("daemon_refuses_a_dead_pid_and_a_taken_port") {
+        return;
+    }
+    let bin = integration_tests::goroscope_bin();
+    // A pid that no longer exists: a process we started and reaped.
+    let mut c = Command::new("true").spawn().unwrap();
+    let dead = c.id();
+    c.wait().unwrap();
+    let out = Command::new(&bin)
+        .args(["run", "--pid", &dead.to_string(), "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("cannot trace pid {dead}")), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let p = Churn::start(&fixture(27, "blockers", "default").path);
+    let out = Command::new(&bin)
+        .args(["run", "--pid", &p.pid.to_string(), "--listen", &addr])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+    assert_eq!(p.finish().code(), Some(0));
+}
