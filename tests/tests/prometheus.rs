@@ -1,0 +1,238 @@
+//! The whole path an SRE relies on, with a real Prometheus (Debian's, on loopback)
+//! scraping a real `goroscope run` that traces leaky and healthy Go programs (Go 1.21 and
+//! 1.27): the leak is flagged at the exact site within 60 s at 10 leaked goroutines per
+//! second, the shipped GoroutineLeakSuspected alert fires for the leaky programs, and
+//! nothing is flagged or alerted for the healthy ones.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use integration_tests::{
+    bpf_allowed, fixture, fixture_source, free_port, http_get, line_of, wait_for,
+    workspace_root, Agent, Churn,
+};
+use serde_json::Value;
+
+/// A Prometheus server started by this test, on loopback, in a temporary directory.
+struct Prometheus {
+    child: Child,
+    dir: PathBuf,
+    addr: String,
+}
+
+impl Prometheus {
+    fn start(scrape: &str) -> Prometheus {
+        let dir = std::env::temp_dir().join(format!("goroscope-prometheus-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let rules = workspace_root().join("deploy/prometheus/goroscope-rules.yml");
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             rule_files:\n  - {}\n\
+             scrape_configs:\n  - job_name: goroscope\n    static_configs:\n      - targets: ['{scrape}']\n",
+            rules.display()
+        );
+        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("prometheus (Debian package, installed by `cargo xtask setup`)");
+        let mut p = Prometheus { child, dir, addr };
+        wait_for("Prometheus ready", Duration::from_secs(60), || {
+            if let Ok(Some(s)) = p.child.try_wait() {
+                panic!("prometheus exited ({s}):\n{}", p.log());
+            }
+            http_get(&p.addr, "/-/ready", None)
+                .ok()
+                .filter(|r| r.status == 200)
+        });
+        p
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
+    }
+
+    fn api(&self, path: &str) -> Value {
+        let r = http_get(&self.addr, path, None).expect("Prometheus API");
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        let v = r.json();
+        assert_eq!(v["status"], "success", "{path}: {v}");
+        v["data"].clone()
+    }
+
+    /// Instant query: `(labels, value)` per series.
+    fn query(&self, q: &str) -> Vec<(Value, f64)> {
+        let data = self.api(&format!("/api/v1/query?query={}", encode(q)));
+        data["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let v = r["value"][1].as_str().unwrap().parse().unwrap();
+                (r["metric"].clone(), v)
+            })
+            .collect()
+    }
+
+    /// Alerts: `(labels, state)`.
+    fn alerts(&self) -> Vec<(Value, String)> {
+        self.api("/api/v1/alerts")["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| (a["labels"].clone(), a["state"].as_str().unwrap().to_string()))
+            .collect()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: kill(2) on our own child's pid, not reaped yet.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[test]
+fn real_prometheus_sees_the_leak_and_fires_the_alert_only_for_the_leaky_programs() {
+    if !bpf_allowed("real_prometheus_sees_the_leak_and_fires_the_alert_only_for_the_leaky_programs") {
+        return;
+    }
+    let started = Instant::now();
+    let leaky: Vec<Churn> = [21, 27]
+        .iter()
+        .map(|m| Churn::start(&fixture(*m, "leaky", "default").path))
+        .collect();
+    let healthy: Vec<Churn> = [21, 27]
+        .iter()
+        .map(|m| Churn::start(&fixture(*m, "healthy", "default").path))
+        .collect();
+    let pids = |ps: &[Churn]| ps.iter().map(|p| p.pid.to_string()).collect::<Vec<_>>();
+    let (leaky_pids, healthy_pids) = (pids(&leaky), pids(&healthy));
+    let mut args = Vec::new();
+    for p in leaky_pids.iter().chain(&healthy_pids) {
+        args.extend(["--pid", p.as_str()]);
+    }
+    // Default interval and leak thresholds: what the README documents.
+    let agent = Agent::start(&args);
+    let prom = Prometheus::start(&agent.addr);
+
+    // The leak is flagged, at the exact site, within 60 s of the leak starting.
+    let site = format!(
+        "tests/fixtures/go/leaky/main.go:{}",
+        line_of(&fixture_source("leaky"), "go waitForReply(ch) // the leak")
+    );
+    let flagged = wait_for(
+        "goroscope_site_leak_suspected == 1 for both leaky programs",
+        Duration::from_secs(60).saturating_sub(started.elapsed()),
+        || {
+            let r = prom.query("goroscope_site_leak_suspected == 1");
+            let hit: Vec<&str> = r.iter().filter_map(|(m, _)| m["pid"].as_str()).collect();
+            leaky_pids
+                .iter()
+                .all(|p| hit.contains(&p.as_str()))
+                .then_some(r)
+        },
+    );
+    eprintln!(
+        "leak flagged in Prometheus {:.1} s after the leaky programs started",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(flagged.len(), 2, "only the two leaky sites: {flagged:?}");
+    for (m, _) in &flagged {
+        assert!(m["site"].as_str().unwrap().ends_with(&site), "{m}");
+        assert_eq!(m["function"], "main.handleRequest", "{m}");
+        assert!(m["exe"].as_str().unwrap().ends_with("leaky-default"), "{m}");
+    }
+    // The leaking site's goroutines are there and growing at about 10 per second.
+    for p in &leaky_pids {
+        let q = format!(
+            "goroscope_site_goroutines_growth_per_second{{pid=\"{p}\",function=\"main.handleRequest\"}}"
+        );
+        let r = prom.query(&q);
+        assert_eq!(r.len(), 1, "{q}: {r:?}");
+        assert!((8.0..=12.0).contains(&r[0].1), "growth {} per second", r[0].1);
+    }
+
+    // The shipped alert fires for both leaky programs.
+    let firing = wait_for(
+        "GoroutineLeakSuspected firing for both leaky programs",
+        Duration::from_secs(90),
+        || {
+            let a: Vec<(Value, String)> = prom
+                .alerts()
+                .into_iter()
+                .filter(|(l, s)| l["alertname"] == "GoroutineLeakSuspected" && s == "firing")
+                .collect();
+            let pids: Vec<&str> = a.iter().filter_map(|(l, _)| l["pid"].as_str()).collect();
+            leaky_pids
+                .iter()
+                .all(|p| pids.contains(&p.as_str()))
+                .then_some(a)
+        },
+    );
+    for (l, _) in &firing {
+        assert!(l["site"].as_str().unwrap().ends_with(&site), "{l}");
+    }
+
+    // The healthy programs were scraped the whole time and never flagged nor alerted.
+    let healthy_re = healthy_pids.join("|");
+    let window = format!("{}s", started.elapsed().as_secs() + 5);
+    let never = prom.query(&format!(
+        "max_over_time(goroscope_site_leak_suspected{{pid=~\"{healthy_re}\"}}[{window}])"
+    ));
+    assert!(never.len() >= 2 * 8, "healthy sites scraped: {never:?}");
+    let flagged_healthy: Vec<_> = never.iter().filter(|(_, v)| *v != 0.0).collect();
+    assert!(flagged_healthy.is_empty(), "false alarms: {flagged_healthy:?}");
+    let healthy_alerts: Vec<_> = prom
+        .alerts()
+        .into_iter()
+        .filter(|(l, _)| l["pid"].as_str().is_some_and(|p| healthy_pids.iter().any(|h| h == p)))
+        .collect();
+    assert!(healthy_alerts.is_empty(), "alerts for healthy programs: {healthy_alerts:?}");
+    // Their long-lived goroutines are there: 8 pool workers, 50 keep-alive connections.
+    for p in &healthy_pids {
+        let r = prom.query(&format!("goroscope_process_goroutines{{pid=\"{p}\"}}"));
+        assert!(r[0].1 >= 158.0, "healthy {p}: {r:?}");
+    }
+    // No agent alert either.
+    let agent_alerts: Vec<_> = prom
+        .alerts()
+        .into_iter()
+        .filter(|(l, _)| l["alertname"].as_str().is_some_and(|n| n.starts_with("Goroscope")))
+        .collect();
+    assert!(agent_alerts.is_empty(), "{agent_alerts:?}");
+
+    for p in leaky.into_iter().chain(healthy) {
+        assert_eq!(p.finish().code(), Some(0));
+    }
+    assert_eq!(agent.stop().code(), Some(0));
+}
