@@ -148,9 +148,14 @@ impl Config {
             .or(file.listen)
             .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
         let listen: SocketAddr = listen_s.parse().map_err(|_| {
-            anyhow::anyhow!("listen: {listen_s:?} is not an address like 0.0.0.0:9750 or [::1]:9750")
+            anyhow::anyhow!(
+                "listen: {listen_s:?} is not an address like 0.0.0.0:9750 or [::1]:9750"
+            )
         })?;
-        let interval = args.interval_seconds.or(file.interval_seconds).unwrap_or(5.0);
+        let interval = args
+            .interval_seconds
+            .or(file.interval_seconds)
+            .unwrap_or(5.0);
         if !(0.1..=3600.0).contains(&interval) {
             bail!("interval_seconds must be between 0.1 and 3600, not {interval}");
         }
@@ -312,13 +317,25 @@ mod tests {
             ("[[targets]]\nname = \"x\"\n", "name"),
             ("[[targets]]\n", "targets[0]"),
             ("interval_seconds = \"5s\"\n", "interval_seconds"),
-            ("interval_seconds = 0\n[[targets]]\npid=1\n", "interval_seconds"),
+            (
+                "interval_seconds = 0\n[[targets]]\npid=1\n",
+                "interval_seconds",
+            ),
             ("top_sites = 0\n[[targets]]\npid=1\n", "top_sites"),
             ("listen = \"9750\"\n[[targets]]\npid=1\n", "listen"),
             ("log_format = \"xml\"\n", "log_format"),
-            ("[leak]\nmin_waiting_ratio = 2.0\n[[targets]]\npid=1\n", "leak.min_waiting_ratio"),
-            ("[leak]\nwindow_seconds = 6\n[[targets]]\npid=1\n", "leak.window_seconds"),
-            ("max_live_goroutines = 5\n[[targets]]\npid=1\n", "max_live_goroutines"),
+            (
+                "[leak]\nmin_waiting_ratio = 2.0\n[[targets]]\npid=1\n",
+                "leak.min_waiting_ratio",
+            ),
+            (
+                "[leak]\nwindow_seconds = 6\n[[targets]]\npid=1\n",
+                "leak.window_seconds",
+            ),
+            (
+                "max_live_goroutines = 5\n[[targets]]\npid=1\n",
+                "max_live_goroutines",
+            ),
             ("this is not toml", "goroscope.toml"),
         ];
         for (text, key) in cases {

@@ -134,12 +134,10 @@ fn refresher(
         for (target, slot, error) in sessions.iter_mut() {
             let Some(s) = slot.as_mut() else { continue };
             match s.refresh() {
-                Ok(tables) => {
-                    reports.extend(tables.into_iter().map(|table| ProcessReport {
-                        table,
-                        verdicts: Default::default(),
-                    }))
-                }
+                Ok(tables) => reports.extend(tables.into_iter().map(|table| ProcessReport {
+                    table,
+                    verdicts: Default::default(),
+                })),
                 Err(e) => tracing::warn!(traced = %target, "refresh failed: {e:#}"),
             }
             if let Some(Ok(f)) = s.probes().map(|p| p.map_fill()) {

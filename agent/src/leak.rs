@@ -234,9 +234,7 @@ fn judge(
         floor_start: f1,
         floor_end: f3,
         waiting_ratio,
-        suspected_for_seconds: h
-            .suspected_since
-            .map_or(0.0, |s| (now - s) as f64 / 1e9),
+        suspected_for_seconds: h.suspected_since.map_or(0.0, |s| (now - s) as f64 / 1e9),
     }
 }
 
@@ -312,11 +310,7 @@ mod tests {
     }
 
     /// Like `run`, with `(live, oldest age)` at time t.
-    fn run_aged(
-        secs: u64,
-        f: impl Fn(u64) -> (u64, f64),
-        waiting_share: f64,
-    ) -> Vec<(u64, bool)> {
+    fn run_aged(secs: u64, f: impl Fn(u64) -> (u64, f64), waiting_share: f64) -> Vec<(u64, bool)> {
         let mut d = LeakDetector::new(LeakConfig::default());
         let mut out = vec![];
         for t in (0..=secs).step_by(5) {
@@ -368,7 +362,11 @@ mod tests {
 
     #[test]
     fn fast_leak_then_slower_leak_stays_flagged() {
-        let v = run(300, |t| if t < 60 { 10 * t } else { 600 + (t - 60) / 2 }, 1.0);
+        let v = run(
+            300,
+            |t| if t < 60 { 10 * t } else { 600 + (t - 60) / 2 },
+            1.0,
+        );
         assert!(v.iter().filter(|(t, _)| *t >= 30).all(|(_, s)| *s));
     }
 
@@ -399,7 +397,10 @@ mod tests {
             min_waiting_ratio: 1.5,
             ..LeakConfig::default()
         };
-        assert!(bad.validate().unwrap_err().contains("leak.min_waiting_ratio"));
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .contains("leak.min_waiting_ratio"));
         assert!(LeakConfig::default().validate().is_ok());
     }
 }

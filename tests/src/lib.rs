@@ -296,8 +296,7 @@ impl HttpResponse {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
 }
 
@@ -399,7 +398,10 @@ impl Agent {
             self.log.push(line.clone());
             let v: serde_json::Value = serde_json::from_str(&line)
                 .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
-            if v["message"].as_str().is_some_and(|m| m.starts_with(message)) {
+            if v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(message))
+            {
                 return v;
             }
         }
@@ -444,10 +446,16 @@ impl Drop for Agent {
     }
 }
 
-/// Parses Prometheus text: `(name, labels, value)` per sample.
-pub fn parse_metrics(text: &str) -> Vec<(String, Vec<(String, String)>, f64)> {
+/// One sample of Prometheus text: `(name, labels, value)`.
+pub type Sample = (String, Vec<(String, String)>, f64);
+
+/// Parses Prometheus text.
+pub fn parse_metrics(text: &str) -> Vec<Sample> {
     let mut out = Vec::new();
-    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
         let (series, value) = line.rsplit_once(' ').expect("sample has a value");
         let (name, labels) = match series.split_once('{') {
             Some((n, rest)) => (n, rest.trim_end_matches('}')),

@@ -8,14 +8,14 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use integration_tests::{
-    bpf_allowed, fixture, fixture_source, line_of, parse_metrics, wait_for, workspace_root,
-    Agent, Churn,
+    bpf_allowed, fixture, fixture_source, line_of, parse_metrics, wait_for, workspace_root, Agent,
+    Churn, Sample,
 };
 
 const BLOCK: &str = "// blockers: blocking site";
 const FINISH: &str = "// blockers: finishing site";
 
-type Samples = Vec<(String, Vec<(String, String)>, f64)>;
+type Samples = Vec<Sample>;
 
 fn label<'a>(labels: &'a [(String, String)], name: &str) -> Option<&'a str> {
     labels
@@ -26,7 +26,13 @@ fn label<'a>(labels: &'a [(String, String)], name: &str) -> Option<&'a str> {
 
 /// Value of `name` for the blockers site marked `marker` (site label ends with
 /// `blockers/main.go:LINE`).
-fn site_value(samples: &Samples, name: &str, pid: u32, marker: &str, extra: &[(&str, &str)]) -> Option<f64> {
+fn site_value(
+    samples: &Samples,
+    name: &str,
+    pid: u32,
+    marker: &str,
+    extra: &[(&str, &str)],
+) -> Option<f64> {
     let suffix = format!(
         "tests/fixtures/go/blockers/main.go:{}",
         line_of(&fixture_source("blockers"), marker)
@@ -70,13 +76,19 @@ fn families(text: &str, samples: &Samples) -> BTreeSet<String> {
                     .filter(|base| types.get(*base).is_some_and(|t| t == "histogram"))
             })
             .unwrap_or(name);
-        let ty = types.get(family).unwrap_or_else(|| panic!("no TYPE for {name}"));
+        let ty = types
+            .get(family)
+            .unwrap_or_else(|| panic!("no TYPE for {name}"));
         let names: Vec<&str> = labels
             .iter()
             .map(|(k, _)| k.as_str())
             .filter(|k| *k != "le")
             .collect();
-        out.insert(format!("{family} {ty} {}", names.join(",")).trim_end().to_string());
+        out.insert(
+            format!("{family} {ty} {}", names.join(","))
+                .trim_end()
+                .to_string(),
+        );
     }
     out
 }
@@ -96,40 +108,78 @@ fn daemon_serves_exact_metrics_and_stops_cleanly() {
     assert_eq!(p.cmd("block 5"), "blocked 5");
     assert_eq!(p.cmd("finish 30"), "finished 30");
     let pid = p.pid;
-    let (text, samples) = wait_for("12 live at the blocking site", Duration::from_secs(30), || {
-        let (t, s) = metrics(&agent);
-        (site_value(&s, "goroscope_site_goroutines", pid, BLOCK, &[]) == Some(12.0)
-            && site_value(&s, "goroscope_site_goroutines_exited_total", pid, FINISH, &[])
-                == Some(30.0))
-        .then_some((t, s))
-    });
+    let (text, samples) = wait_for(
+        "12 live at the blocking site",
+        Duration::from_secs(30),
+        || {
+            let (t, s) = metrics(&agent);
+            (site_value(&s, "goroscope_site_goroutines", pid, BLOCK, &[]) == Some(12.0)
+                && site_value(
+                    &s,
+                    "goroscope_site_goroutines_exited_total",
+                    pid,
+                    FINISH,
+                    &[],
+                ) == Some(30.0))
+            .then_some((t, s))
+        },
+    );
 
     // Exact per-site numbers.
     let v = |name, marker, extra: &[(&str, &str)]| site_value(&samples, name, pid, marker, extra);
     let spawner = [("function", "main.spawner")];
     assert_eq!(v("goroscope_site_goroutines", BLOCK, &spawner), Some(12.0));
-    assert_eq!(v("goroscope_site_goroutines_waiting", BLOCK, &[]), Some(12.0));
-    assert_eq!(v("goroscope_site_goroutines_created_total", BLOCK, &[]), Some(5.0));
-    assert_eq!(v("goroscope_site_goroutines_exited_total", BLOCK, &[]), Some(0.0));
-    assert_eq!(v("goroscope_site_goroutines_created_total", FINISH, &[]), Some(30.0));
-    assert_eq!(v("goroscope_site_goroutines", FINISH, &[]), Some(0.0));
-    assert_eq!(v("goroscope_site_goroutine_lifetime_seconds_count", FINISH, &[]), Some(30.0));
     assert_eq!(
-        v("goroscope_site_goroutine_lifetime_seconds_bucket", FINISH, &[("le", "+Inf")]),
+        v("goroscope_site_goroutines_waiting", BLOCK, &[]),
+        Some(12.0)
+    );
+    assert_eq!(
+        v("goroscope_site_goroutines_created_total", BLOCK, &[]),
+        Some(5.0)
+    );
+    assert_eq!(
+        v("goroscope_site_goroutines_exited_total", BLOCK, &[]),
+        Some(0.0)
+    );
+    assert_eq!(
+        v("goroscope_site_goroutines_created_total", FINISH, &[]),
+        Some(30.0)
+    );
+    assert_eq!(v("goroscope_site_goroutines", FINISH, &[]), Some(0.0));
+    assert_eq!(
+        v(
+            "goroscope_site_goroutine_lifetime_seconds_count",
+            FINISH,
+            &[]
+        ),
+        Some(30.0)
+    );
+    assert_eq!(
+        v(
+            "goroscope_site_goroutine_lifetime_seconds_bucket",
+            FINISH,
+            &[("le", "+Inf")]
+        ),
         Some(30.0)
     );
     assert_eq!(v("goroscope_site_leak_suspected", BLOCK, &[]), Some(0.0));
     let oldest = v("goroscope_site_oldest_goroutine_age_seconds", BLOCK, &[]).unwrap();
     assert!(oldest > 0.0 && oldest < 120.0, "oldest {oldest}");
-    let per_pid = |name: &str| -> Vec<&(String, Vec<(String, String)>, f64)> {
+    let per_pid = |name: &str| -> Vec<&Sample> {
         samples
             .iter()
             .filter(|(n, l, _)| n == name && label(l, "pid") == Some(&pid.to_string()))
             .collect()
     };
     let total = per_pid("goroscope_process_goroutines")[0].2;
-    let by_site: f64 = per_pid("goroscope_site_goroutines").iter().map(|s| s.2).sum();
-    let by_state: f64 = per_pid("goroscope_process_goroutines_by_state").iter().map(|s| s.2).sum();
+    let by_site: f64 = per_pid("goroscope_site_goroutines")
+        .iter()
+        .map(|s| s.2)
+        .sum();
+    let by_state: f64 = per_pid("goroscope_process_goroutines_by_state")
+        .iter()
+        .map(|s| s.2)
+        .sum();
     assert_eq!(by_site, total, "sites add up to the process");
     assert_eq!(by_state, total, "states add up to the process");
     let chan = per_pid("goroscope_process_goroutines_by_state")
@@ -138,7 +188,10 @@ fn daemon_serves_exact_metrics_and_stops_cleanly() {
         .expect("chan receive state")
         .2;
     assert!(chan >= 12.0, "chan receive {chan}");
-    let lost: f64 = per_pid("goroscope_process_lost_events_total").iter().map(|s| s.2).sum();
+    let lost: f64 = per_pid("goroscope_process_lost_events_total")
+        .iter()
+        .map(|s| s.2)
+        .sum();
     assert_eq!(lost, 0.0);
     let agent_metric = |name: &str| samples.iter().find(|s| s.0 == name).unwrap().2;
     assert_eq!(agent_metric("goroscope_traced_processes"), 1.0);
@@ -168,7 +221,11 @@ fn daemon_serves_exact_metrics_and_stops_cleanly() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("promtool (installed by `cargo xtask setup`)");
-    lint.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    lint.stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = lint.wait_with_output().unwrap();
     assert!(
         out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
@@ -189,7 +246,9 @@ fn daemon_serves_exact_metrics_and_stops_cleanly() {
         .unwrap()
         .starts_with("application/openmetrics-text; version=1.0.0"));
     assert!(om.body.ends_with("# EOF\n"));
-    assert!(om.body.contains("# TYPE goroscope_site_goroutines_created counter\n"));
+    assert!(om
+        .body
+        .contains("# TYPE goroscope_site_goroutines_created counter\n"));
     assert!(agent
         .get("/metrics")
         .header("content-type")
@@ -216,16 +275,35 @@ fn daemon_serves_exact_metrics_and_stops_cleanly() {
     assert_eq!(d["suspected_leaks"].as_array().unwrap().len(), 0);
     assert_eq!(agent.get("/debug/goroutines?pid=abc").status, 400);
     assert_eq!(agent.get("/debug/goroutines?pid=1").status, 404);
-    assert_eq!(agent.get("/debug/goroutines").json().as_array().unwrap().len(), 1);
+    assert_eq!(
+        agent
+            .get("/debug/goroutines")
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 
     // A second agent with --top-sites 1: one site of its own, the rest in "other".
-    let folded = Agent::start(&["--pid", &pid.to_string(), "--interval-seconds", "1", "--top-sites", "1"]);
-    let s = wait_for("folded agent's first refresh", Duration::from_secs(30), || {
-        let (_, s) = metrics(&folded);
-        site_value(&s, "goroscope_site_goroutines", pid, BLOCK, &[])
-            .is_some()
-            .then_some(s)
-    });
+    let folded = Agent::start(&[
+        "--pid",
+        &pid.to_string(),
+        "--interval-seconds",
+        "1",
+        "--top-sites",
+        "1",
+    ]);
+    let s = wait_for(
+        "folded agent's first refresh",
+        Duration::from_secs(30),
+        || {
+            let (_, s) = metrics(&folded);
+            site_value(&s, "goroscope_site_goroutines", pid, BLOCK, &[])
+                .is_some()
+                .then_some(s)
+        },
+    );
     let sites: Vec<_> = s
         .iter()
         .filter(|(n, _, _)| n == "goroscope_site_goroutines")

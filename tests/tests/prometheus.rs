@@ -9,8 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use integration_tests::{
-    bpf_allowed, fixture, fixture_source, free_port, http_get, line_of, wait_for,
-    workspace_root, Agent, Churn,
+    bpf_allowed, fixture, fixture_source, free_port, http_get, line_of, wait_for, workspace_root,
+    Agent, Churn,
 };
 use serde_json::Value;
 
@@ -37,8 +37,14 @@ impl Prometheus {
         let addr = format!("127.0.0.1:{}", free_port());
         let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
         let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
             .arg(format!("--web.listen-address={addr}"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -89,7 +95,12 @@ impl Prometheus {
             .as_array()
             .unwrap()
             .iter()
-            .map(|a| (a["labels"].clone(), a["state"].as_str().unwrap().to_string()))
+            .map(|a| {
+                (
+                    a["labels"].clone(),
+                    a["state"].as_str().unwrap().to_string(),
+                )
+            })
             .collect()
     }
 }
@@ -123,7 +134,8 @@ fn encode(s: &str) -> String {
 
 #[test]
 fn real_prometheus_sees_the_leak_and_fires_the_alert_only_for_the_leaky_programs() {
-    if !bpf_allowed("real_prometheus_sees_the_leak_and_fires_the_alert_only_for_the_leaky_programs") {
+    if !bpf_allowed("real_prometheus_sees_the_leak_and_fires_the_alert_only_for_the_leaky_programs")
+    {
         return;
     }
     let started = Instant::now();
@@ -179,7 +191,11 @@ fn real_prometheus_sees_the_leak_and_fires_the_alert_only_for_the_leaky_programs
         );
         let r = prom.query(&q);
         assert_eq!(r.len(), 1, "{q}: {r:?}");
-        assert!((8.0..=12.0).contains(&r[0].1), "growth {} per second", r[0].1);
+        assert!(
+            (8.0..=12.0).contains(&r[0].1),
+            "growth {} per second",
+            r[0].1
+        );
     }
 
     // The shipped alert fires for both leaky programs.
@@ -211,13 +227,23 @@ fn real_prometheus_sees_the_leak_and_fires_the_alert_only_for_the_leaky_programs
     ));
     assert!(never.len() >= 2 * 8, "healthy sites scraped: {never:?}");
     let flagged_healthy: Vec<_> = never.iter().filter(|(_, v)| *v != 0.0).collect();
-    assert!(flagged_healthy.is_empty(), "false alarms: {flagged_healthy:?}");
+    assert!(
+        flagged_healthy.is_empty(),
+        "false alarms: {flagged_healthy:?}"
+    );
     let healthy_alerts: Vec<_> = prom
         .alerts()
         .into_iter()
-        .filter(|(l, _)| l["pid"].as_str().is_some_and(|p| healthy_pids.iter().any(|h| h == p)))
+        .filter(|(l, _)| {
+            l["pid"]
+                .as_str()
+                .is_some_and(|p| healthy_pids.iter().any(|h| h == p))
+        })
         .collect();
-    assert!(healthy_alerts.is_empty(), "alerts for healthy programs: {healthy_alerts:?}");
+    assert!(
+        healthy_alerts.is_empty(),
+        "alerts for healthy programs: {healthy_alerts:?}"
+    );
     // Their long-lived goroutines are there: 8 pool workers, 50 keep-alive connections.
     for p in &healthy_pids {
         let r = prom.query(&format!("goroscope_process_goroutines{{pid=\"{p}\"}}"));
@@ -227,7 +253,11 @@ fn real_prometheus_sees_the_leak_and_fires_the_alert_only_for_the_leaky_programs
     let agent_alerts: Vec<_> = prom
         .alerts()
         .into_iter()
-        .filter(|(l, _)| l["alertname"].as_str().is_some_and(|n| n.starts_with("Goroscope")))
+        .filter(|(l, _)| {
+            l["alertname"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("Goroscope"))
+        })
         .collect();
     assert!(agent_alerts.is_empty(), "{agent_alerts:?}");
 

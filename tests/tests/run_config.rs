@@ -10,7 +10,10 @@ fn run(args: &[&str], env: &[(&str, &str)], config: Option<&str>) -> (i32, Strin
     std::fs::create_dir_all(&dir).unwrap();
     let mut cmd = Command::new(goroscope_bin());
     cmd.arg("run").args(args);
-    for k in std::env::vars().map(|(k, _)| k).filter(|k| k.starts_with("GOROSCOPE_")) {
+    for k in std::env::vars()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with("GOROSCOPE_"))
+    {
         cmd.env_remove(k);
     }
     cmd.envs(env.iter().copied());
@@ -28,9 +31,15 @@ fn run(args: &[&str], env: &[(&str, &str)], config: Option<&str>) -> (i32, Strin
 #[test]
 fn bad_config_files_name_the_key() {
     for (text, key) in [
-        ("listen = \"127.0.0.1:0\"\nintervall_seconds = 5\n", "intervall_seconds"),
+        (
+            "listen = \"127.0.0.1:0\"\nintervall_seconds = 5\n",
+            "intervall_seconds",
+        ),
         ("[[targets]]\npid = 1\n[leak]\nmin_age = 3\n", "min_age"),
-        ("[[targets]]\npid = 1\n[leak]\nmin_waiting_ratio = 7\n", "leak.min_waiting_ratio"),
+        (
+            "[[targets]]\npid = 1\n[leak]\nmin_waiting_ratio = 7\n",
+            "leak.min_waiting_ratio",
+        ),
         ("[[targets]]\npid = 1\ntop_sites = -1\n", "top_sites"),
         ("[[targets]]\npid = 1\nlisten = \"localhost\"\n", "listen"),
         ("[[targets]]\n", "targets[0]"),
@@ -54,7 +63,10 @@ fn environment_overrides_the_file_and_flags_override_the_environment() {
     let file = "top_sites = 5\n[[targets]]\npid = 1\n";
     let (code, err) = run(&[], &[("GOROSCOPE_TOP_SITES", "0")], Some(file));
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("top_sites must be between 1 and 1000, not 0"), "{err}");
+    assert!(
+        err.contains("top_sites must be between 1 and 1000, not 0"),
+        "{err}"
+    );
     let (code, err) = run(
         &["--top-sites", "2000"],
         &[("GOROSCOPE_TOP_SITES", "3")],

@@ -47,6 +47,7 @@ const OLD_GO: &[(&str, &str)] = &[("1.19", "/usr/lib/go-1.19/bin/go")];
 const NARROW_FIXTURES: &[(&str, &[&str])] = &[
     ("leaky", &["1.21.13", "1.24.11", "1.27.3"]),
     ("healthy", &["1.21.13", "1.24.11", "1.27.3"]),
+    ("sites", &["1.26.6"]),
 ];
 
 /// Build variants of every fixture: `(name, go build flags)`.
@@ -115,6 +116,16 @@ enum Bench {
         #[arg(long, default_value_t = 0)]
         gomaxprocs: u32,
     },
+    /// Time of a /metrics scrape of `goroscope run` tracing many processes with many
+    /// `go` sites each.
+    Scrape {
+        /// Traced processes (each with 100 sites).
+        #[arg(long, default_value_t = 20)]
+        processes: usize,
+        /// Scrapes measured (the median is reported).
+        #[arg(long, default_value_t = 100)]
+        scrapes: usize,
+    },
 }
 
 fn main() {
@@ -138,6 +149,9 @@ fn main() {
                     gomaxprocs,
                 },
         } => bench_overhead(runs, goroutines, &go, no_entry, gomaxprocs),
+        Cmd::Bench {
+            which: Bench::Scrape { processes, scrapes },
+        } => bench_scrape(processes, scrapes),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");
@@ -563,6 +577,123 @@ impl Drop for Driven {
             let _ = self.child.wait();
         }
     }
+}
+
+/// GET over HTTP/1.0: `(status line, body)`.
+fn http_get(addr: &str, path: &str) -> Result<(String, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    Ok((
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    ))
+}
+
+fn bench_scrape(processes: usize, scrapes: usize) -> Result<()> {
+    if !is_root() {
+        bail!("the scrape benchmark attaches BPF programs: run it as root");
+    }
+    if processes == 0 || scrapes == 0 {
+        bail!("--processes and --scrapes must be positive");
+    }
+    setup_go()?;
+    fixtures()?;
+    run(Command::new(cargo()).current_dir(root()).args([
+        "build",
+        "--release",
+        "-q",
+        "-p",
+        "goroscope",
+    ]))?;
+    let agent_bin = root().join("target/release/goroscope");
+    let fixture = fixtures_dir().join("go1.26.6/sites-default");
+    let mut procs = Vec::new();
+    for _ in 0..processes {
+        let mut p = Driven::start(&mut Command::new(&fixture))?;
+        let ready = p.line()?;
+        if !ready.starts_with("ready ") {
+            bail!("fixture said {ready:?}");
+        }
+        procs.push(p);
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let agent = Driven::start(
+        Command::new(&agent_bin)
+            .args(["run", "--exe"])
+            .arg(&fixture)
+            .args(["--listen", &addr, "--top-sites", "120", "--log", "warn"]),
+    )?;
+    // Wait until every process and its 100 sites are in the metrics.
+    let deadline = Instant::now() + std::time::Duration::from_secs(120);
+    let (series, bytes) = loop {
+        if let Ok((status, body)) = http_get(&addr, "/metrics") {
+            let traced = body
+                .lines()
+                .find_map(|l| l.strip_prefix("goroscope_traced_processes "))
+                .and_then(|v| v.parse::<usize>().ok());
+            let sites = body
+                .lines()
+                .filter(|l| l.starts_with("goroscope_site_goroutines{") && l.ends_with(" 5"))
+                .count();
+            if status.contains("200") && traced == Some(processes) && sites >= processes * 100 {
+                let series = body.lines().filter(|l| !l.starts_with('#')).count();
+                break (series, body.len());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the agent did not trace {processes} processes with 100 sites each in time");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    let mut wall = Vec::with_capacity(scrapes);
+    let mut render = Vec::with_capacity(scrapes);
+    for _ in 0..scrapes {
+        let t = Instant::now();
+        let (_, body) = http_get(&addr, "/metrics")?;
+        wall.push(t.elapsed().as_secs_f64() * 1e3);
+        if let Some(v) = body
+            .lines()
+            .find_map(|l| l.strip_prefix("goroscope_scrape_duration_seconds "))
+            .and_then(|v| v.parse::<f64>().ok())
+        {
+            render.push(v * 1e3);
+        }
+    }
+    let max = wall.iter().copied().fold(0.0, f64::max);
+    let med = median(&mut wall);
+    let p90 = wall[wall.len() * 9 / 10];
+    let render_med = if render.is_empty() {
+        f64::NAN
+    } else {
+        median(&mut render)
+    };
+    drop(agent);
+    for p in procs {
+        p.finish()?;
+    }
+    let md = format!(
+        "# Scrape benchmark\n\n`goroscope run --exe sites-default` (Go 1.26.6) tracing {processes} \
+         processes with 100 `go` sites each (5 goroutines per site), `--top-sites 120`: \
+         {series} samples, {bytes} bytes per scrape (Prometheus text).\n\n\
+         | | ms |\n|---|---|\n\
+         | scrape wall time, median of {scrapes} (HTTP/1.0 over loopback) | {med:.2} |\n\
+         | scrape wall time, p90 | {p90:.2} |\n| scrape wall time, max | {max:.2} |\n\
+         | render time (goroscope_scrape_duration_seconds), median | {render_med:.2} |\n\n\
+         Goal: under 50 ms.\n"
+    );
+    let dir = root().join("target/bench");
+    fs::create_dir_all(&dir)?;
+    fs::write(dir.join("scrape.md"), &md)?;
+    print!("{md}");
+    step(&format!("results in {}", dir.join("scrape.md").display()));
+    Ok(())
 }
 
 fn median(v: &mut [f64]) -> f64 {

@@ -70,11 +70,7 @@ async fn index() -> &'static str {
 }
 
 async fn metrics_handler(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    let format = Format::negotiate(
-        headers
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok()),
-    );
+    let format = Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
     let start = Instant::now();
     let snap = s.snapshot();
     let previous = f64::from_bits(s.scrape_seconds.load(Ordering::Relaxed));
@@ -93,7 +89,10 @@ async fn healthz(State(s): State<Arc<Shared>>) -> Response {
     if age > s.stale_after {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("refresher stalled: no refresh for {:.0} s\n", age.as_secs_f64()),
+            format!(
+                "refresher stalled: no refresh for {:.0} s\n",
+                age.as_secs_f64()
+            ),
         )
             .into_response()
     } else {

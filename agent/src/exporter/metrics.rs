@@ -161,6 +161,18 @@ fn escape(v: &str) -> String {
     s
 }
 
+/// `k="v",…` with values escaped.
+fn label_set(labels: &[(&str, &str)]) -> String {
+    let mut s = String::new();
+    for (i, (k, v)) in labels.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        let _ = write!(s, "{k}=\"{}\"", escape(v));
+    }
+    s
+}
+
 fn value(v: f64) -> String {
     if v.is_nan() {
         "NaN".into()
@@ -190,19 +202,29 @@ impl Enc {
     }
 
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], v: f64) {
+        let l = label_set(labels);
+        self.sample_with(name, &l, "", v);
+    }
+
+    /// A sample whose labels are already rendered (`k="v",…`, escaped), plus `extra`
+    /// (rendered too, may be empty).
+    fn sample_with(&mut self, name: &str, labels: &str, extra: &str, v: f64) {
         self.out.push_str(name);
-        if !labels.is_empty() {
+        if !labels.is_empty() || !extra.is_empty() {
             self.out.push('{');
-            for (i, (k, val)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.out.push(',');
-                }
-                let _ = write!(self.out, "{k}=\"{}\"", escape(val));
+            self.out.push_str(labels);
+            if !labels.is_empty() && !extra.is_empty() {
+                self.out.push(',');
             }
+            self.out.push_str(extra);
             self.out.push('}');
         }
         self.out.push(' ');
-        self.out.push_str(&value(v));
+        if v.fract() == 0.0 && v.abs() < 1e15 {
+            let _ = write!(self.out, "{}", v as i64);
+        } else {
+            self.out.push_str(&value(v));
+        }
         self.out.push('\n');
     }
 
@@ -229,7 +251,10 @@ pub fn render(snap: &Snapshot, format: Format, scrape_seconds: f64) -> String {
         (vec![], snap.processes.len() as f64)
     });
     e.family("goroscope_target_attached", &snap.targets, |t| {
-        (vec![("target", t.target.as_str())], f64::from(u8::from(t.attached)))
+        (
+            vec![("target", t.target.as_str())],
+            f64::from(u8::from(t.attached)),
+        )
     });
     e.family("goroscope_attach_failures_total", &[()], |_| {
         (vec![], snap.attach_failures as f64)
@@ -324,27 +349,40 @@ pub fn render(snap: &Snapshot, format: Format, scrape_seconds: f64) -> String {
     let site_gauges: [(&str, Get); 7] = [
         ("goroscope_site_goroutines", |a| a.live as f64),
         ("goroscope_site_goroutines_waiting", |a| a.waiting as f64),
-        ("goroscope_site_goroutines_created_total", |a| a.created as f64),
-        ("goroscope_site_goroutines_exited_total", |a| a.exited as f64),
+        ("goroscope_site_goroutines_created_total", |a| {
+            a.created as f64
+        }),
+        ("goroscope_site_goroutines_exited_total", |a| {
+            a.exited as f64
+        }),
         ("goroscope_site_oldest_goroutine_age_seconds", |a| a.oldest),
         ("goroscope_site_goroutines_growth_per_second", |a| a.growth),
-        ("goroscope_site_leak_suspected", |a| f64::from(u8::from(a.suspected))),
+        ("goroscope_site_leak_suspected", |a| {
+            f64::from(u8::from(a.suspected))
+        }),
     ];
-    for (name, get) in site_gauges {
-        e.header(name);
-        for p in &procs {
-            for ((site, function), a) in &p.sites {
-                e.sample(
-                    name,
-                    &[
+    // Label sets of every (process, site), rendered once.
+    let site_labels: Vec<Vec<(String, &SiteAgg)>> = procs
+        .iter()
+        .map(|p| {
+            p.sites
+                .iter()
+                .map(|((site, function), a)| {
+                    let l = label_set(&[
                         ("pid", &p.pid),
                         ("exe", p.exe),
                         ("site", site),
                         ("function", function),
-                    ],
-                    get(a),
-                );
-            }
+                    ]);
+                    (l, a)
+                })
+                .collect()
+        })
+        .collect();
+    for (name, get) in site_gauges {
+        e.header(name);
+        for (labels, a) in site_labels.iter().flatten() {
+            e.sample_with(name, labels, "", get(a));
         }
     }
     let h = "goroscope_site_goroutine_lifetime_seconds";
@@ -354,34 +392,27 @@ pub fn render(snap: &Snapshot, format: Format, scrape_seconds: f64) -> String {
     let count_name = format!("{h}_count");
     let les: Vec<String> = EXPORTED_BUCKETS
         .iter()
-        .map(|b| value(bucket_upper_seconds(*b).unwrap_or(f64::INFINITY)))
+        .map(|b| {
+            format!(
+                "le=\"{}\"",
+                value(bucket_upper_seconds(*b).unwrap_or(f64::INFINITY))
+            )
+        })
         .collect();
-    for p in &procs {
-        for ((site, function), a) in &p.sites {
-            let labels = [
-                ("pid", p.pid.as_str()),
-                ("exe", p.exe),
-                ("site", site.as_str()),
-                ("function", function.as_str()),
-            ];
-            let total: u64 = a.buckets.iter().sum();
-            let mut cumulative = 0u64;
-            let mut next = 0usize;
-            for (b, le) in EXPORTED_BUCKETS.iter().zip(&les) {
-                while next <= *b {
-                    cumulative += a.buckets[next];
-                    next += 1;
-                }
-                let mut l = labels.to_vec();
-                l.push(("le", le));
-                e.sample(&bucket_name, &l, cumulative as f64);
+    for (labels, a) in site_labels.iter().flatten() {
+        let total: u64 = a.buckets.iter().sum();
+        let mut cumulative = 0u64;
+        let mut next = 0usize;
+        for (b, le) in EXPORTED_BUCKETS.iter().zip(&les) {
+            while next <= *b {
+                cumulative += a.buckets[next];
+                next += 1;
             }
-            let mut l = labels.to_vec();
-            l.push(("le", "+Inf"));
-            e.sample(&bucket_name, &l, total as f64);
-            e.sample(&sum_name, &labels, a.lifetime_sum);
-            e.sample(&count_name, &labels, total as f64);
+            e.sample_with(&bucket_name, labels, le, cumulative as f64);
         }
+        e.sample_with(&bucket_name, labels, "le=\"+Inf\"", total as f64);
+        e.sample_with(&sum_name, labels, "", a.lifetime_sum);
+        e.sample_with(&count_name, labels, "", total as f64);
     }
     if format == Format::OpenMetrics {
         e.out.push_str("# EOF\n");
