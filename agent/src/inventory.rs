@@ -27,6 +27,9 @@ pub struct G {
     /// Entry of the goroutine's function (runtime address).
     pub startpc: u64,
     pub parent_goid: u64,
+    /// `g.waiting`: first `*sudog` of the channel operations it is blocked in (0: none).
+    #[serde(skip)]
+    pub waiting: u64,
 }
 
 pub const STATUS_IDLE: u32 = 0;
@@ -84,6 +87,7 @@ pub fn read(mem: &ProcMem, a: &Analysis, bias: u64) -> Result<Vec<G>> {
         o.parent_goid,
         o.gopc,
         o.startpc,
+        o.waiting,
     ]
     .into_iter()
     .max()
@@ -119,7 +123,60 @@ pub fn read(mem: &ProcMem, a: &Analysis, bias: u64) -> Result<Vec<G>> {
             gopc: u64_at(b, o.gopc),
             startpc: u64_at(b, o.startpc),
             parent_goid: u64_at(b, o.parent_goid),
+            waiting: if status == STATUS_WAITING {
+                u64_at(b, o.waiting)
+            } else {
+                0
+            },
         });
     }
     Ok(out)
+}
+
+/// Sudogs followed per goroutine (a `select` has one per case).
+const MAX_SUDOGS: usize = 16;
+
+/// The channels each blocked goroutine waits on: `(index in gs, *hchan)` pairs, read by
+/// following `g.waiting` → `sudog.c` / `sudog.waitlink` (batched, one level per read).
+pub fn waiting_channels(mem: &ProcMem, a: &Analysis, gs: &[G]) -> Vec<(usize, u64)> {
+    let so = a.offsets.sudog;
+    let size = so.c.max(so.waitlink) as usize + 8;
+    let mut frontier: Vec<(usize, u64)> = gs
+        .iter()
+        .enumerate()
+        .filter(|(_, g)| g.waiting != 0)
+        .map(|(i, g)| (i, g.waiting))
+        .collect();
+    let mut out = Vec::new();
+    for _ in 0..MAX_SUDOGS {
+        if frontier.is_empty() {
+            break;
+        }
+        let mut blocks = vec![vec![0u8; size]; frontier.len()];
+        let mut reads: Vec<(u64, &mut [u8])> = frontier
+            .iter()
+            .zip(blocks.iter_mut())
+            .map(|((_, p), b)| (*p, b.as_mut_slice()))
+            .collect();
+        if mem.read_many(&mut reads).is_err() {
+            break;
+        }
+        let u64_at = |b: &[u8], off: u32| {
+            let off = off as usize;
+            u64::from_le_bytes(b[off..off + 8].try_into().expect("in bounds"))
+        };
+        let mut next = Vec::new();
+        for ((i, _), b) in frontier.iter().zip(&blocks) {
+            let c = u64_at(b, so.c);
+            if c != 0 {
+                out.push((*i, c));
+            }
+            let link = u64_at(b, so.waitlink);
+            if link != 0 {
+                next.push((*i, link));
+            }
+        }
+        frontier = next;
+    }
+    out
 }

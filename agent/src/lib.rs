@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod contexts;
 pub mod daemon;
 pub mod exporter;
 pub mod gobin;

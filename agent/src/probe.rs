@@ -15,8 +15,8 @@ use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkI
 use aya::programs::UProbe;
 use aya::{Ebpf, EbpfLoader};
 use goroscope_common::{
-    GSlot, GoroutineInfo, GoroutineKey, ProcCounters, SiteConfig, SiteKey, SiteStats, G_SLOTS,
-    MAX_SITE_CONFIGS, SLOT_BUSY,
+    CtxConfig, CtxInfo, CtxKey, CtxSiteStats, GSlot, GoroutineInfo, GoroutineKey, ProcCounters,
+    SiteConfig, SiteKey, SiteStats, CTX_RANGES, G_SLOTS, MAX_SITE_CONFIGS, SLOT_BUSY,
 };
 
 use crate::gobin::{Analysis, Hook, ProbeSite};
@@ -192,6 +192,8 @@ fn program_name(hook: Hook, base_reg: u8) -> Option<&'static str> {
         (Hook::GoroutineCreate, reg::RBX) => Some("goroutine_create_rbx"),
         (Hook::GoroutineCreate, reg::RAX) => Some("goroutine_create_rax"),
         (Hook::GoroutineExit, reg::RAX) => Some("goroutine_exit_rax"),
+        (Hook::ContextCreate, reg::RAX) => Some("context_create_rax"),
+        (Hook::ContextCancel, reg::RAX) => Some("context_cancel_rax"),
         _ => None,
     }
 }
@@ -298,6 +300,34 @@ impl Probes {
                 .context("map SITE_CONFIG missing")?,
         )?;
         configs.set(cookie, cfg, 0).context("writing SITE_CONFIG")?;
+        if site.hook == Hook::ContextCreate {
+            let mut ranges = bin.context_ranges();
+            if ranges.len() > CTX_RANGES {
+                tracing::warn!(
+                    runs = ranges.len(),
+                    "package context's code is split in more than {CTX_RANGES} runs: \
+                     creation sites inside the others show as context functions"
+                );
+                ranges.sort_by_key(|(a, b)| std::cmp::Reverse(b - a));
+                ranges.truncate(CTX_RANGES);
+            }
+            let mut c = CtxConfig {
+                probe_addr: site.address,
+                goid_off: g.goid,
+                ..CtxConfig::default()
+            };
+            for (slot, (a, b)) in c.ranges.iter_mut().zip(ranges) {
+                *slot = [a, b];
+            }
+            let mut ctx_configs: Array<_, CtxConfig> = Array::try_from(
+                self.ebpf
+                    .map_mut("CTX_CONFIG")
+                    .context("map CTX_CONFIG missing")?,
+            )?;
+            ctx_configs
+                .set(cookie, c, 0)
+                .context("writing CTX_CONFIG")?;
+        }
 
         let prog: &mut UProbe = self
             .ebpf
@@ -365,6 +395,8 @@ impl Probes {
                     sum.read_errors += c.read_errors;
                     sum.live_map_full += c.live_map_full;
                     sum.site_map_full += c.site_map_full;
+                    sum.context_map_full += c.context_map_full;
+                    sum.context_site_map_full += c.context_site_map_full;
                 }
             }
             Err(aya::maps::MapError::KeyNotFound) => {}
@@ -414,9 +446,35 @@ impl Probes {
         Ok(out)
     }
 
+    /// Cancelable contexts created while attached and not cancelled yet, by process and
+    /// context pointer.
+    pub fn contexts(&self) -> Result<HashMap<u32, HashMap<u64, CtxInfo>>> {
+        let map: BpfHashMap<_, CtxKey, CtxInfo> = BpfHashMap::try_from(self.map("CTX_LIVE")?)?;
+        let mut out: HashMap<u32, HashMap<u64, CtxInfo>> = HashMap::new();
+        for entry in map.iter() {
+            let Ok((k, v)) = entry else { continue };
+            out.entry(k.tgid).or_default().insert(k.ctx, v);
+        }
+        Ok(out)
+    }
+
+    /// Per context-creation-site counters, by process and site (link-time address).
+    pub fn context_sites(&self) -> Result<HashMap<u32, HashMap<u64, CtxSiteStats>>> {
+        let map: BpfHashMap<_, SiteKey, CtxSiteStats> =
+            BpfHashMap::try_from(self.map("CTX_SITES")?)?;
+        let mut out: HashMap<u32, HashMap<u64, CtxSiteStats>> = HashMap::new();
+        for entry in map.iter() {
+            let Ok((k, v)) = entry else { continue };
+            out.entry(k.tgid).or_default().insert(k.gopc, v);
+        }
+        Ok(out)
+    }
+
     /// Removes everything the kernel holds about a process that has exited.
     pub fn purge(&mut self, tgid: u32) -> Result<()> {
         self.slots.clear(tgid);
+        remove_where::<CtxKey, CtxInfo>(&mut self.ebpf, "CTX_LIVE", |k| k.tgid == tgid)?;
+        remove_where::<SiteKey, CtxSiteStats>(&mut self.ebpf, "CTX_SITES", |k| k.tgid == tgid)?;
         remove_where::<GoroutineKey, GoroutineInfo>(&mut self.ebpf, "LIVE", |k| k.tgid == tgid)?;
         remove_where::<SiteKey, SiteStats>(&mut self.ebpf, "SITES", |k| k.tgid == tgid)?;
         let mut procs: PerCpuHashMap<_, u32, ProcCounters> = PerCpuHashMap::try_from(

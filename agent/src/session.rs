@@ -6,7 +6,7 @@
 //! that exits is dropped and everything the kernel held about it is removed; a new
 //! process that reuses its pid is a different process (start time differs).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -42,9 +42,36 @@ pub struct Session {
     procs: BTreeMap<u32, Tracked>,
     /// Processes of the target that could not be traced (e.g. not permitted).
     pub attach_failures: u64,
+    /// Whether the context probes are attached.
+    contexts: bool,
 }
 
 const HOOKS: [Hook; 2] = [Hook::GoroutineCreate, Hook::GoroutineExit];
+const CONTEXT_HOOKS: [Hook; 2] = [Hook::ContextCreate, Hook::ContextCancel];
+
+/// Attaches the goroutine probes, and the context probes when the binary has their
+/// sites (package context linked and not inlined away); returns whether contexts are
+/// traced.
+fn attach_all(
+    probes: &mut Probes,
+    analysis: &Analysis,
+    path: &std::path::Path,
+    scope: Scope,
+) -> Result<bool> {
+    probes.attach(analysis, path, &HOOKS, scope, Program::Goroscope)?;
+    let has = |h: Hook| analysis.probe_sites.iter().any(|s| s.hook == h);
+    if CONTEXT_HOOKS.iter().all(|h| has(*h)) {
+        probes.attach(analysis, path, &CONTEXT_HOOKS, scope, Program::Goroscope)?;
+        Ok(true)
+    } else {
+        tracing::info!(
+            binary = %analysis.path.display(),
+            "contexts not traced: {}",
+            analysis.missing_sites.join("; ")
+        );
+        Ok(false)
+    }
+}
 
 impl Session {
     /// Attaches the goroutine probes and takes the attach-time inventory.
@@ -56,24 +83,19 @@ impl Session {
             exe: None,
             procs: BTreeMap::new(),
             attach_failures: 0,
+            contexts: false,
         };
         match &target {
             Target::Pid(pid) => {
                 let id = process::check_pid(*pid)?;
                 let analysis = Arc::new(gobin::analyze(&id.exe_link())?);
                 let scope = Scope::Pid(NonZeroU32::new(*pid).context("pid 0")?);
-                probes.attach(&analysis, &id.exe_link(), &HOOKS, scope, Program::Goroscope)?;
+                s.contexts = attach_all(&mut probes, &analysis, &id.exe_link(), scope)?;
                 s.add(id, analysis)?;
             }
             Target::Exe(path) => {
                 let analysis = Arc::new(gobin::analyze(path)?);
-                probes.attach(
-                    &analysis,
-                    path,
-                    &HOOKS,
-                    Scope::AllProcesses,
-                    Program::Goroscope,
-                )?;
+                s.contexts = attach_all(&mut probes, &analysis, path, Scope::AllProcesses)?;
                 s.exe = Some(analysis);
             }
         }
@@ -92,6 +114,7 @@ impl Session {
             exe: None,
             procs: BTreeMap::new(),
             attach_failures: 0,
+            contexts: false,
         };
         s.add(id, analysis)?;
         Ok(s)
@@ -100,7 +123,7 @@ impl Session {
     fn add(&mut self, id: ProcessId, analysis: Arc<Analysis>) -> Result<()> {
         let mut t = Tracked::new(id, analysis)?;
         // The attach-time inventory: every goroutine alive now is stamped as seen.
-        let _ = t.table(None, None, None);
+        let _ = t.table(None, None, None, None);
         tracing::info!(pid = id.pid, "tracing process");
         self.procs.insert(id.pid, t);
         Ok(())
@@ -157,6 +180,10 @@ impl Session {
             Some(p) => (Some(p.live()?), Some(p.sites()?)),
             None => (None, None),
         };
+        let ctxs = match &self.probes {
+            Some(p) if self.contexts => Some((p.contexts()?, p.context_sites()?)),
+            _ => None,
+        };
         let mut out = Vec::with_capacity(self.procs.len());
         for (pid, t) in self.procs.iter_mut() {
             let counters = match &self.probes {
@@ -167,7 +194,14 @@ impl Session {
             let l = live.as_ref().map(|l| l.get(pid).unwrap_or(&empty));
             let empty_sites = Default::default();
             let s = sites.as_ref().map(|s| s.get(pid).unwrap_or(&empty_sites));
-            out.push(t.table(l, s, counters));
+            let empty_ctx = (HashMap::new(), HashMap::new());
+            let c = ctxs.as_ref().map(|(l, s)| {
+                (
+                    l.get(pid).unwrap_or(&empty_ctx.0),
+                    s.get(pid).unwrap_or(&empty_ctx.1),
+                )
+            });
+            out.push(t.table(l, s, counters, c));
         }
         Ok(out)
     }

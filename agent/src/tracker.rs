@@ -10,10 +10,13 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use anyhow::Result;
-use goroscope_common::{GoroutineInfo, ProcCounters, SiteStats, LIFETIME_BUCKETS};
+use goroscope_common::{
+    CtxInfo, CtxSiteStats, GoroutineInfo, ProcCounters, SiteStats, LIFETIME_BUCKETS,
+};
 
 use serde::Serialize;
 
+use crate::contexts::{self, ContextSiteView, ParentView};
 use crate::gobin::{Analysis, SourceLoc};
 use crate::inventory::{self, G};
 use crate::process::{ProcMem, ProcessId};
@@ -109,6 +112,10 @@ pub struct ProcessTable {
     /// Why the inventory could not be read, if it could not (then `live` counts only
     /// goroutines created since attach).
     pub inventory_error: Option<String>,
+    /// Cancelable contexts by creation site (empty without context probes).
+    pub contexts: Vec<ContextSiteView>,
+    /// Parents with the most uncancelled children.
+    pub context_parents: Vec<ParentView>,
 }
 
 /// One traced process.
@@ -180,6 +187,7 @@ impl Tracked {
         live: Option<&HashMap<u64, GoroutineInfo>>,
         sites: Option<&HashMap<u64, SiteStats>>,
         counters: Option<ProcCounters>,
+        ctx: Option<(&HashMap<u64, CtxInfo>, &HashMap<u64, CtxSiteStats>)>,
     ) -> ProcessTable {
         let now = mono_ns();
         let (gs, inventory_error) = match self.inventory() {
@@ -197,6 +205,7 @@ impl Tracked {
                                 gopc: i.gopc,
                                 startpc: i.startpc,
                                 parent_goid: i.parent_goid,
+                                waiting: 0,
                             })
                             .collect()
                     })
@@ -348,6 +357,31 @@ impl Tracked {
         }
         site_views.sort_by(|a, b| b.live.cmp(&a.live).then(a.gopc.cmp(&b.gopc)));
 
+        let live_goids: Option<std::collections::HashSet<u64>> = inventory_error
+            .is_none()
+            .then(|| gs.iter().map(|g| g.goid).collect());
+        let (contexts, context_parents) = match ctx {
+            Some((l, s)) => {
+                // Goroutines blocked on the done channel of an uncancelled context.
+                let mut waits: HashMap<u64, BTreeMap<String, u64>> = HashMap::new();
+                if let (Some(cc), None) = (self.analysis.offsets.cancel_ctx, &inventory_error) {
+                    let done = contexts::done_channels(&self.mem, cc.done, l);
+                    if !done.is_empty() {
+                        for (i, chan) in inventory::waiting_channels(&self.mem, &self.analysis, &gs)
+                        {
+                            if let Some(site) = done.get(&chan) {
+                                let gsite = self
+                                    .site(gs[i].gopc.wrapping_sub(bias))
+                                    .map_or_else(|| "unknown".to_string(), |l| l.to_string());
+                                *waits.entry(*site).or_default().entry(gsite).or_default() += 1;
+                            }
+                        }
+                    }
+                }
+                contexts::views(&self.analysis, now, l, s, live_goids.as_ref(), &waits)
+            }
+            None => Default::default(),
+        };
         self.history.push_back((now, live_now));
         while self
             .history
@@ -367,6 +401,8 @@ impl Tracked {
             goroutines: goroutines.into_iter().map(|(_, g)| g).collect(),
             counters: counters.map(|c| Counters::new(c, sites, live)),
             inventory_error,
+            contexts,
+            context_parents,
         }
     }
 }

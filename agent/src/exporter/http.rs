@@ -150,6 +150,8 @@ struct DebugProcess {
     inventory_error: Option<String>,
     suspected_leaks: Vec<Suspicion>,
     sites: Vec<DebugSite>,
+    contexts: Vec<crate::contexts::ContextSiteView>,
+    context_parents: Vec<crate::contexts::ParentView>,
 }
 
 fn debug_process(p: &ProcessReport) -> DebugProcess {
@@ -163,6 +165,8 @@ fn debug_process(p: &ProcessReport) -> DebugProcess {
         counters: t.counters.clone(),
         inventory_error: t.inventory_error.clone(),
         suspected_leaks: p.suspicions(),
+        contexts: t.contexts.clone(),
+        context_parents: t.context_parents.clone(),
         sites: t
             .sites
             .iter()

@@ -9,7 +9,7 @@ use super::elf::Elf;
 use super::error::{Malformed, PResult};
 
 /// Structs whose layouts goroscope reads.
-pub const STRUCTS: &[&str] = &["runtime.g", "context.cancelCtx"];
+pub const STRUCTS: &[&str] = &["runtime.g", "runtime.sudog", "context.cancelCtx"];
 /// Variables whose addresses goroscope reads.
 pub const VARIABLES: &[&str] = &["runtime.allgs", "runtime.allglen"];
 

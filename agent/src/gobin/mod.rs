@@ -178,6 +178,27 @@ pub fn analyze_bytes(path: &Path, data: &[u8]) -> Result<Analysis, BinaryError> 
 }
 
 impl Analysis {
+    /// Link-time `[start, end)` ranges of package `context`'s code: runs of consecutive
+    /// `context.*` functions.
+    pub fn context_ranges(&self) -> Vec<(u64, u64)> {
+        let mut funcs: Vec<&pclntab::Func> = self.pclntab.funcs.iter().collect();
+        funcs.sort_by_key(|f| f.entry);
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        let mut run: Option<(u64, u64)> = None;
+        for f in funcs {
+            if f.name.starts_with("context.") {
+                run = Some(match run {
+                    Some((start, _)) => (start, f.end),
+                    None => (f.entry, f.end),
+                });
+            } else if let Some(r) = run.take() {
+                out.push(r);
+            }
+        }
+        out.extend(run);
+        out
+    }
+
     /// Name of the function starting at (or containing) link-time `pc`, seen through
     /// `go` statement wrappers.
     pub fn start_function(&self, pc: u64) -> Option<String> {

@@ -18,6 +18,17 @@ pub struct GOffsets {
     pub gopc: u32,
     pub startpc: u32,
     pub labels: u32,
+    /// `*sudog` list of the channel operations the goroutine is blocked in.
+    pub waiting: u32,
+}
+
+/// Offsets in `runtime.sudog` (a goroutine waiting on a channel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SudogOffsets {
+    /// The channel (`*hchan`).
+    pub c: u32,
+    /// Next sudog of the same goroutine (select).
+    pub waitlink: u32,
 }
 
 /// Offsets in `context.cancelCtx` (also the first field of `timerCtx`).
@@ -33,6 +44,7 @@ pub struct CancelCtxOffsets {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct RuntimeOffsets {
     pub g: GOffsets,
+    pub sudog: SudogOffsets,
     /// `None` when the binary's DWARF has no `context.cancelCtx` (the package is not
     /// linked) and the version is not in the built-in table.
     pub cancel_ctx: Option<CancelCtxOffsets>,
@@ -58,7 +70,7 @@ impl std::fmt::Display for OffsetsSource {
 }
 
 /// DWARF field names, in `GOffsets` order.
-const G_FIELDS: [&str; 8] = [
+const G_FIELDS: [&str; 9] = [
     "atomicstatus",
     "goid",
     "waitsince",
@@ -67,7 +79,9 @@ const G_FIELDS: [&str; 8] = [
     "gopc",
     "startpc",
     "labels",
+    "waiting",
 ];
+const SUDOG_FIELDS: [&str; 2] = ["c", "waitlink"];
 const CANCEL_FIELDS: [&str; 4] = ["Context", "done", "children", "err"];
 
 fn fields<const N: usize>(s: &StructLayout, names: [&str; N]) -> Result<[u32; N], String> {
@@ -86,7 +100,7 @@ fn fields<const N: usize>(s: &StructLayout, names: [&str; N]) -> Result<[u32; N]
 }
 
 impl GOffsets {
-    fn from_array(a: [u32; 8]) -> Self {
+    fn from_array(a: [u32; 9]) -> Self {
         GOffsets {
             atomicstatus: a[0],
             goid: a[1],
@@ -96,6 +110,7 @@ impl GOffsets {
             gopc: a[5],
             startpc: a[6],
             labels: a[7],
+            waiting: a[8],
         }
     }
 }
@@ -118,13 +133,23 @@ pub fn from_dwarf(facts: &DwarfFacts) -> Result<RuntimeOffsets, String> {
         .get("runtime.g")
         .ok_or_else(|| "DWARF has no runtime.g".to_string())?;
     let g = GOffsets::from_array(fields(g, G_FIELDS).map_err(|e| format!("runtime.g {e}"))?);
+    let sudog = facts
+        .structs
+        .get("runtime.sudog")
+        .ok_or_else(|| "DWARF has no runtime.sudog".to_string())?;
+    let [c, waitlink] = fields(sudog, SUDOG_FIELDS).map_err(|e| format!("runtime.sudog {e}"))?;
+    let sudog = SudogOffsets { c, waitlink };
     let cancel_ctx = match facts.structs.get("context.cancelCtx") {
         Some(c) => Some(CancelCtxOffsets::from_array(
             fields(c, CANCEL_FIELDS).map_err(|e| format!("context.cancelCtx {e}"))?,
         )),
         None => None,
     };
-    Ok(RuntimeOffsets { g, cancel_ctx })
+    Ok(RuntimeOffsets {
+        g,
+        sudog,
+        cancel_ctx,
+    })
 }
 
 /// The built-in table entry for a Go release line.

@@ -196,6 +196,69 @@ pub struct ProcCounters {
     pub live_map_full: u64,
     /// Creations/exits not counted per site because the site map was full.
     pub site_map_full: u64,
+    /// Cancelable contexts not tracked because the live-context map was full.
+    pub context_map_full: u64,
+    /// Context creations/cancellations not counted per site because the context site map
+    /// was full.
+    pub context_site_map_full: u64,
+}
+
+/// Default bound of the live (not yet cancelled) context map.
+pub const DEFAULT_MAX_CONTEXTS: u32 = 65_536;
+/// Ranges of package `context` code in [`CtxConfig`].
+pub const CTX_RANGES: usize = 4;
+/// Frames walked up from `propagateCancel` to find the first caller outside `context`.
+pub const CTX_FRAMES: usize = 6;
+
+/// Configuration of a context probe, indexed by its attach cookie in `CTX_CONFIG`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtxConfig {
+    /// Link-time address of the probed instruction: `ip - probe_addr`, rounded down to a
+    /// page, is the load bias of the process (0 unless PIE).
+    pub probe_addr: u64,
+    /// Link-time `[start, end)` ranges of package `context`'s code (unused ranges are
+    /// `[0, 0)`): the creation site is the first return address outside them.
+    pub ranges: [[u64; 2]; CTX_RANGES],
+    /// Offset of `runtime.g.goid` (R14 holds the current `*g`).
+    pub goid_off: u32,
+    pub _pad: u32,
+}
+
+/// Key of the live-context map: a context (`*cancelCtx`) in one process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtxKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub ctx: u64,
+}
+
+/// A cancelable context created while attached and not cancelled yet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtxInfo {
+    /// `bpf_ktime_get_ns()` at creation.
+    pub created_ns: u64,
+    /// Link-time return address of the call into package `context` (0: not found).
+    pub site: u64,
+    /// Goroutine that created it.
+    pub goid: u64,
+    /// Parent context (interface data pointer; a `*cancelCtx` when the parent is one).
+    pub parent: u64,
+}
+
+/// Per (process, context creation site) counters, updated with atomic adds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtxSiteStats {
+    pub created: u64,
+    pub cancelled: u64,
+    /// Sum of created→cancelled times of the cancelled ones, in ns.
+    pub lifetime_ns_sum: u64,
+    /// Contexts never cancelled whose memory was reused for a new context (they were
+    /// garbage collected: their parent did not hold them).
+    pub collected: u64,
 }
 
 #[cfg(feature = "user")]
@@ -209,6 +272,10 @@ mod user {
     unsafe impl aya::Pod for super::SiteKey {}
     unsafe impl aya::Pod for super::SiteStats {}
     unsafe impl aya::Pod for super::ProcCounters {}
+    unsafe impl aya::Pod for super::CtxConfig {}
+    unsafe impl aya::Pod for super::CtxKey {}
+    unsafe impl aya::Pod for super::CtxInfo {}
+    unsafe impl aya::Pod for super::CtxSiteStats {}
 }
 
 #[cfg(test)]

@@ -23,9 +23,9 @@ use aya_ebpf::{
     EbpfContext,
 };
 use goroscope_common::{
-    lifetime_bucket, slot_index, GSlot, GoroutineInfo, GoroutineKey, ProcCounters, SiteConfig,
-    SiteKey, SiteStats, DEFAULT_MAX_LIVE, G_SLOTS, G_WINDOW_WORDS, MAX_PROCS, MAX_SITES,
-    MAX_SITE_CONFIGS, SLOT_BUSY,
+    lifetime_bucket, slot_index, CtxConfig, CtxInfo, CtxKey, CtxSiteStats, GSlot, GoroutineInfo,
+    GoroutineKey, ProcCounters, SiteConfig, SiteKey, SiteStats, CTX_FRAMES, DEFAULT_MAX_CONTEXTS,
+    DEFAULT_MAX_LIVE, G_SLOTS, G_WINDOW_WORDS, MAX_PROCS, MAX_SITES, MAX_SITE_CONFIGS, SLOT_BUSY,
 };
 
 /// Per attached site configuration, indexed by the uprobe attach cookie.
@@ -47,6 +47,18 @@ static SITES: HashMap<SiteKey, SiteStats> = HashMap::with_max_entries(MAX_SITES,
 /// Per-process loss counters, per CPU (touched only when something is lost).
 #[map]
 static PROC_COUNTERS: PerCpuHashMap<u32, ProcCounters> = PerCpuHashMap::with_max_entries(MAX_PROCS, 0);
+
+/// Per context-probe configuration, indexed by the uprobe attach cookie.
+#[map]
+static CTX_CONFIG: Array<CtxConfig> = Array::with_max_entries(MAX_SITE_CONFIGS, 0);
+
+/// Cancelable contexts created while attached, until they are cancelled.
+#[map]
+static CTX_LIVE: HashMap<CtxKey, CtxInfo> = HashMap::with_max_entries(DEFAULT_MAX_CONTEXTS, 0);
+
+/// Per context-creation-site counters (atomic adds).
+#[map]
+static CTX_SITES: HashMap<SiteKey, CtxSiteStats> = HashMap::with_max_entries(MAX_SITES, 0);
 
 /// A zeroed `SiteStats` to insert from (too large for the 512-byte BPF stack).
 #[map]
@@ -250,6 +262,123 @@ g_probe!(goroutine_create_rbx, on_create, rbx);
 g_probe!(goroutine_create_rax, on_create, rax);
 // Exit at `push rbp` of `runtime.gdestroy` / `runtime.goexit0`: g in RAX.
 g_probe!(goroutine_exit_rax, on_exit, rax);
+
+#[inline(always)]
+fn ctx_site(tgid: u32, site: u64) -> Option<*mut CtxSiteStats> {
+    let key = SiteKey {
+        tgid,
+        _pad: 0,
+        gopc: site,
+    };
+    if let Some(p) = CTX_SITES.get_ptr_mut(&key) {
+        return Some(p);
+    }
+    let _ = CTX_SITES.insert(&key, &CtxSiteStats::default(), BPF_NOEXIST as u64);
+    CTX_SITES.get_ptr_mut(&key)
+}
+
+#[inline(always)]
+fn in_context_pkg(cfg: &CtxConfig, pc: u64) -> bool {
+    cfg.ranges.iter().any(|r| pc >= r[0] && pc < r[1])
+}
+
+/// A cancelable context was created: at `push rbp` of `(*cancelCtx).propagateCancel`,
+/// RAX = the new context, RCX = the parent's data pointer, R14 = the current `*g`, and
+/// `[rsp]` the return address into the caller.
+#[uprobe]
+pub fn context_create_rax(ctx: ProbeContext) -> u32 {
+    // SAFETY: the uprobe context is the task's `pt_regs`; constant-offset loads.
+    let (c, parent, rsp, rbp, g, ip) = unsafe {
+        let r = &*ctx.regs;
+        (r.rax, r.rcx, r.rsp, r.rbp, r.r14, r.rip)
+    };
+    let Some(cfg) = CTX_CONFIG.get(cookie(&ctx) as u32) else {
+        return 0;
+    };
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let bias = ip.wrapping_sub(cfg.probe_addr) & !0xfff;
+    // Walk return addresses (frame pointers) up to the first caller outside `context`.
+    let mut site = 0u64;
+    let mut pc = read::<u64>(rsp).unwrap_or(0);
+    let mut fp = rbp;
+    for _ in 0..CTX_FRAMES {
+        if pc == 0 {
+            break;
+        }
+        let link = pc.wrapping_sub(bias);
+        if !in_context_pkg(cfg, link) {
+            site = link;
+            break;
+        }
+        let Ok(frame) = read::<[u64; 2]>(fp) else {
+            break;
+        };
+        fp = frame[0];
+        pc = frame[1];
+    }
+    let goid = read::<u64>(g + cfg.goid_off as u64).unwrap_or(0);
+    let key = CtxKey {
+        tgid,
+        _pad: 0,
+        ctx: c,
+    };
+    // The same address again without a cancel in between: the old context was garbage
+    // collected without ever being cancelled.
+    // SAFETY: the value is copied out at once.
+    if let Some(old) = unsafe { CTX_LIVE.get(&key) }.copied() {
+        if let Some(st) = ctx_site(tgid, old.site) {
+            // SAFETY: `st` points into a map value.
+            atomic_add(unsafe { &raw mut (*st).collected }, 1);
+        }
+    }
+    let info = CtxInfo {
+        // SAFETY: bpf_ktime_get_ns has no preconditions.
+        created_ns: unsafe { bpf_ktime_get_ns() },
+        site,
+        goid,
+        parent,
+    };
+    if CTX_LIVE.insert(&key, &info, BPF_ANY as u64).is_err() {
+        lost(tgid, |c| c.context_map_full += 1);
+    }
+    match ctx_site(tgid, site) {
+        // SAFETY: `st` points into a map value.
+        Some(st) => atomic_add(unsafe { &raw mut (*st).created }, 1),
+        None => lost(tgid, |c| c.context_site_map_full += 1),
+    }
+    0
+}
+
+/// A context is being cancelled: at `push rbp` of `(*cancelCtx).cancel`, RAX = the
+/// context. Repeated cancels (and cancels of contexts created before attach) find no
+/// entry and cost one lookup.
+#[uprobe]
+pub fn context_cancel_rax(ctx: ProbeContext) -> u32 {
+    // SAFETY: as above.
+    let c = unsafe { (*ctx.regs).rax };
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let key = CtxKey {
+        tgid,
+        _pad: 0,
+        ctx: c,
+    };
+    // SAFETY: the value is copied out before the entry is deleted.
+    let Some(info) = (unsafe { CTX_LIVE.get(&key) }).copied() else {
+        return 0;
+    };
+    let _ = CTX_LIVE.remove(&key);
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let lifetime = unsafe { bpf_ktime_get_ns() }.saturating_sub(info.created_ns);
+    match ctx_site(tgid, info.site) {
+        // SAFETY: `st` points into a map value.
+        Some(st) => unsafe {
+            atomic_add(&raw mut (*st).cancelled, 1);
+            atomic_add(&raw mut (*st).lifetime_ns_sum, lifetime);
+        },
+        None => lost(tgid, |c| c.context_site_map_full += 1),
+    }
+    0
+}
 
 /// Does nothing: attached at goroscope's sites it measures the floor cost of a uprobe
 /// there (`cargo xtask bench overhead`).
