@@ -48,6 +48,10 @@ pub struct Totals {
     pub live_map_full: u64,
     /// Events not counted per site: site map full.
     pub site_map_full: u64,
+    /// Contexts not tracked: live-context map full.
+    pub context_map_full: u64,
+    /// Context events not counted per site: context site map full.
+    pub context_site_map_full: u64,
 }
 
 impl Totals {
@@ -68,12 +72,18 @@ impl Totals {
             read_errors: c.read_errors,
             live_map_full: c.live_map_full,
             site_map_full: c.site_map_full,
+            context_map_full: c.context_map_full,
+            context_site_map_full: c.context_site_map_full,
         }
     }
 
     /// Events the kernel could not record.
     pub fn lost(&self) -> u64 {
-        self.read_errors + self.live_map_full + self.site_map_full
+        self.read_errors
+            + self.live_map_full
+            + self.site_map_full
+            + self.context_map_full
+            + self.context_site_map_full
     }
 }
 

@@ -77,7 +77,7 @@ pub const METRICS: &[(&str, Kind, &[&str], &str)] = &[
     ("goroscope_process_info", Kind::Info, &["pid", "exe", "go_version"], "A traced process."),
     ("goroscope_process_goroutines", Kind::Gauge, &["pid", "exe"], "Live goroutines of a traced process."),
     ("goroscope_process_goroutines_by_state", Kind::Gauge, &["pid", "exe", "state"], "Live goroutines by state (running, runnable, syscall, or the wait reason)."),
-    ("goroscope_process_lost_events_total", Kind::Counter, &["pid", "exe", "reason"], "Probe events not recorded: read_error (goroutine unreadable), live_map_full, site_map_full."),
+    ("goroscope_process_lost_events_total", Kind::Counter, &["pid", "exe", "reason"], "Probe events not recorded: read_error (goroutine unreadable), live_map_full, site_map_full, context_map_full, context_site_map_full."),
     ("goroscope_site_goroutines", Kind::Gauge, &["pid", "exe", "site", "function"], "Live goroutines created at a `go` statement (site = file:line)."),
     ("goroscope_site_goroutines_waiting", Kind::Gauge, &["pid", "exe", "site", "function"], "Live goroutines created at the site that are blocked (channel, select, sleep, IO, lock)."),
     ("goroscope_site_goroutines_created_total", Kind::Counter, &["pid", "exe", "site", "function"], "Goroutines created at the site since goroscope attached."),
@@ -335,6 +335,8 @@ pub fn render(snap: &Snapshot, format: Format, scrape_seconds: f64) -> String {
             ("read_error", c.read_errors),
             ("live_map_full", c.live_map_full),
             ("site_map_full", c.site_map_full),
+            ("context_map_full", c.context_map_full),
+            ("context_site_map_full", c.context_site_map_full),
         ] {
             e.sample(
                 "goroscope_process_lost_events_total",

@@ -1,0 +1,133 @@
+//! Context tracking on a real Go program modelled on real failures (fixture `contexts`):
+//! for each way a cancel func gets lost, the exact creation site (`function file:line`)
+//! and counts; lost cancels (creating goroutine gone); goroutines blocked on the done
+//! channel of a context nobody cancels; a long-lived parent accumulating children; and a
+//! healthy path where everything is cancelled. Go 1.21, 1.24, 1.27 × default, stripped,
+//! PIE builds.
+
+use std::time::Duration;
+
+use goroscope::contexts::ContextSiteView;
+use goroscope::session::{Session, Target};
+use goroscope::tracker::ProcessTable;
+use goroscope_common::DEFAULT_MAX_LIVE;
+use integration_tests::{bpf_allowed, fixture, fixture_source, line_of, wait_for, Churn};
+
+fn ctx_site<'a>(t: &'a ProcessTable, marker: &str) -> &'a ContextSiteView {
+    let line = line_of(&fixture_source("contexts"), marker);
+    let found: Vec<&ContextSiteView> = t
+        .contexts
+        .iter()
+        .filter(|c| c.file.ends_with("tests/fixtures/go/contexts/main.go") && c.line == line)
+        .collect();
+    assert_eq!(found.len(), 1, "context site at line {line} in {:#?}", t.contexts);
+    found[0]
+}
+
+/// `(created, cancelled, uncancelled, lost_cancel, waiting goroutines)`.
+fn counts(c: &ContextSiteView) -> (u64, u64, u64, u64, u64) {
+    (
+        c.created,
+        c.cancelled,
+        c.uncancelled,
+        c.lost_cancel,
+        c.waiting_goroutines,
+    )
+}
+
+fn scenarios(minor: u32, variant: &str) {
+    let what = format!("Go 1.{minor} {variant}");
+    let f = fixture(minor, "contexts", variant);
+    let mut p = Churn::start(&f.path);
+    let mut s = Session::attach(Target::Pid(p.pid), DEFAULT_MAX_LIVE).expect("attach");
+    for (cmd, n) in [
+        ("dropped", 100),
+        ("early", 50),
+        ("retry", 7),
+        ("background", 3),
+        ("healthy", 20),
+        ("children", 1000),
+    ] {
+        assert_eq!(p.cmd(&format!("{cmd} {n}")), format!("{cmd} {n}"), "{what}");
+    }
+    let t = wait_for(
+        "all 3 background waiters blocked",
+        Duration::from_secs(20),
+        || {
+            let t = s.refresh().unwrap().remove(0);
+            (ctx_site(&t, "// contexts: background").waiting_goroutines == 3).then_some(t)
+        },
+    );
+    assert!(t.inventory_error.is_none(), "{what}: {:?}", t.inventory_error);
+    let c = t.counters.as_ref().unwrap();
+    assert_eq!((c.context_map_full, c.context_site_map_full), (0, 0), "{what}");
+
+    // Cancel dropped with `_` in a loop, on a goroutine that is still alive.
+    let d = ctx_site(&t, "// contexts: dropped cancel");
+    assert_eq!(d.function, "main.dropped", "{what}");
+    assert_eq!(counts(d), (100, 0, 100, 0, 0), "{what}");
+    // `defer cancel()` skipped by an early return, one goroutine per request: lost.
+    let e = ctx_site(&t, "// contexts: early return");
+    assert_eq!(e.function, "main.handle", "{what}");
+    assert_eq!(counts(e), (50, 0, 50, 50, 0), "{what}");
+    // WithTimeout per retry attempt without cancel (through WithTimeout → WithDeadline →
+    // WithDeadlineCause: the site is still the user's line).
+    let r = ctx_site(&t, "// contexts: retry without cancel");
+    assert_eq!(r.function, "main.retry", "{what}");
+    assert_eq!(counts(r), (7, 0, 7, 0, 0), "{what}");
+    // Goroutines waiting forever on contexts from Background that nobody cancels.
+    let b = ctx_site(&t, "// contexts: background");
+    assert_eq!(counts(b), (3, 0, 3, 0, 3), "{what}");
+    let waiter_line = line_of(&fixture_source("contexts"), "go waitDone(ctx)");
+    assert_eq!(b.waiters.len(), 1, "{what}: {:?}", b.waiters);
+    let (w, n) = b.waiters.iter().next().unwrap();
+    assert!(
+        w.starts_with("main.background ") && w.ends_with(&format!("contexts/main.go:{waiter_line}")),
+        "{what}: {w}"
+    );
+    assert_eq!(*n, 3);
+    // Children of the long-lived parent.
+    let ch = ctx_site(&t, "// contexts: children of the long-lived parent");
+    assert_eq!(counts(ch), (1000, 0, 1000, 0, 0), "{what}");
+    // Healthy: everything cancelled, nothing left.
+    for marker in ["// contexts: healthy cancel", "// contexts: healthy timeout"] {
+        let h = ctx_site(&t, marker);
+        assert_eq!(counts(h), (20, 20, 0, 0, 0), "{what} {marker}");
+    }
+    // The long-lived parent holds every uncancelled child but the Background ones.
+    let top = &t.context_parents[0];
+    assert_eq!(top.uncancelled_children, 100 + 50 + 7 + 1000, "{what}");
+    assert!(top.children_site.starts_with("main.children "), "{what}: {top:?}");
+
+    assert_eq!(p.finish().code(), Some(0), "{what}");
+}
+
+#[test]
+fn contexts_go1_21() {
+    if !bpf_allowed("contexts_go1_21") {
+        return;
+    }
+    for v in ["default", "stripped", "pie"] {
+        scenarios(21, v);
+    }
+}
+
+#[test]
+fn contexts_go1_24() {
+    if !bpf_allowed("contexts_go1_24") {
+        return;
+    }
+    for v in ["default", "stripped", "pie"] {
+        scenarios(24, v);
+    }
+}
+
+#[test]
+fn contexts_go1_27() {
+    if !bpf_allowed("contexts_go1_27") {
+        return;
+    }
+    for v in ["default", "stripped", "pie"] {
+        scenarios(27, v);
+    }
+}
