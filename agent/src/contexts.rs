@@ -15,31 +15,68 @@ use serde::Serialize;
 use crate::gobin::Analysis;
 use crate::process::ProcMem;
 
-/// The done channel (`*hchan`) of every tracked context that has one → the context's
-/// creation site. `done_off` is `cancelCtx.done`, an `atomic.Value` whose interface data
-/// word holds the channel once `Done()` has been called.
-pub fn done_channels(
-    mem: &ProcMem,
-    done_off: u32,
-    live: &HashMap<u64, CtxInfo>,
-) -> HashMap<u64, u64> {
+/// The done channels of the tracked contexts.
+pub struct DoneChannels {
+    /// `*hchan` → creation site of the context it belongs to.
+    pub by_chan: HashMap<u64, u64>,
+    /// The type word of a set `done` (the `chan struct{}` type): every `*cancelCtx` with
+    /// a done channel has it, which tells a `*cancelCtx` parent apart from other contexts.
+    pub chan_type: Option<u64>,
+}
+
+/// Reads `cancelCtx.done` (an `atomic.Value`: interface type and data words; the data
+/// word is the channel once `Done()` has been called) of every tracked context.
+pub fn done_channels(mem: &ProcMem, done_off: u32, live: &HashMap<u64, CtxInfo>) -> DoneChannels {
     let ctxs: Vec<(&u64, &CtxInfo)> = live.iter().collect();
-    let mut bufs = vec![[0u8; 8]; ctxs.len()];
+    let mut bufs = vec![[0u8; 16]; ctxs.len()];
     let mut reads: Vec<(u64, &mut [u8])> = ctxs
         .iter()
         .zip(bufs.iter_mut())
-        .map(|((c, _), b)| (**c + u64::from(done_off) + 8, b.as_mut_slice()))
+        .map(|((c, _), b)| (**c + u64::from(done_off), b.as_mut_slice()))
         .collect();
+    let mut out = DoneChannels {
+        by_chan: HashMap::new(),
+        chan_type: None,
+    };
     if mem.read_many(&mut reads).is_err() {
-        return HashMap::new();
+        return out;
     }
-    ctxs.iter()
-        .zip(&bufs)
-        .filter_map(|((_, info), b)| {
-            let chan = u64::from_le_bytes(*b);
-            (chan != 0).then_some((chan, info.site))
-        })
-        .collect()
+    for ((_, info), b) in ctxs.iter().zip(&bufs) {
+        let ty = u64::from_le_bytes(b[..8].try_into().expect("8 bytes"));
+        let chan = u64::from_le_bytes(b[8..].try_into().expect("8 bytes"));
+        if chan != 0 {
+            out.by_chan.insert(chan, info.site);
+            out.chan_type.get_or_insert(ty);
+        }
+    }
+    out
+}
+
+/// `len(parent.children)` of each parent view whose parent is a `*cancelCtx` (its done
+/// value has `chan_type`); the map's count is its first word in every supported Go
+/// version (classic `hmap.count`, Swiss-table `Map.used`), a nil map has none.
+pub fn read_children(
+    mem: &ProcMem,
+    off: crate::gobin::offsets::CancelCtxOffsets,
+    chan_type: u64,
+    parents: &mut [ParentView],
+) {
+    for p in parents.iter_mut() {
+        let mut done = [0u8; 8];
+        if mem.read(p.parent + u64::from(off.done), &mut done).is_err()
+            || u64::from_le_bytes(done) != chan_type
+        {
+            continue;
+        }
+        let Ok(m) = mem.read_u64(p.parent + u64::from(off.children)) else {
+            continue;
+        };
+        p.children_map_len = if m == 0 {
+            Some(0)
+        } else {
+            mem.read_u64(m).ok().filter(|n| *n < 1 << 40)
+        };
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -76,6 +113,13 @@ impl ContextSiteView {
 /// A parent context with uncancelled children created while attached.
 #[derive(Debug, Clone, Serialize)]
 pub struct ParentView {
+    /// The parent context's address (not a label).
+    #[serde(skip)]
+    pub parent: u64,
+    /// `len(children)` of the parent, read from the process: every child registered
+    /// with it that is not cancelled, including those created before attach (None: the
+    /// parent is not a `*cancelCtx`, or it could not be read).
+    pub children_map_len: Option<u64>,
     /// Where the parent was created, when goroscope saw it being created.
     pub parent_site: Option<String>,
     /// Its children created while attached that are not cancelled.
@@ -156,6 +200,8 @@ pub fn views(
                 .map_or(0, |(s, _)| s);
             let (f, file, line) = loc(child_site);
             ParentView {
+                parent,
+                children_map_len: None,
                 parent_site: live.get(&parent).map(|p| {
                     let (f, file, line) = loc(p.site);
                     format!("{f} {file}:{line}")

@@ -134,6 +134,8 @@ pub struct Tracked {
     inventoried: bool,
     history: VecDeque<(u64, HashMap<u64, u64>)>,
     sites_cache: HashMap<u64, Option<SourceLoc>>,
+    /// Type word of a set `cancelCtx.done` (learned from tracked contexts).
+    chan_type: Option<u64>,
 }
 
 impl Tracked {
@@ -158,6 +160,7 @@ impl Tracked {
             inventoried: false,
             history: VecDeque::new(),
             sites_cache: HashMap::new(),
+            chan_type: None,
         })
     }
 
@@ -364,12 +367,16 @@ impl Tracked {
             Some((l, s)) => {
                 // Goroutines blocked on the done channel of an uncancelled context.
                 let mut waits: HashMap<u64, BTreeMap<String, u64>> = HashMap::new();
-                if let (Some(cc), None) = (self.analysis.offsets.cancel_ctx, &inventory_error) {
-                    let done = contexts::done_channels(&self.mem, cc.done, l);
-                    if !done.is_empty() {
-                        for (i, chan) in inventory::waiting_channels(&self.mem, &self.analysis, &gs)
-                        {
-                            if let Some(site) = done.get(&chan) {
+                let cc = self.analysis.offsets.cancel_ctx;
+                let done = cc.map(|cc| contexts::done_channels(&self.mem, cc.done, l));
+                if let Some(t) = done.as_ref().and_then(|d| d.chan_type) {
+                    self.chan_type = Some(t);
+                }
+                if let (Some(done), None) = (&done, &inventory_error) {
+                    if !done.by_chan.is_empty() {
+                        let waiting = inventory::waiting_channels(&self.mem, &self.analysis, &gs);
+                        for (i, chan) in waiting {
+                            if let Some(site) = done.by_chan.get(&chan) {
                                 let gsite = self
                                     .site(gs[i].gopc.wrapping_sub(bias))
                                     .map_or_else(|| "unknown".to_string(), |l| l.to_string());
@@ -378,7 +385,12 @@ impl Tracked {
                         }
                     }
                 }
-                contexts::views(&self.analysis, now, l, s, live_goids.as_ref(), &waits)
+                let (views, mut parents) =
+                    contexts::views(&self.analysis, now, l, s, live_goids.as_ref(), &waits);
+                if let (Some(cc), Some(t)) = (cc, self.chan_type) {
+                    contexts::read_children(&self.mem, cc, t, &mut parents);
+                }
+                (views, parents)
             }
             None => Default::default(),
         };

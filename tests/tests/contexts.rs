@@ -20,7 +20,12 @@ fn ctx_site<'a>(t: &'a ProcessTable, marker: &str) -> &'a ContextSiteView {
         .iter()
         .filter(|c| c.file.ends_with("tests/fixtures/go/contexts/main.go") && c.line == line)
         .collect();
-    assert_eq!(found.len(), 1, "context site at line {line} in {:#?}", t.contexts);
+    assert_eq!(
+        found.len(),
+        1,
+        "context site at line {line} in {:#?}",
+        t.contexts
+    );
     found[0]
 }
 
@@ -58,9 +63,17 @@ fn scenarios(minor: u32, variant: &str) {
             (ctx_site(&t, "// contexts: background").waiting_goroutines == 3).then_some(t)
         },
     );
-    assert!(t.inventory_error.is_none(), "{what}: {:?}", t.inventory_error);
+    assert!(
+        t.inventory_error.is_none(),
+        "{what}: {:?}",
+        t.inventory_error
+    );
     let c = t.counters.as_ref().unwrap();
-    assert_eq!((c.context_map_full, c.context_site_map_full), (0, 0), "{what}");
+    assert_eq!(
+        (c.context_map_full, c.context_site_map_full),
+        (0, 0),
+        "{what}"
+    );
 
     // Cancel dropped with `_` in a loop, on a goroutine that is still alive.
     let d = ctx_site(&t, "// contexts: dropped cancel");
@@ -82,7 +95,8 @@ fn scenarios(minor: u32, variant: &str) {
     assert_eq!(b.waiters.len(), 1, "{what}: {:?}", b.waiters);
     let (w, n) = b.waiters.iter().next().unwrap();
     assert!(
-        w.starts_with("main.background ") && w.ends_with(&format!("contexts/main.go:{waiter_line}")),
+        w.starts_with("main.background ")
+            && w.ends_with(&format!("contexts/main.go:{waiter_line}")),
         "{what}: {w}"
     );
     assert_eq!(*n, 3);
@@ -90,14 +104,22 @@ fn scenarios(minor: u32, variant: &str) {
     let ch = ctx_site(&t, "// contexts: children of the long-lived parent");
     assert_eq!(counts(ch), (1000, 0, 1000, 0, 0), "{what}");
     // Healthy: everything cancelled, nothing left.
-    for marker in ["// contexts: healthy cancel", "// contexts: healthy timeout"] {
+    for marker in [
+        "// contexts: healthy cancel",
+        "// contexts: healthy timeout",
+    ] {
         let h = ctx_site(&t, marker);
         assert_eq!(counts(h), (20, 20, 0, 0, 0), "{what} {marker}");
     }
     // The long-lived parent holds every uncancelled child but the Background ones.
     let top = &t.context_parents[0];
     assert_eq!(top.uncancelled_children, 100 + 50 + 7 + 1000, "{what}");
-    assert!(top.children_site.starts_with("main.children "), "{what}: {top:?}");
+    assert!(
+        top.children_site.starts_with("main.children "),
+        "{what}: {top:?}"
+    );
+    // Its `children` map, read from the process (hmap before Go 1.24, Swiss table after).
+    assert_eq!(top.children_map_len, Some(1157), "{what}");
 
     assert_eq!(p.finish().code(), Some(0), "{what}");
 }
@@ -129,5 +151,53 @@ fn contexts_go1_27() {
     }
     for v in ["default", "stripped", "pie"] {
         scenarios(27, v);
+    }
+}
+
+/// A long-lived parent accumulating 100,000 children: the children map size is read from
+/// the process and grows; the kernel tracks at most `max_contexts` (65,536 by default)
+/// and counts the rest as lost, exactly.
+fn hundred_thousand_children(minor: u32) {
+    let what = format!("Go 1.{minor}");
+    let f = fixture(minor, "contexts", "default");
+    let mut p = Churn::start(&f.path);
+    let mut s = Session::attach(Target::Pid(p.pid), DEFAULT_MAX_LIVE).expect("attach");
+    // One context whose Done() is called teaches goroscope what a `*cancelCtx` looks like.
+    assert_eq!(p.cmd("background 1"), "background 1");
+    assert_eq!(p.cmd("children 40000"), "children 40000");
+    let t = s.refresh().unwrap().remove(0);
+    assert_eq!(
+        t.context_parents[0].children_map_len,
+        Some(40_000),
+        "{what}"
+    );
+    assert_eq!(p.cmd("children 60000"), "children 60000");
+    let t = s.refresh().unwrap().remove(0);
+    let top = &t.context_parents[0];
+    assert_eq!(top.children_map_len, Some(100_000), "{what}: grows");
+    let max = goroscope_common::DEFAULT_MAX_CONTEXTS as u64;
+    assert_eq!(
+        top.uncancelled_children,
+        max - 1,
+        "{what}: tracked up to the bound"
+    );
+    let c = t.counters.as_ref().unwrap();
+    assert_eq!(
+        c.context_map_full,
+        100_001 - max,
+        "{what}: the rest counted as lost"
+    );
+    let ch = ctx_site(&t, "// contexts: children of the long-lived parent");
+    assert_eq!(ch.created, 100_000, "{what}: created counts every one");
+    assert_eq!(p.finish().code(), Some(0), "{what}");
+}
+
+#[test]
+fn long_lived_parent_accumulates_children() {
+    if !bpf_allowed("long_lived_parent_accumulates_children") {
+        return;
+    }
+    for minor in [21, 24, 27] {
+        hundred_thousand_children(minor);
     }
 }

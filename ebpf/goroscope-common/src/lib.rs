@@ -246,6 +246,8 @@ pub struct CtxInfo {
     pub goid: u64,
     /// Parent context (interface data pointer; a `*cancelCtx` when the parent is one).
     pub parent: u64,
+    /// The parent's itab (interface type word): tells a `*cancelCtx` parent apart.
+    pub parent_itab: u64,
 }
 
 /// Per (process, context creation site) counters, updated with atomic adds.

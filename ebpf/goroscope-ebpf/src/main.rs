@@ -283,14 +283,14 @@ fn in_context_pkg(cfg: &CtxConfig, pc: u64) -> bool {
 }
 
 /// A cancelable context was created: at `push rbp` of `(*cancelCtx).propagateCancel`,
-/// RAX = the new context, RCX = the parent's data pointer, R14 = the current `*g`, and
+/// RAX = the new context, RBX/RCX = the parent (itab, data), R14 = the current `*g`, and
 /// `[rsp]` the return address into the caller.
 #[uprobe]
 pub fn context_create_rax(ctx: ProbeContext) -> u32 {
     // SAFETY: the uprobe context is the task's `pt_regs`; constant-offset loads.
-    let (c, parent, rsp, rbp, g, ip) = unsafe {
+    let (c, parent_itab, parent, rsp, rbp, g, ip) = unsafe {
         let r = &*ctx.regs;
-        (r.rax, r.rcx, r.rsp, r.rbp, r.r14, r.rip)
+        (r.rax, r.rbx, r.rcx, r.rsp, r.rbp, r.r14, r.rip)
     };
     let Some(cfg) = CTX_CONFIG.get(cookie(&ctx) as u32) else {
         return 0;
@@ -337,6 +337,7 @@ pub fn context_create_rax(ctx: ProbeContext) -> u32 {
         site,
         goid,
         parent,
+        parent_itab,
     };
     if CTX_LIVE.insert(&key, &info, BPF_ANY as u64).is_err() {
         lost(tgid, |c| c.context_map_full += 1);
