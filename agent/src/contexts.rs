@@ -211,7 +211,7 @@ pub fn views(
             }
         })
         .collect();
-    pv.sort_by(|a, b| b.uncancelled_children.cmp(&a.uncancelled_children));
+    pv.sort_by_key(|p| std::cmp::Reverse(p.uncancelled_children));
     pv.truncate(10);
     (out, pv)
 }

@@ -299,6 +299,8 @@ mod tests {
             goroutines: vec![],
             counters: None,
             inventory_error: None,
+            contexts: vec![],
+            context_parents: vec![],
         }
     }
 

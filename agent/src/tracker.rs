@@ -118,6 +118,10 @@ pub struct ProcessTable {
     pub context_parents: Vec<ParentView>,
 }
 
+/// The kernel's view of a process's contexts: live (uncancelled) ones by pointer, and
+/// per-site counters.
+pub type KernelContexts<'a> = (&'a HashMap<u64, CtxInfo>, &'a HashMap<u64, CtxSiteStats>);
+
 /// One traced process.
 pub struct Tracked {
     pub id: ProcessId,
@@ -190,7 +194,7 @@ impl Tracked {
         live: Option<&HashMap<u64, GoroutineInfo>>,
         sites: Option<&HashMap<u64, SiteStats>>,
         counters: Option<ProcCounters>,
-        ctx: Option<(&HashMap<u64, CtxInfo>, &HashMap<u64, CtxSiteStats>)>,
+        ctx: Option<KernelContexts<'_>>,
     ) -> ProcessTable {
         let now = mono_ns();
         let (gs, inventory_error) = match self.inventory() {

@@ -101,19 +101,49 @@ fn daemon_serves_exact_metrics_and_stops_cleanly() {
     let f = fixture(27, "blockers", "default");
     let mut p = Churn::start(&f.path);
     assert_eq!(p.cmd("block 7"), "blocked 7");
-    let mut agent = Agent::start(&["--pid", &p.pid.to_string(), "--interval-seconds", "1"]);
+    // A second traced process, with contexts.
+    let mut cp = Churn::start(&fixture(27, "contexts", "default").path);
+    let mut agent = Agent::start(&[
+        "--pid",
+        &p.pid.to_string(),
+        "--pid",
+        &cp.pid.to_string(),
+        "--interval-seconds",
+        "1",
+    ]);
     wait_for("/readyz", Duration::from_secs(30), || {
         (agent.get("/readyz").status == 200).then_some(())
     });
     assert_eq!(p.cmd("block 5"), "blocked 5");
     assert_eq!(p.cmd("finish 30"), "finished 30");
+    assert_eq!(cp.cmd("early 4"), "early 4");
+    assert_eq!(cp.cmd("background 2"), "background 2");
+    assert_eq!(cp.cmd("healthy 6"), "healthy 6");
     let pid = p.pid;
+    let ctx_value = |s: &Samples, name: &str, marker: &str| -> Option<f64> {
+        let suffix = format!(
+            "tests/fixtures/go/contexts/main.go:{}",
+            line_of(&fixture_source("contexts"), marker)
+        );
+        s.iter()
+            .find(|(n, l, _)| {
+                n == name
+                    && label(l, "pid") == Some(&cp.pid.to_string())
+                    && label(l, "site").is_some_and(|x| x.ends_with(&suffix))
+            })
+            .map(|x| x.2)
+    };
     let (text, samples) = wait_for(
         "12 live at the blocking site",
         Duration::from_secs(30),
         || {
             let (t, s) = metrics(&agent);
-            (site_value(&s, "goroscope_site_goroutines", pid, BLOCK, &[]) == Some(12.0)
+            (ctx_value(
+                &s,
+                "goroscope_context_site_waiting_goroutines",
+                "// contexts: background",
+            ) == Some(2.0)
+                && site_value(&s, "goroscope_site_goroutines", pid, BLOCK, &[]) == Some(12.0)
                 && site_value(
                     &s,
                     "goroscope_site_goroutines_exited_total",
@@ -123,6 +153,32 @@ fn daemon_serves_exact_metrics_and_stops_cleanly() {
                 ) == Some(30.0))
             .then_some((t, s))
         },
+    );
+
+    // Contexts, exactly.
+    let early = "// contexts: early return";
+    let c = |name: &str, marker: &str| ctx_value(&samples, name, marker);
+    assert_eq!(c("goroscope_context_site_created_total", early), Some(4.0));
+    assert_eq!(c("goroscope_context_site_uncancelled", early), Some(4.0));
+    assert_eq!(c("goroscope_context_site_lost_cancel", early), Some(4.0));
+    assert_eq!(
+        c("goroscope_context_site_cancelled_total", early),
+        Some(0.0)
+    );
+    let healthy = "// contexts: healthy timeout";
+    assert_eq!(
+        c("goroscope_context_site_created_total", healthy),
+        Some(6.0)
+    );
+    assert_eq!(
+        c("goroscope_context_site_cancelled_total", healthy),
+        Some(6.0)
+    );
+    assert_eq!(c("goroscope_context_site_uncancelled", healthy), Some(0.0));
+    assert_eq!(
+        c("goroscope_context_children_map_size", early),
+        Some(4.0),
+        "the long-lived parent holds the 4 lost contexts"
     );
 
     // Exact per-site numbers.
@@ -194,7 +250,7 @@ fn daemon_serves_exact_metrics_and_stops_cleanly() {
         .sum();
     assert_eq!(lost, 0.0);
     let agent_metric = |name: &str| samples.iter().find(|s| s.0 == name).unwrap().2;
-    assert_eq!(agent_metric("goroscope_traced_processes"), 1.0);
+    assert_eq!(agent_metric("goroscope_traced_processes"), 2.0);
     assert_eq!(agent_metric("goroscope_attach_failures_total"), 0.0);
 
     // The metric list is pinned: renames and new labels are deliberate.
@@ -282,7 +338,7 @@ fn daemon_serves_exact_metrics_and_stops_cleanly() {
             .as_array()
             .unwrap()
             .len(),
-        1
+        2
     );
 
     // A second agent with --top-sites 1: one site of its own, the rest in "other".
@@ -322,10 +378,20 @@ fn daemon_serves_exact_metrics_and_stops_cleanly() {
     let get = |s: &Samples, n: &str| s.iter().find(|x| x.0 == n).unwrap().2;
     let s = wait_for("the exit in /metrics", Duration::from_secs(30), || {
         let (_, s) = metrics(&agent);
-        (get(&s, "goroscope_traced_processes") == 0.0).then_some(s)
+        (get(&s, "goroscope_traced_processes") == 1.0).then_some(s)
     });
-    assert_eq!(get(&s, "goroscope_target_attached"), 0.0);
+    let attached = |target: &str| {
+        s.iter()
+            .find(|(n, l, _)| {
+                n == "goroscope_target_attached" && label(l, "target") == Some(target)
+            })
+            .unwrap()
+            .2
+    };
+    assert_eq!(attached(&format!("pid {pid}")), 0.0);
+    assert_eq!(attached(&format!("pid {}", cp.pid)), 1.0);
     assert_eq!(agent.get("/readyz").status, 503);
+    assert_eq!(cp.finish().code(), Some(0));
 
     // SIGTERM: graceful stop, probes detached.
     let pid_agent = agent.pid();

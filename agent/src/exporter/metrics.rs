@@ -86,7 +86,70 @@ pub const METRICS: &[(&str, Kind, &[&str], &str)] = &[
     ("goroscope_site_oldest_goroutine_age_seconds", Kind::Gauge, &["pid", "exe", "site", "function"], "Age of the oldest live goroutine created at the site (a lower bound for goroutines older than goroscope's attach)."),
     ("goroscope_site_goroutines_growth_per_second", Kind::Gauge, &["pid", "exe", "site", "function"], "Trend of the site's live goroutines over the leak window (least squares), goroutines per second."),
     ("goroscope_site_leak_suspected", Kind::Gauge, &["pid", "exe", "site", "function"], "1 when the leak model suspects the site of leaking goroutines (see README, Leak model)."),
+    ("goroscope_context_site_created_total", Kind::Counter, &["pid", "exe", "site", "function"], "Cancelable contexts created at a call into package context (site = file:line) since goroscope attached."),
+    ("goroscope_context_site_cancelled_total", Kind::Counter, &["pid", "exe", "site", "function"], "Contexts created at the site (while attached) that were cancelled."),
+    ("goroscope_context_site_uncancelled", Kind::Gauge, &["pid", "exe", "site", "function"], "Contexts created at the site (while attached) not cancelled yet."),
+    ("goroscope_context_site_oldest_uncancelled_age_seconds", Kind::Gauge, &["pid", "exe", "site", "function"], "Age of the oldest uncancelled context created at the site."),
+    ("goroscope_context_site_lost_cancel", Kind::Gauge, &["pid", "exe", "site", "function"], "Uncancelled contexts of the site whose creating goroutine has exited (cancel func most likely lost)."),
+    ("goroscope_context_site_waiting_goroutines", Kind::Gauge, &["pid", "exe", "site", "function"], "Goroutines blocked on the done channel of an uncancelled context created at the site."),
+    ("goroscope_context_children_map_size", Kind::Gauge, &["pid", "exe", "site", "function"], "Largest children map among parent contexts whose uncancelled children were mostly created at the site."),
 ];
+
+/// Sums of the context sites that share one label pair.
+#[derive(Default)]
+struct CtxAgg {
+    created: u64,
+    cancelled: u64,
+    uncancelled: u64,
+    oldest: f64,
+    lost: u64,
+    waiting: u64,
+    children: u64,
+}
+
+/// Folds a process's context sites like [`fold_sites`] (ranked by uncancelled, created).
+fn fold_context_sites(p: &ProcessReport, top: usize) -> BTreeMap<(String, String), CtxAgg> {
+    let mut ranked: Vec<_> = p.table.contexts.iter().collect();
+    ranked.sort_by(|a, b| {
+        b.uncancelled
+            .cmp(&a.uncancelled)
+            .then(b.created.cmp(&a.created))
+            .then(a.pc.cmp(&b.pc))
+    });
+    let key_of = |function: &str, file: &str, line: u32| {
+        if file.is_empty() {
+            ("unknown".to_string(), "unknown".to_string())
+        } else {
+            (format!("{file}:{line}"), function.to_string())
+        }
+    };
+    let mut out: BTreeMap<(String, String), CtxAgg> = BTreeMap::new();
+    let mut own = std::collections::HashMap::new();
+    for (i, c) in ranked.into_iter().enumerate() {
+        let key = if i >= top {
+            ("other".to_string(), "other".to_string())
+        } else {
+            key_of(&c.function, &c.file, c.line)
+        };
+        own.insert(c.location(), key.clone());
+        let a = out.entry(key).or_default();
+        a.created += c.created;
+        a.cancelled += c.cancelled;
+        a.uncancelled += c.uncancelled;
+        a.oldest = a.oldest.max(c.oldest_uncancelled_age_seconds);
+        a.lost += c.lost_cancel;
+        a.waiting += c.waiting_goroutines;
+    }
+    for parent in &p.table.context_parents {
+        let (Some(n), Some(key)) = (parent.children_map_len, own.get(&parent.children_site)) else {
+            continue;
+        };
+        if let Some(a) = out.get_mut(key) {
+            a.children = a.children.max(n);
+        }
+    }
+    out
+}
 
 /// Upper bounds (histogram bucket indexes) exported for lifetimes: every 4th kernel
 /// bucket, 1 µs … 275 s, then +Inf.
@@ -284,6 +347,7 @@ pub fn render(snap: &Snapshot, format: Format, scrape_seconds: f64) -> String {
         report: &'a ProcessReport,
         states: BTreeMap<&'a str, u64>,
         sites: BTreeMap<(String, String), SiteAgg>,
+        contexts: BTreeMap<(String, String), CtxAgg>,
     }
     let procs: Vec<P> = snap
         .processes
@@ -299,6 +363,7 @@ pub fn render(snap: &Snapshot, format: Format, scrape_seconds: f64) -> String {
                 report: r,
                 states,
                 sites: fold_sites(r, snap.top_sites),
+                contexts: fold_context_sites(r, snap.top_sites),
             }
         })
         .collect();
@@ -415,6 +480,46 @@ pub fn render(snap: &Snapshot, format: Format, scrape_seconds: f64) -> String {
         e.sample_with(&bucket_name, labels, "le=\"+Inf\"", total as f64);
         e.sample_with(&sum_name, labels, "", a.lifetime_sum);
         e.sample_with(&count_name, labels, "", total as f64);
+    }
+    // Per context site.
+    type CtxGet = fn(&CtxAgg) -> f64;
+    let ctx_families: [(&str, CtxGet); 7] = [
+        ("goroscope_context_site_created_total", |a| a.created as f64),
+        ("goroscope_context_site_cancelled_total", |a| {
+            a.cancelled as f64
+        }),
+        ("goroscope_context_site_uncancelled", |a| {
+            a.uncancelled as f64
+        }),
+        (
+            "goroscope_context_site_oldest_uncancelled_age_seconds",
+            |a| a.oldest,
+        ),
+        ("goroscope_context_site_lost_cancel", |a| a.lost as f64),
+        ("goroscope_context_site_waiting_goroutines", |a| {
+            a.waiting as f64
+        }),
+        ("goroscope_context_children_map_size", |a| a.children as f64),
+    ];
+    let ctx_labels: Vec<(String, &CtxAgg)> = procs
+        .iter()
+        .flat_map(|p| {
+            p.contexts.iter().map(|((site, function), a)| {
+                let l = label_set(&[
+                    ("pid", &p.pid),
+                    ("exe", p.exe),
+                    ("site", site),
+                    ("function", function),
+                ]);
+                (l, a)
+            })
+        })
+        .collect();
+    for (name, get) in ctx_families {
+        e.header(name);
+        for (labels, a) in &ctx_labels {
+            e.sample_with(name, labels, "", get(a));
+        }
     }
     if format == Format::OpenMetrics {
         e.out.push_str("# EOF\n");
