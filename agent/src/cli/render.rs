@@ -88,7 +88,49 @@ pub fn top_frame(t: &ProcessTable, all: bool, max_rows: usize) -> String {
     if shown.len() > max_rows {
         let _ = writeln!(s, "  … {} more sites", shown.len() - max_rows);
     }
+    contexts_frame(&mut s, t, max_rows);
     s
+}
+
+/// The contexts section: context creation sites by uncancelled contexts.
+fn contexts_frame(s: &mut String, t: &ProcessTable, max_rows: usize) {
+    if t.contexts.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "\n{:>7} {:>8} {:>9} {:>6} {:>7} {:>8}  CONTEXTS CREATED AT",
+        "UNCANC", "CREATED", "CANCELLED", "LOST", "WAITERS", "OLDEST"
+    );
+    for c in t.contexts.iter().take(max_rows) {
+        let oldest = if c.uncancelled == 0 {
+            "-".to_string()
+        } else {
+            age(c.oldest_uncancelled_age_seconds)
+        };
+        let _ = writeln!(
+            s,
+            "{:>7} {:>8} {:>9} {:>6} {:>7} {:>8}  {} {}:{}",
+            c.uncancelled,
+            c.created,
+            c.cancelled,
+            c.lost_cancel,
+            c.waiting_goroutines,
+            oldest,
+            c.function,
+            short_file(&c.file),
+            c.line
+        );
+    }
+    if let Some(p) = t.context_parents.first() {
+        if let Some(n) = p.children_map_len {
+            let _ = writeln!(
+                s,
+                "  largest parent: {n} children in its map (mostly from {})",
+                p.children_site
+            );
+        }
+    }
 }
 
 /// The `snapshot` text: goroutines grouped by creation site, most first.
