@@ -169,7 +169,7 @@ pub fn views(
                 function,
                 file,
                 line,
-                created: st.created,
+                created: st.cancelled + st.collected + n,
                 cancelled: st.cancelled,
                 uncancelled: n,
                 oldest_uncancelled_age_seconds: oldest as f64 / 1e9,

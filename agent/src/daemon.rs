@@ -144,6 +144,8 @@ fn refresher(
                 fill.goroutine_slots = fill.goroutine_slots.max(f.goroutine_slots);
                 fill.goroutine_overflow = fill.goroutine_overflow.max(f.goroutine_overflow);
                 fill.sites = fill.sites.max(f.sites);
+                fill.context_slots = fill.context_slots.max(f.context_slots);
+                fill.context_overflow = fill.context_overflow.max(f.context_overflow);
             }
             failures += s.attach_failures;
             if s.finished() {

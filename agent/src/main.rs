@@ -52,7 +52,7 @@ fn command(command: Command) -> anyhow::Result<()> {
         } => cli::check_interval("interval", interval)
             .and_then(|i| cli::top::run(target.target(), i, iterations, all)),
         Command::Snapshot { pid, json } => cli::snapshot::run(pid, json),
-        Command::BenchAttach { pid, mode } => cli::bench::run(pid, mode),
+        Command::BenchAttach { pid, mode, hooks } => cli::bench::run(pid, mode, hooks),
         Command::Watch {
             pid,
             interval,

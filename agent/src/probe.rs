@@ -15,8 +15,9 @@ use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkI
 use aya::programs::UProbe;
 use aya::{Ebpf, EbpfLoader};
 use goroscope_common::{
-    CtxConfig, CtxInfo, CtxKey, CtxSiteStats, GSlot, GoroutineInfo, GoroutineKey, ProcCounters,
-    SiteConfig, SiteKey, SiteStats, CTX_RANGES, G_SLOTS, MAX_SITE_CONFIGS, SLOT_BUSY,
+    CtxConfig, CtxInfo, CtxKey, CtxSiteStats, CtxSlot, GSlot, GoroutineInfo, GoroutineKey,
+    ProcCounters, SiteConfig, SiteKey, SiteStats, CTX_RANGES, CTX_SLOTS, G_SLOTS, MAX_SITE_CONFIGS,
+    SLOT_BUSY,
 };
 
 use crate::gobin::{Analysis, Hook, ProbeSite};
@@ -33,6 +34,10 @@ pub struct MapFill {
     pub goroutine_overflow: f64,
     /// Per-site statistics.
     pub sites: f64,
+    /// Slot array of uncancelled contexts.
+    pub context_slots: f64,
+    /// Overflow hash map of uncancelled contexts.
+    pub context_overflow: f64,
 }
 
 /// What the kernel counted for one process.
@@ -105,24 +110,63 @@ pub enum Program {
     Noop,
 }
 
-/// The kernel's goroutine slot table (`GSLOTS`), mapped into this process.
-struct SlotTable {
-    ptr: *mut GSlot,
+/// A kernel slot table (a `BPF_F_MMAPABLE` array whose entries start with a key word:
+/// 0 = free, [`SLOT_BUSY`] = being written), mapped into this process.
+struct SlotTable<T: Slot> {
+    ptr: *mut T,
     len: usize,
     bytes: usize,
 }
 
-impl SlotTable {
-    fn map(ebpf: &Ebpf) -> Result<SlotTable> {
+/// An entry type of a slot table.
+trait Slot: Copy {
+    /// The key word (goid, context pointer) and the owning process.
+    fn key(&self) -> u64;
+    fn tgid(&self) -> u32;
+    /// Pointer to the key word of the slot at `p`.
+    ///
+    /// # Safety
+    /// `p` must point into the mapping.
+    unsafe fn key_ptr(p: *mut Self) -> *mut u64;
+}
+
+impl Slot for GSlot {
+    fn key(&self) -> u64 {
+        self.goid
+    }
+    fn tgid(&self) -> u32 {
+        self.tgid
+    }
+    unsafe fn key_ptr(p: *mut Self) -> *mut u64 {
+        // SAFETY: the caller guarantees `p` points into the mapping.
+        unsafe { &raw mut (*p).goid }
+    }
+}
+
+impl Slot for CtxSlot {
+    fn key(&self) -> u64 {
+        self.ctx
+    }
+    fn tgid(&self) -> u32 {
+        self.tgid
+    }
+    unsafe fn key_ptr(p: *mut Self) -> *mut u64 {
+        // SAFETY: the caller guarantees `p` points into the mapping.
+        unsafe { &raw mut (*p).ctx }
+    }
+}
+
+impl<T: Slot> SlotTable<T> {
+    fn map(ebpf: &Ebpf, name: &str, len: u32) -> Result<SlotTable<T>> {
         use std::os::fd::{AsFd, AsRawFd};
-        let Some(aya::maps::Map::Array(data)) = ebpf.map("GSLOTS") else {
-            bail!("map GSLOTS missing");
+        let Some(aya::maps::Map::Array(data)) = ebpf.map(name) else {
+            bail!("map {name} missing");
         };
         let fd = data.fd().as_fd().as_raw_fd();
-        let len = G_SLOTS as usize;
+        let len = len as usize;
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
-        let bytes = (len * std::mem::size_of::<GSlot>()).div_ceil(page) * page;
+        let bytes = (len * std::mem::size_of::<T>()).div_ceil(page) * page;
         // SAFETY: maps the value area of a BPF array created with BPF_F_MMAPABLE, exactly
         // its size rounded up to pages (what the kernel permits); the mapping stays valid
         // until `munmap` in Drop, independent of the fd.
@@ -137,10 +181,7 @@ impl SlotTable {
             )
         };
         if ptr == libc::MAP_FAILED {
-            bail!(
-                "mmap of the goroutine slot table: {}",
-                std::io::Error::last_os_error()
-            );
+            bail!("mmap of {name}: {}", std::io::Error::last_os_error());
         }
         Ok(SlotTable {
             ptr: ptr.cast(),
@@ -149,37 +190,42 @@ impl SlotTable {
         })
     }
 
-    /// Slot `i` if it holds a goroutine; `None` if free, being written, or changed while
+    /// Slot `i` if it holds an entry; `None` if free, being written, or changed while
     /// read (the kernel writes concurrently).
-    fn get(&self, i: usize) -> Option<GSlot> {
+    fn get(&self, i: usize) -> Option<T> {
         debug_assert!(i < self.len);
         // SAFETY: `i < len`, so the slot lies inside the mapping; volatile reads because
-        // the kernel writes the memory concurrently. GSlot is plain integers.
+        // the kernel writes the memory concurrently. Slots are plain integers.
         unsafe {
             let p = self.ptr.add(i);
-            let goid = std::ptr::read_volatile(&raw const (*p).goid);
-            if goid == 0 || goid == SLOT_BUSY {
+            let key_p = T::key_ptr(p);
+            let key = std::ptr::read_volatile(key_p);
+            if key == 0 || key == SLOT_BUSY {
                 return None;
             }
             let slot = std::ptr::read_volatile(p);
-            (std::ptr::read_volatile(&raw const (*p).goid) == goid && slot.goid == goid)
-                .then_some(slot)
+            (std::ptr::read_volatile(key_p) == key && slot.key() == key).then_some(slot)
         }
+    }
+
+    /// Every occupied slot.
+    fn entries(&self) -> impl Iterator<Item = T> + '_ {
+        (0..self.len).filter_map(|i| self.get(i))
     }
 
     /// Frees every slot of a process that exited.
     fn clear(&self, tgid: u32) {
         for i in 0..self.len {
-            if self.get(i).is_some_and(|s| s.tgid == tgid) {
+            if self.get(i).is_some_and(|s| s.tgid() == tgid) {
                 // SAFETY: in bounds as above; the process is gone, so no probe of it
                 // writes this slot any more.
-                unsafe { std::ptr::write_volatile(&raw mut (*self.ptr.add(i)).goid, 0) };
+                unsafe { std::ptr::write_volatile(T::key_ptr(self.ptr.add(i)), 0) };
             }
         }
     }
 }
 
-impl Drop for SlotTable {
+impl<T: Slot> Drop for SlotTable<T> {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly the mapping made in `map`, once.
         unsafe { libc::munmap(self.ptr.cast(), self.bytes) };
@@ -187,8 +233,9 @@ impl Drop for SlotTable {
 }
 
 pub struct Probes {
-    /// Declared before `ebpf` so it is unmapped before the map is closed.
-    slots: SlotTable,
+    /// Declared before `ebpf` so they are unmapped before the maps are closed.
+    slots: SlotTable<GSlot>,
+    ctx_slots: SlotTable<CtxSlot>,
     ebpf: Ebpf,
     max_live: u32,
     next_cookie: u32,
@@ -228,9 +275,11 @@ impl Probes {
                 };
                 anyhow::anyhow!("loading the BPF programs failed: {e}{hint}")
             })?;
-        let slots = SlotTable::map(&ebpf)?;
+        let slots = SlotTable::map(&ebpf, "GSLOTS", G_SLOTS)?;
+        let ctx_slots = SlotTable::map(&ebpf, "CTX_SLOT_TABLE", CTX_SLOTS)?;
         Ok(Probes {
             slots,
+            ctx_slots,
             ebpf,
             max_live,
             next_cookie: 0,
@@ -430,10 +479,8 @@ impl Probes {
     /// Goroutines created while attached and not exited yet, by process and goid.
     pub fn live(&self) -> Result<HashMap<u32, HashMap<u64, GoroutineInfo>>> {
         let mut out: HashMap<u32, HashMap<u64, GoroutineInfo>> = HashMap::new();
-        for i in 0..self.slots.len {
-            if let Some(s) = self.slots.get(i) {
-                out.entry(s.tgid).or_default().insert(s.goid, s.info);
-            }
+        for s in self.slots.entries() {
+            out.entry(s.tgid).or_default().insert(s.goid, s.info);
         }
         let map: BpfHashMap<_, GoroutineKey, GoroutineInfo> =
             BpfHashMap::try_from(self.map("LIVE")?)?;
@@ -465,6 +512,10 @@ impl Probes {
             let Ok((k, v)) = entry else { continue };
             out.entry(k.tgid).or_default().insert(k.ctx, v);
         }
+        // The slot table wins over a stale overflow entry of the same address.
+        for s in self.ctx_slots.entries() {
+            out.entry(s.tgid).or_default().insert(s.ctx, s.info);
+        }
         Ok(out)
     }
 
@@ -483,6 +534,7 @@ impl Probes {
     /// Removes everything the kernel holds about a process that has exited.
     pub fn purge(&mut self, tgid: u32) -> Result<()> {
         self.slots.clear(tgid);
+        self.ctx_slots.clear(tgid);
         remove_where::<CtxKey, CtxInfo>(&mut self.ebpf, "CTX_LIVE", |k| k.tgid == tgid)?;
         remove_where::<SiteKey, CtxSiteStats>(&mut self.ebpf, "CTX_SITES", |k| k.tgid == tgid)?;
         remove_where::<GoroutineKey, GoroutineInfo>(&mut self.ebpf, "LIVE", |k| k.tgid == tgid)?;
@@ -498,11 +550,13 @@ impl Probes {
 
     /// Fill ratios of the bounded maps.
     pub fn map_fill(&self) -> Result<MapFill> {
-        let slots = (0..self.slots.len)
-            .filter(|i| self.slots.get(*i).is_some())
-            .count();
+        let slots = self.slots.entries().count();
         let sites: BpfHashMap<_, SiteKey, SiteStats> = BpfHashMap::try_from(self.map("SITES")?)?;
+        let ctx_live: BpfHashMap<_, CtxKey, CtxInfo> = BpfHashMap::try_from(self.map("CTX_LIVE")?)?;
         Ok(MapFill {
+            context_slots: self.ctx_slots.entries().count() as f64 / self.ctx_slots.len as f64,
+            context_overflow: ctx_live.keys().count() as f64
+                / f64::from(goroscope_common::DEFAULT_MAX_CONTEXTS),
             goroutine_slots: slots as f64 / self.slots.len.max(1) as f64,
             goroutine_overflow: self.live_fill()?,
             sites: sites.keys().count() as f64 / f64::from(goroscope_common::MAX_SITES),

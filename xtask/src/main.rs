@@ -50,6 +50,7 @@ const NARROW_FIXTURES: &[(&str, &[&str], bool)] = &[
     ("healthy", &["1.21.13", "1.24.11", "1.27.3"], false),
     ("sites", &["1.26.6"], false),
     ("contexts", &["1.21.13", "1.24.11", "1.27.3"], true),
+    ("ctxbench", &["1.27.3"], false),
 ];
 
 /// Build variants of every fixture: `(name, go build flags)`.
@@ -118,6 +119,21 @@ enum Bench {
         #[arg(long, default_value_t = 0)]
         gomaxprocs: u32,
     },
+    /// ns per context of creating and cancelling 1,000,000 contexts (no probes, empty
+    /// programs at goroscope's context sites, goroscope), and requests per second of a
+    /// loopback HTTP server deriving a WithTimeout context per request (no probes,
+    /// goroscope).
+    Contexts {
+        /// Runs per mode (the median is reported).
+        #[arg(long, default_value_t = 7)]
+        runs: usize,
+        /// Contexts per run.
+        #[arg(long, default_value_t = 1_000_000)]
+        contexts: u64,
+        /// Seconds of HTTP load per run.
+        #[arg(long, default_value_t = 5)]
+        http_seconds: u64,
+    },
     /// Time of a /metrics scrape of `goroscope run` tracing many processes with many
     /// `go` sites each.
     Scrape {
@@ -154,6 +170,14 @@ fn main() {
         Cmd::Bench {
             which: Bench::Scrape { processes, scrapes },
         } => bench_scrape(processes, scrapes),
+        Cmd::Bench {
+            which:
+                Bench::Contexts {
+                    runs,
+                    contexts,
+                    http_seconds,
+                },
+        } => bench_contexts(runs, contexts, http_seconds),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");
@@ -581,6 +605,120 @@ impl Drop for Driven {
             let _ = self.child.wait();
         }
     }
+}
+
+fn bench_contexts(runs: usize, n: u64, http_seconds: u64) -> Result<()> {
+    if !is_root() {
+        bail!("the contexts benchmark attaches BPF programs: run it as root");
+    }
+    if runs == 0 || n == 0 || http_seconds == 0 {
+        bail!("--runs, --contexts and --http-seconds must be positive");
+    }
+    setup_go()?;
+    fixtures()?;
+    run(Command::new(cargo()).current_dir(root()).args([
+        "build",
+        "--release",
+        "-q",
+        "-p",
+        "goroscope",
+    ]))?;
+    let agent = root().join("target/release/goroscope");
+    let fixture = fixtures_dir().join("go1.27.3/ctxbench-default");
+    let modes = ["none", "floor", "goroscope"];
+    let mut ns: std::collections::HashMap<&str, Vec<f64>> = Default::default();
+    let mut rps: std::collections::HashMap<&str, Vec<f64>> = Default::default();
+    let mut reports: Vec<serde_json::Value> = Vec::new();
+    for r in 0..runs {
+        for mode in modes {
+            let mut target = Driven::start(&mut Command::new(&fixture))?;
+            let pid = target
+                .line()?
+                .strip_prefix("ready ")
+                .context("fixture did not say ready")?
+                .to_string();
+            let mut a = if mode == "none" {
+                None
+            } else {
+                let mut a = Driven::start(Command::new(&agent).args([
+                    "bench-attach",
+                    "--pid",
+                    &pid,
+                    "--mode",
+                    mode,
+                    "--hooks",
+                    "contexts",
+                ]))?;
+                let l = a.line()?;
+                if l != "attached" {
+                    bail!("agent said {l:?}");
+                }
+                Some(a)
+            };
+            target.send(&format!("ctx {n}"))?;
+            let l = target.line()?;
+            let v: f64 = l
+                .strip_prefix("ns ")
+                .and_then(|v| v.parse().ok())
+                .with_context(|| format!("fixture said {l:?}"))?;
+            ns.entry(mode).or_default().push(v);
+            target.send(&format!("http {http_seconds} 8"))?;
+            let l = target.line()?;
+            let q: f64 = l
+                .strip_prefix("rps ")
+                .and_then(|v| v.parse().ok())
+                .with_context(|| format!("fixture said {l:?}"))?;
+            rps.entry(mode).or_default().push(q);
+            if let Some(a) = a.take() {
+                let out = a.finish()?;
+                if let Some(j) = out.iter().find_map(|l| serde_json::from_str(l).ok()) {
+                    if mode == "goroscope" {
+                        reports.push(j);
+                    }
+                }
+            }
+            target.finish()?;
+            step(&format!(
+                "bench contexts run {r} {mode}: {v:.0} ns/context, {q:.0} requests/s"
+            ));
+        }
+    }
+    let med = |m: &mut std::collections::HashMap<&str, Vec<f64>>, k: &str| {
+        median(m.get_mut(k).expect("ran"))
+    };
+    let (n_none, n_floor, n_goro) = (
+        med(&mut ns, "none"),
+        med(&mut ns, "floor"),
+        med(&mut ns, "goroscope"),
+    );
+    let (r_none, r_goro) = (med(&mut rps, "none"), med(&mut rps, "goroscope"));
+    let ratio = (n_goro - n_none) / (n_floor - n_none);
+    let cost = (1.0 - r_goro / r_none) * 100.0;
+    let lost: u64 = reports.iter().filter_map(|r| r["lost"].as_u64()).sum();
+    let created: Vec<u64> = reports
+        .iter()
+        .filter_map(|r| r["contexts_created"].as_u64())
+        .collect();
+    let md = format!(
+        "# Contexts benchmark\n\nGo 1.27.3 fixture `ctxbench`, median of {runs} runs per mode, \
+         modes interleaved.\n\n\
+         | mode | ns per context (create + cancel, {n}) | added | requests/s (HTTP, {http_seconds} s, 8 clients) |\n\
+         |---|---|---|---|\n\
+         | none | {n_none:.0} | — | {r_none:.0} |\n\
+         | floor (empty programs at propagateCancel and cancel) | {n_floor:.0} | {:+.0} | — |\n\
+         | goroscope | {n_goro:.0} | {:+.0} | {r_goro:.0} |\n\n\
+         - goroscope added cost / floor added cost: {ratio:.2} (goal ≤ 1.5)\n\
+         - HTTP requests/s lost with goroscope: {cost:.1}% (goal ≤ 5%)\n\
+         - contexts recorded per goroscope run (ctx + HTTP): {created:?}; lost events: {lost}\n",
+        n_floor - n_none,
+        n_goro - n_none,
+    );
+    let dir = root().join("target/bench");
+    fs::create_dir_all(&dir)?;
+    fs::write(dir.join("contexts.md"), &md)?;
+    print!("{md}");
+    step(&format!("results in {}", dir.join("contexts.md").display()));
+    Ok(())
 }
 
 /// GET over HTTP/1.0: `(status line, body)`.

@@ -31,7 +31,14 @@ fn rusage() -> (f64, u64) {
     (tv(ru.ru_utime) + tv(ru.ru_stime), ru.ru_maxrss as u64)
 }
 
-pub fn run(pid: u32, mode: Mode) -> Result<()> {
+/// Which hooks the floor and entry modes attach empty programs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Hooks {
+    Goroutines,
+    Contexts,
+}
+
+pub fn run(pid: u32, mode: Mode, hooks: Hooks) -> Result<()> {
     let Some(nz) = NonZeroU32::new(pid) else {
         bail!("--pid must not be 0");
     };
@@ -41,6 +48,7 @@ pub fn run(pid: u32, mode: Mode) -> Result<()> {
         let _ = tx.send(());
     });
     let mut refreshes = 0u64;
+    let mut contexts_created = 0u64;
     let counters = match mode {
         Mode::Goroscope => {
             let mut s = Session::attach(Target::Pid(pid), goroscope_common::DEFAULT_MAX_LIVE)?;
@@ -50,22 +58,37 @@ pub fn run(pid: u32, mode: Mode) -> Result<()> {
                 refreshes += 1;
             }
             s.refresh()?;
-            s.probes().context("probes")?.totals(pid)?
+            let probes = s.probes().context("probes")?;
+            contexts_created = probes
+                .context_sites()?
+                .get(&pid)
+                .map_or(0, |m| m.values().map(|c| c.cancelled + c.collected).sum())
+                + probes.contexts()?.get(&pid).map_or(0, |m| m.len() as u64);
+            probes.totals(pid)?
         }
         Mode::Floor | Mode::Entry => {
             let exe = std::path::PathBuf::from(format!("/proc/{pid}/exe"));
             let bin = gobin::analyze(&exe)?;
             let mut p = Probes::load(goroscope_common::DEFAULT_MAX_LIVE)?;
-            for hook in [Hook::GoroutineCreate, Hook::GoroutineExit] {
+            let hook_set = match hooks {
+                Hooks::Goroutines => [Hook::GoroutineCreate, Hook::GoroutineExit],
+                Hooks::Contexts => [Hook::ContextCreate, Hook::ContextCancel],
+            };
+            for hook in hook_set {
                 for site in bin.probe_sites.iter().filter(|s| s.hook == hook) {
                     let off = match mode {
                         Mode::Entry => {
-                            let name = match hook {
-                                Hook::GoroutineCreate => "runtime.newproc1",
-                                _ => site.function.as_str(),
+                            let entry = match hook {
+                                Hook::GoroutineCreate => {
+                                    bin.pclntab
+                                        .by_name("runtime.newproc1")
+                                        .last()
+                                        .context("entry function")?
+                                        .entry
+                                }
+                                _ => site.function_entry,
                             };
-                            let f = bin.pclntab.by_name(name).last().context("entry function")?;
-                            site.file_offset - site.address + f.entry
+                            site.file_offset - site.address + entry
                         }
                         _ => site.file_offset,
                     };
@@ -85,6 +108,7 @@ pub fn run(pid: u32, mode: Mode) -> Result<()> {
             "created": counters.created,
             "exited": counters.exited,
             "lost": counters.lost(),
+            "contexts_created": contexts_created,
             "agent_cpu_seconds": cpu,
             "agent_max_rss_kib": rss_kb,
             "refreshes": refreshes,

@@ -101,6 +101,8 @@ pub enum Command {
         pid: u32,
         #[arg(long, value_enum)]
         mode: bench::Mode,
+        #[arg(long, value_enum, default_value = "goroutines")]
+        hooks: bench::Hooks,
     },
     /// Attach to a running Go process and print goroutines created and exited per interval
     /// (needs root).

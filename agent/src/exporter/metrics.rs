@@ -326,6 +326,8 @@ pub fn render(snap: &Snapshot, format: Format, scrape_seconds: f64) -> String {
         ("goroutine_slots", snap.fill.goroutine_slots),
         ("goroutine_overflow", snap.fill.goroutine_overflow),
         ("sites", snap.fill.sites),
+        ("context_slots", snap.fill.context_slots),
+        ("context_overflow", snap.fill.context_overflow),
     ];
     e.family("goroscope_map_fill_ratio", &fills, |(m, v)| {
         (vec![("map", *m)], *v)

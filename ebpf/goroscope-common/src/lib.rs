@@ -250,11 +250,35 @@ pub struct CtxInfo {
     pub parent_itab: u64,
 }
 
-/// Per (process, context creation site) counters, updated with atomic adds.
+/// Slots of the context slot table (see [`CtxSlot`]).
+pub const CTX_SLOTS: u32 = 1 << 17;
+
+/// A context created while attached and not cancelled yet, in the context slot table: an
+/// array indexed by a hash of (process, context pointer), claimed with compare-and-swap
+/// on `ctx` (0 = free, [`SLOT_BUSY`] = being written); a context whose slot is taken goes
+/// to the `CTX_LIVE` hash map instead.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtxSlot {
+    pub ctx: u64,
+    pub tgid: u32,
+    pub _pad: u32,
+    pub info: CtxInfo,
+}
+
+/// Slot of a context (same hashing as [`slot_index`], over [`CTX_SLOTS`]).
+#[inline(always)]
+pub fn ctx_slot_index(tgid: u32, ctx: u64) -> u32 {
+    let h = (ctx >> 3) ^ ((tgid as u64) << 40);
+    (h.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - CTX_SLOTS.trailing_zeros())) as u32
+}
+
+/// Per (process, context creation site) counters, updated with atomic adds at
+/// cancellation only: contexts created while attached = cancelled + collected + those
+/// still live, so creation touches no per-site state.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtxSiteStats {
-    pub created: u64,
     pub cancelled: u64,
     /// Sum of created→cancelled times of the cancelled ones, in ns.
     pub lifetime_ns_sum: u64,
@@ -278,6 +302,7 @@ mod user {
     unsafe impl aya::Pod for super::CtxKey {}
     unsafe impl aya::Pod for super::CtxInfo {}
     unsafe impl aya::Pod for super::CtxSiteStats {}
+    unsafe impl aya::Pod for super::CtxSlot {}
 }
 
 #[cfg(test)]

@@ -23,7 +23,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use goroscope_common::{
-    lifetime_bucket, slot_index, CtxConfig, CtxInfo, CtxKey, CtxSiteStats, GSlot, GoroutineInfo,
+    ctx_slot_index, lifetime_bucket, slot_index, CtxConfig, CtxInfo, CtxKey, CtxSiteStats,
+    CtxSlot, CTX_SLOTS, GSlot, GoroutineInfo,
     GoroutineKey, ProcCounters, SiteConfig, SiteKey, SiteStats, CTX_FRAMES, DEFAULT_MAX_CONTEXTS,
     DEFAULT_MAX_LIVE, G_SLOTS, G_WINDOW_WORDS, MAX_PROCS, MAX_SITES, MAX_SITE_CONFIGS, SLOT_BUSY,
 };
@@ -52,7 +53,12 @@ static PROC_COUNTERS: PerCpuHashMap<u32, ProcCounters> = PerCpuHashMap::with_max
 #[map]
 static CTX_CONFIG: Array<CtxConfig> = Array::with_max_entries(MAX_SITE_CONFIGS, 0);
 
-/// Cancelable contexts created while attached, until they are cancelled.
+/// Cancelable contexts created while attached, until they are cancelled: the fast path
+/// (see `CtxSlot`).
+#[map]
+static CTX_SLOT_TABLE: Array<CtxSlot> = Array::with_max_entries(CTX_SLOTS, BPF_F_MMAPABLE);
+
+/// Cancelable contexts created while attached whose slot was taken, until cancelled.
 #[map]
 static CTX_LIVE: HashMap<CtxKey, CtxInfo> = HashMap::with_max_entries(DEFAULT_MAX_CONTEXTS, 0);
 
@@ -317,20 +323,6 @@ pub fn context_create_rax(ctx: ProbeContext) -> u32 {
         pc = frame[1];
     }
     let goid = read::<u64>(g + cfg.goid_off as u64).unwrap_or(0);
-    let key = CtxKey {
-        tgid,
-        _pad: 0,
-        ctx: c,
-    };
-    // The same address again without a cancel in between: the old context was garbage
-    // collected without ever being cancelled.
-    // SAFETY: the value is copied out at once.
-    if let Some(old) = unsafe { CTX_LIVE.get(&key) }.copied() {
-        if let Some(st) = ctx_site(tgid, old.site) {
-            // SAFETY: `st` points into a map value.
-            atomic_add(unsafe { &raw mut (*st).collected }, 1);
-        }
-    }
     let info = CtxInfo {
         // SAFETY: bpf_ktime_get_ns has no preconditions.
         created_ns: unsafe { bpf_ktime_get_ns() },
@@ -339,15 +331,52 @@ pub fn context_create_rax(ctx: ProbeContext) -> u32 {
         parent,
         parent_itab,
     };
-    if CTX_LIVE.insert(&key, &info, BPF_ANY as u64).is_err() {
-        lost(tgid, |c| c.context_map_full += 1);
+    if let Some(slot) = CTX_SLOT_TABLE.get_ptr_mut(ctx_slot_index(tgid, c)) {
+        // SAFETY: `slot` points into an array map value valid for the program's duration;
+        // it is claimed with compare-and-swap before any other field is written.
+        unsafe {
+            let ctx_p = &raw mut (*slot).ctx;
+            let prev = *ctx_p;
+            let again = prev == c && (*slot).tgid == tgid;
+            if (prev == 0 || again) && cas(ctx_p, prev, SLOT_BUSY) {
+                if again {
+                    // The same address again without a cancel in between: the old
+                    // context was garbage collected without ever being cancelled.
+                    collected(tgid, (*slot).info.site);
+                }
+                (*slot).tgid = tgid;
+                (*slot).info = info;
+                *ctx_p = c;
+                return 0;
+            }
+        }
     }
-    match ctx_site(tgid, site) {
-        // SAFETY: `st` points into a map value.
-        Some(st) => atomic_add(unsafe { &raw mut (*st).created }, 1),
-        None => lost(tgid, |c| c.context_site_map_full += 1),
+    let key = CtxKey {
+        tgid,
+        _pad: 0,
+        ctx: c,
+    };
+    if CTX_LIVE.insert(&key, &info, BPF_NOEXIST as u64).is_err() {
+        // SAFETY: the value is copied out at once.
+        match unsafe { CTX_LIVE.get(&key) }.copied() {
+            Some(old) => {
+                collected(tgid, old.site);
+                let _ = CTX_LIVE.insert(&key, &info, BPF_ANY as u64);
+            }
+            None => lost(tgid, |c| c.context_map_full += 1),
+        }
     }
     0
+}
+
+/// Counts a context never cancelled whose memory was reused (rare path).
+#[inline(always)]
+fn collected(tgid: u32, site: u64) {
+    match ctx_site(tgid, site) {
+        // SAFETY: `st` points into a map value.
+        Some(st) => atomic_add(unsafe { &raw mut (*st).collected }, 1),
+        None => lost(tgid, |c| c.context_site_map_full += 1),
+    }
 }
 
 /// A context is being cancelled: at `push rbp` of `(*cancelCtx).cancel`, RAX = the
@@ -358,16 +387,34 @@ pub fn context_cancel_rax(ctx: ProbeContext) -> u32 {
     // SAFETY: as above.
     let c = unsafe { (*ctx.regs).rax };
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let key = CtxKey {
-        tgid,
-        _pad: 0,
-        ctx: c,
-    };
-    // SAFETY: the value is copied out before the entry is deleted.
-    let Some(info) = (unsafe { CTX_LIVE.get(&key) }).copied() else {
+    let mut found = None;
+    if let Some(slot) = CTX_SLOT_TABLE.get_ptr_mut(ctx_slot_index(tgid, c)) {
+        // SAFETY: as in `context_create_rax`; only the CPU whose compare-and-swap frees
+        // the slot counts the cancel, so concurrent cancels of one context count once.
+        unsafe {
+            let ctx_p = &raw mut (*slot).ctx;
+            if *ctx_p == c && (*slot).tgid == tgid {
+                let info = (*slot).info;
+                if cas(ctx_p, c, 0) {
+                    found = Some(info);
+                }
+            }
+        }
+    }
+    if found.is_none() {
+        let key = CtxKey {
+            tgid,
+            _pad: 0,
+            ctx: c,
+        };
+        // SAFETY: the value is copied out before the entry is deleted.
+        found = unsafe { CTX_LIVE.get(&key) }
+            .copied()
+            .filter(|_| CTX_LIVE.remove(&key).is_ok());
+    }
+    let Some(info) = found else {
         return 0;
     };
-    let _ = CTX_LIVE.remove(&key);
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let lifetime = unsafe { bpf_ktime_get_ns() }.saturating_sub(info.created_ns);
     match ctx_site(tgid, info.site) {
