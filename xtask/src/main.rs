@@ -691,7 +691,12 @@ fn bench_contexts(runs: usize, n: u64, http_seconds: u64) -> Result<()> {
         med(&mut ns, "floor"),
         med(&mut ns, "goroscope"),
     );
-    let (r_none, r_goro) = (med(&mut rps, "none"), med(&mut rps, "goroscope"));
+    let (r_none, r_floor, r_goro) = (
+        med(&mut rps, "none"),
+        med(&mut rps, "floor"),
+        med(&mut rps, "goroscope"),
+    );
+    let floor_cost = (1.0 - r_floor / r_none) * 100.0;
     let ratio = (n_goro - n_none) / (n_floor - n_none);
     let cost = (1.0 - r_goro / r_none) * 100.0;
     let lost: u64 = reports.iter().filter_map(|r| r["lost"].as_u64()).sum();
@@ -705,10 +710,11 @@ fn bench_contexts(runs: usize, n: u64, http_seconds: u64) -> Result<()> {
          | mode | ns per context (create + cancel, {n}) | added | requests/s (HTTP, {http_seconds} s, 8 clients) |\n\
          |---|---|---|---|\n\
          | none | {n_none:.0} | — | {r_none:.0} |\n\
-         | floor (empty programs at propagateCancel and cancel) | {n_floor:.0} | {:+.0} | — |\n\
+         | floor (empty programs at propagateCancel and cancel) | {n_floor:.0} | {:+.0} | {r_floor:.0} |\n\
          | goroscope | {n_goro:.0} | {:+.0} | {r_goro:.0} |\n\n\
          - goroscope added cost / floor added cost: {ratio:.2} (goal ≤ 1.5)\n\
-         - HTTP requests/s lost with goroscope: {cost:.1}% (goal ≤ 5%)\n\
+         - HTTP requests/s lost with goroscope: {cost:.1}% (goal ≤ 5%); with the floor's empty \
+         context programs alone: {floor_cost:.1}%\n\
          - contexts recorded per goroscope run (ctx + HTTP): {created:?}; lost events: {lost}\n",
         n_floor - n_none,
         n_goro - n_none,
