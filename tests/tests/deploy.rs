@@ -98,3 +98,53 @@ fn every_alert_has_summary_description_and_an_existing_runbook() {
         );
     }
 }
+
+/// The Grafana dashboard: valid JSON, every query valid PromQL (checked by promtool as
+/// recording rules) and using only pinned metric names.
+#[test]
+fn dashboard_queries_are_valid_and_use_pinned_metrics() {
+    let root = workspace_root();
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("deploy/grafana/goroscope.json")).unwrap(),
+    )
+    .expect("dashboard is JSON");
+    let pinned: Vec<String> = std::fs::read_to_string(root.join("tests/stable-metrics.txt"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .collect();
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    let mut n = 0;
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            for word in expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("goroscope_"))
+            {
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| word.strip_suffix(s))
+                    .filter(|b| pinned.iter().any(|p| p == b))
+                    .unwrap_or(word);
+                assert!(
+                    pinned.iter().any(|p| p == base),
+                    "panel {:?} uses {word}, not a pinned metric",
+                    p["title"]
+                );
+            }
+            n += 1;
+            rules.push_str(&format!(
+                "      - record: dashboard:query_{n}\n        expr: '{}'\n",
+                expr.replace('\'', "''")
+            ));
+        }
+    }
+    assert!(n >= 14, "{n} queries");
+    let path = std::env::temp_dir().join(format!("goroscope-dashboard-{}.yml", std::process::id()));
+    std::fs::write(&path, rules).unwrap();
+    let out = promtool(&["check", "rules", path.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&path);
+    assert!(out.contains(&format!("SUCCESS: {n} rules found")), "{out}");
+}
