@@ -36,6 +36,8 @@ fn rusage() -> (f64, u64) {
 pub enum Hooks {
     Goroutines,
     Contexts,
+    /// Goroutine and context sites (what goroscope attaches).
+    All,
 }
 
 pub fn run(pid: u32, mode: Mode, hooks: Hooks) -> Result<()> {
@@ -70,11 +72,17 @@ pub fn run(pid: u32, mode: Mode, hooks: Hooks) -> Result<()> {
             let exe = std::path::PathBuf::from(format!("/proc/{pid}/exe"));
             let bin = gobin::analyze(&exe)?;
             let mut p = Probes::load(goroscope_common::DEFAULT_MAX_LIVE)?;
-            let hook_set = match hooks {
-                Hooks::Goroutines => [Hook::GoroutineCreate, Hook::GoroutineExit],
-                Hooks::Contexts => [Hook::ContextCreate, Hook::ContextCancel],
+            let hook_set: &[Hook] = match hooks {
+                Hooks::Goroutines => &[Hook::GoroutineCreate, Hook::GoroutineExit],
+                Hooks::Contexts => &[Hook::ContextCreate, Hook::ContextCancel],
+                Hooks::All => &[
+                    Hook::GoroutineCreate,
+                    Hook::GoroutineExit,
+                    Hook::ContextCreate,
+                    Hook::ContextCancel,
+                ],
             };
-            for hook in hook_set {
+            for &hook in hook_set {
                 for site in bin.probe_sites.iter().filter(|s| s.hook == hook) {
                     let off = match mode {
                         Mode::Entry => {
