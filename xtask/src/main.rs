@@ -633,7 +633,8 @@ fn bench_contexts(runs: usize, n: u64, http_seconds: u64) -> Result<()> {
         for mode in modes {
             // Server (and the traced process) on CPU 0, load generator on CPU 1: the
             // server's own CPU is what the probes cost, the VM's scheduling noise less so.
-            let mut target = Driven::start(Command::new("taskset").args(["-c", "0"]).arg(&fixture))?;
+            let mut target =
+                Driven::start(Command::new("taskset").args(["-c", "0"]).arg(&fixture))?;
             let pid = target
                 .line()?
                 .strip_prefix("ready ")
@@ -674,7 +675,14 @@ fn bench_contexts(runs: usize, n: u64, http_seconds: u64) -> Result<()> {
             let out = Command::new("taskset")
                 .args(["-c", "1"])
                 .arg(&fixture)
-                .args(["-load", &url, "-seconds", &http_seconds.to_string(), "-clients", "8"])
+                .args([
+                    "-load",
+                    &url,
+                    "-seconds",
+                    &http_seconds.to_string(),
+                    "-clients",
+                    "8",
+                ])
                 .output()?;
             let l = String::from_utf8_lossy(&out.stdout).trim().to_string();
             let q: f64 = l
