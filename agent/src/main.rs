@@ -51,7 +51,7 @@ fn command(command: Command) -> anyhow::Result<()> {
             all,
         } => cli::check_interval("interval", interval)
             .and_then(|i| cli::top::run(target.target(), i, iterations, all)),
-        Command::Snapshot { pid, json } => cli::snapshot::run(pid, json),
+        Command::Snapshot { pid, json, observe } => cli::snapshot::run(pid, json, observe),
         Command::BenchAttach { pid, mode, hooks } => cli::bench::run(pid, mode, hooks),
         Command::Watch {
             pid,

@@ -5,13 +5,17 @@
 //! healthy path where everything is cancelled. Go 1.21, 1.24, 1.27 × default, stripped,
 //! PIE builds.
 
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use goroscope::contexts::ContextSiteView;
 use goroscope::session::{Session, Target};
 use goroscope::tracker::ProcessTable;
 use goroscope_common::DEFAULT_MAX_LIVE;
-use integration_tests::{bpf_allowed, fixture, fixture_source, line_of, wait_for, Churn};
+use integration_tests::{
+    bpf_allowed, fixture, fixture_source, goroscope_bin, line_of, wait_for, Churn,
+};
 
 fn ctx_site<'a>(t: &'a ProcessTable, marker: &str) -> &'a ContextSiteView {
     let line = line_of(&fixture_source("contexts"), marker);
@@ -193,5 +197,106 @@ fn long_lived_parent_accumulates_children() {
     }
     for minor in [21, 24, 27] {
         hundred_thousand_children(minor);
+    }
+}
+
+/// `goroscope snapshot --observe`: the probes attached for a few seconds, then the same
+/// context sites and counts as the live table, in the JSON and in the text.
+fn snapshot_observe(minor: u32) {
+    let what = format!("Go 1.{minor}");
+    let f = fixture(minor, "contexts", "default");
+    let mut p = Churn::start(&f.path);
+    let pid = p.pid.to_string();
+
+    // Without --observe the snapshot only reads memory and says how to see contexts.
+    let plain = Command::new(goroscope_bin())
+        .args(["snapshot", "--pid", &pid])
+        .output()
+        .expect("snapshot");
+    assert!(plain.status.success(), "{what}: {plain:?}");
+    let text = String::from_utf8_lossy(&plain.stdout);
+    assert!(text.contains("# contexts: not seen"), "{what}: {text}");
+
+    let mut child = Command::new(goroscope_bin())
+        .args(["snapshot", "--pid", &pid, "--observe", "4", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("snapshot --observe");
+    let mut err = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut first = String::new();
+    err.read_line(&mut first).expect("stderr line");
+    assert_eq!(
+        first.trim(),
+        format!("goroscope: observing pid {pid} for 4.0s"),
+        "{what}"
+    );
+    for (cmd, n) in [
+        ("dropped", 100),
+        ("early", 50),
+        ("background", 3),
+        ("healthy", 20),
+    ] {
+        assert_eq!(p.cmd(&format!("{cmd} {n}")), format!("{cmd} {n}"), "{what}");
+    }
+    let out = child.wait_with_output().expect("snapshot output");
+    assert!(out.status.success(), "{what}: {out:?}");
+    let t: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let site = |marker: &str| {
+        let line = line_of(&fixture_source("contexts"), marker);
+        let found: Vec<&serde_json::Value> = t["contexts"]
+            .as_array()
+            .expect("contexts")
+            .iter()
+            .filter(|c| {
+                c["line"] == line && c["file"].as_str().unwrap().ends_with("contexts/main.go")
+            })
+            .collect();
+        assert_eq!(found.len(), 1, "{what}: {marker} in {}", t["contexts"]);
+        let c = found[0];
+        let n = |k: &str| c[k].as_u64().unwrap();
+        (
+            c["function"].as_str().unwrap().to_string(),
+            (
+                n("created"),
+                n("cancelled"),
+                n("uncancelled"),
+                n("lost_cancel"),
+                n("waiting_goroutines"),
+            ),
+        )
+    };
+    assert_eq!(
+        site("// contexts: dropped cancel"),
+        ("main.dropped".into(), (100, 0, 100, 0, 0)),
+        "{what}"
+    );
+    assert_eq!(
+        site("// contexts: early return"),
+        ("main.handle".into(), (50, 0, 50, 50, 0)),
+        "{what}"
+    );
+    assert_eq!(
+        site("// contexts: background"),
+        ("main.background".into(), (3, 0, 3, 0, 3)),
+        "{what}"
+    );
+    for marker in [
+        "// contexts: healthy cancel",
+        "// contexts: healthy timeout",
+    ] {
+        assert_eq!(site(marker).1, (20, 20, 0, 0, 0), "{what} {marker}");
+    }
+    assert_eq!(t["contexts"].as_array().unwrap().len(), 5, "{what}");
+    assert_eq!(p.finish().code(), Some(0), "{what}");
+}
+
+#[test]
+fn snapshot_observe_lists_contexts() {
+    if !bpf_allowed("snapshot_observe_lists_contexts") {
+        return;
+    }
+    for minor in [21, 27] {
+        snapshot_observe(minor);
     }
 }

@@ -85,7 +85,7 @@ pub enum Command {
     },
     /// One-shot dump of a process's goroutines grouped by creation site, like
     /// `debug/pprof/goroutine?debug=1`, without any cooperation from the program (needs
-    /// ptrace access to it: same user or root).
+    /// ptrace access to it: same user or root). With `--observe`, also contexts.
     Snapshot {
         /// Process id of the Go program.
         #[arg(long)]
@@ -93,6 +93,12 @@ pub enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Attach the probes for this many seconds before the dump (needs root): adds
+        /// goroutines created/exited per site and the contexts created meanwhile that
+        /// nobody cancelled, by creation site, with the goroutines waiting on them.
+        /// Without it the snapshot only reads memory, and contexts cannot be seen.
+        #[arg(long, value_name = "SECONDS")]
+        observe: Option<f64>,
     },
     /// Benchmark helper for `cargo xtask bench overhead`.
     #[command(hide = true)]

@@ -133,8 +133,9 @@ fn contexts_frame(s: &mut String, t: &ProcessTable, max_rows: usize) {
     }
 }
 
-/// The `snapshot` text: goroutines grouped by creation site, most first.
-pub fn snapshot(t: &ProcessTable) -> String {
+/// The `snapshot` text: goroutines grouped by creation site, most first; with an
+/// observation window, per-site creations/exits during it and the contexts section.
+pub fn snapshot(t: &ProcessTable, observed: bool) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -148,12 +149,16 @@ pub fn snapshot(t: &ProcessTable) -> String {
     if let Some(e) = &t.inventory_error {
         let _ = writeln!(s, "inventory unavailable: {e}");
     }
+    let window = age(t.attached_seconds);
     for v in t.sites.iter().filter(|v| v.live > 0) {
         let _ = writeln!(s);
         let _ = writeln!(s, "{} @ {}", v.live, v.location());
         let _ = writeln!(s, "#\tstart: {}", v.start_function);
         let states: Vec<String> = v.states.iter().map(|(k, n)| format!("{k}: {n}")).collect();
         let _ = writeln!(s, "#\tstates: {}", states.join(", "));
+        if let (Some(c), Some(e)) = (v.created, v.exited) {
+            let _ = writeln!(s, "#\tin the last {window}: created {c}, exited {e}");
+        }
         let goids: Vec<String> = v.sample_goids.iter().map(u64::to_string).collect();
         let _ = writeln!(
             s,
@@ -165,6 +170,60 @@ pub fn snapshot(t: &ProcessTable) -> String {
                 ""
             }
         );
+    }
+    let _ = writeln!(s);
+    if !observed {
+        let _ = writeln!(
+            s,
+            "# contexts: not seen (a snapshot only reads memory; `--observe 30` attaches the \
+             probes for 30 s and lists the contexts created meanwhile that nobody cancelled)"
+        );
+        return s;
+    }
+    let open: Vec<_> = t.contexts.iter().filter(|c| c.uncancelled > 0).collect();
+    let _ = writeln!(
+        s,
+        "contexts created in the last {window} and not cancelled: {} at {} sites \
+         ({} created, {} cancelled)",
+        open.iter().map(|c| c.uncancelled).sum::<u64>(),
+        open.len(),
+        t.contexts.iter().map(|c| c.created).sum::<u64>(),
+        t.contexts.iter().map(|c| c.cancelled).sum::<u64>(),
+    );
+    for c in open {
+        let _ = writeln!(s);
+        let _ = writeln!(s, "{} uncancelled @ {}", c.uncancelled, c.location());
+        let _ = writeln!(
+            s,
+            "#\tcreated {}, cancelled {}, oldest {}",
+            c.created,
+            c.cancelled,
+            age(c.oldest_uncancelled_age_seconds)
+        );
+        if c.lost_cancel > 0 {
+            let _ = writeln!(
+                s,
+                "#\tlost cancel: {} (the goroutine that created them has exited)",
+                c.lost_cancel
+            );
+        }
+        for (site, n) in &c.waiters {
+            let _ = writeln!(s, "#\twaited on by {n} goroutines created at {site}");
+        }
+    }
+    for p in &t.context_parents {
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "parent with {} uncancelled children (most from {}){}",
+            p.uncancelled_children,
+            p.children_site,
+            p.children_map_len
+                .map_or(String::new(), |n| format!(": {n} in its children map"))
+        );
+        if let Some(site) = &p.parent_site {
+            let _ = writeln!(s, "#\tparent created at {site}");
+        }
     }
     s
 }

@@ -1,12 +1,22 @@
 //! `goroscope snapshot --pid N`: goroutines grouped by creation site, read from the
-//! process's memory (no probes).
+//! process's memory (no probes). With `--observe SECONDS`, the probes are attached for
+//! that long first, which adds per-site creation/exit counts and the contexts.
 
 use anyhow::{bail, Result};
 
-use crate::session::Session;
+use crate::session::{Session, Target};
 
-pub fn run(pid: u32, json: bool) -> Result<()> {
-    let mut s = Session::inventory_only(pid)?;
+pub fn run(pid: u32, json: bool, observe: Option<f64>) -> Result<()> {
+    let mut s = match observe {
+        None => Session::inventory_only(pid)?,
+        Some(secs) => {
+            let d = super::check_interval("observe", secs)?;
+            let s = Session::attach(Target::Pid(pid), goroscope_common::DEFAULT_MAX_LIVE)?;
+            eprintln!("goroscope: observing pid {pid} for {:.1}s", d.as_secs_f64());
+            std::thread::sleep(d);
+            s
+        }
+    };
     let tables = s.refresh()?;
     let Some(t) = tables.first() else {
         bail!("process {pid} exited");
@@ -17,7 +27,7 @@ pub fn run(pid: u32, json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(t)?);
     } else {
-        print!("{}", super::render::snapshot(t));
+        print!("{}", super::render::snapshot(t, observe.is_some()));
     }
     Ok(())
 }
