@@ -8,6 +8,7 @@
 //! top_sites = 20
 //! max_live_goroutines = 65536
 //! log_format = "json"
+//! contexts = true      # false: goroutines only, no context probes (cheaper)
 //!
 //! [[targets]]
 //! exe = "/usr/local/bin/myservice"
@@ -60,6 +61,7 @@ pub struct FileConfig {
     pub top_sites: Option<usize>,
     pub max_live_goroutines: Option<u32>,
     pub log_format: Option<LogFormat>,
+    pub contexts: Option<bool>,
     #[serde(default)]
     pub targets: Vec<TargetEntry>,
     pub leak: Option<LeakConfig>,
@@ -95,6 +97,10 @@ pub struct RunArgs {
     /// Log format [default: text].
     #[arg(long, value_enum, env = "GOROSCOPE_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Trace contexts too (two more probes, hit per cancelable context created and
+    /// cancelled); `false` traces goroutines only [default: true].
+    #[arg(long, env = "GOROSCOPE_CONTEXTS", value_name = "BOOL")]
+    pub contexts: Option<bool>,
     /// Leak model: history a verdict looks at [default: 30].
     #[arg(long, env = "GOROSCOPE_LEAK_WINDOW_SECONDS")]
     pub leak_window_seconds: Option<f64>,
@@ -117,6 +123,7 @@ pub struct Config {
     pub top_sites: usize,
     pub max_live_goroutines: u32,
     pub log_format: LogFormat,
+    pub contexts: bool,
     pub targets: Vec<Target>,
     pub leak: LeakConfig,
 }
@@ -215,6 +222,7 @@ impl Config {
             top_sites,
             max_live_goroutines: max_live,
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            contexts: args.contexts.or(file.contexts).unwrap_or(true),
             targets,
             leak,
         })
@@ -269,10 +277,11 @@ mod tests {
     fn full_file_and_flag_override() {
         let (_d, mut a) = file(
             "listen = \"127.0.0.1:9999\"\ninterval_seconds = 2\ntop_sites = 5\n\
-             log_format = \"json\"\n[[targets]]\nexe = \"/bin/svc\"\n[[targets]]\npid = 42\n\
-             [leak]\nmin_growth = 3\n",
+             log_format = \"json\"\ncontexts = false\n[[targets]]\nexe = \"/bin/svc\"\n\
+             [[targets]]\npid = 42\n[leak]\nmin_growth = 3\n",
         );
         let c = Config::resolve(&a).unwrap();
+        assert!(!c.contexts);
         assert_eq!(c.listen, "127.0.0.1:9999".parse().unwrap());
         assert_eq!(c.interval, Duration::from_secs(2));
         assert_eq!(c.top_sites, 5);
@@ -289,6 +298,9 @@ mod tests {
         let c = Config::resolve(&a).unwrap();
         assert_eq!(c.top_sites, 7);
         assert_eq!(c.listen, "[::1]:1".parse().unwrap());
+        assert!(!c.contexts);
+        a.contexts = Some(true);
+        assert!(Config::resolve(&a).unwrap().contexts);
         // Duplicates collapse.
         assert_eq!(c.targets.len(), 3);
     }
@@ -303,6 +315,7 @@ mod tests {
         assert_eq!(c.listen, DEFAULT_LISTEN.parse().unwrap());
         assert_eq!(c.interval, Duration::from_secs(5));
         assert_eq!(c.top_sites, 20);
+        assert!(c.contexts);
         assert_eq!(c.leak, LeakConfig::default());
         let none = format!("{:#}", Config::resolve(&RunArgs::default()).unwrap_err());
         assert!(none.contains("nothing to trace"), "{none}");
@@ -324,6 +337,7 @@ mod tests {
             ("top_sites = 0\n[[targets]]\npid=1\n", "top_sites"),
             ("listen = \"9750\"\n[[targets]]\npid=1\n", "listen"),
             ("log_format = \"xml\"\n", "log_format"),
+            ("contexts = \"no\"\n", "contexts"),
             (
                 "[leak]\nmin_waiting_ratio = 2.0\n[[targets]]\npid=1\n",
                 "leak.min_waiting_ratio",

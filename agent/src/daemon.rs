@@ -110,7 +110,7 @@ fn refresher(
 ) {
     let mut sessions: Vec<(Target, Option<Session>, Option<String>)> = Vec::new();
     for t in &cfg.targets {
-        match Session::attach(t.clone(), cfg.max_live_goroutines) {
+        match Session::attach_with(t.clone(), cfg.max_live_goroutines, cfg.contexts) {
             Ok(s) => {
                 tracing::info!(traced = %t, "probes attached");
                 sessions.push((t.clone(), Some(s), None));

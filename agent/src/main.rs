@@ -49,8 +49,9 @@ fn command(command: Command) -> anyhow::Result<()> {
             interval,
             iterations,
             all,
+            no_contexts,
         } => cli::check_interval("interval", interval)
-            .and_then(|i| cli::top::run(target.target(), i, iterations, all)),
+            .and_then(|i| cli::top::run(target.target(), i, iterations, all, !no_contexts)),
         Command::Snapshot { pid, json, observe } => cli::snapshot::run(pid, json, observe),
         Command::BenchAttach { pid, mode, hooks } => cli::bench::run(pid, mode, hooks),
         Command::Watch {

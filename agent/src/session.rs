@@ -49,16 +49,21 @@ pub struct Session {
 const HOOKS: [Hook; 2] = [Hook::GoroutineCreate, Hook::GoroutineExit];
 const CONTEXT_HOOKS: [Hook; 2] = [Hook::ContextCreate, Hook::ContextCancel];
 
-/// Attaches the goroutine probes, and the context probes when the binary has their
-/// sites (package context linked and not inlined away); returns whether contexts are
-/// traced.
+/// Attaches the goroutine probes, and the context probes when wanted and the binary has
+/// their sites (package context linked and not inlined away); returns whether contexts
+/// are traced.
 fn attach_all(
     probes: &mut Probes,
     analysis: &Analysis,
     path: &std::path::Path,
     scope: Scope,
+    contexts: bool,
 ) -> Result<bool> {
     probes.attach(analysis, path, &HOOKS, scope, Program::Goroscope)?;
+    if !contexts {
+        tracing::info!(binary = %analysis.path.display(), "contexts not traced: disabled by configuration");
+        return Ok(false);
+    }
     let has = |h: Hook| analysis.probe_sites.iter().any(|s| s.hook == h);
     if CONTEXT_HOOKS.iter().all(|h| has(*h)) {
         probes.attach(analysis, path, &CONTEXT_HOOKS, scope, Program::Goroscope)?;
@@ -74,8 +79,13 @@ fn attach_all(
 }
 
 impl Session {
-    /// Attaches the goroutine probes and takes the attach-time inventory.
+    /// Attaches the goroutine and context probes and takes the attach-time inventory.
     pub fn attach(target: Target, max_live: u32) -> Result<Session> {
+        Session::attach_with(target, max_live, true)
+    }
+
+    /// As [`Session::attach`]; `contexts: false` attaches the goroutine probes only.
+    pub fn attach_with(target: Target, max_live: u32, contexts: bool) -> Result<Session> {
         let mut probes = Probes::load(max_live)?;
         let mut s = Session {
             target: target.clone(),
@@ -90,12 +100,13 @@ impl Session {
                 let id = process::check_pid(*pid)?;
                 let analysis = Arc::new(gobin::analyze(&id.exe_link())?);
                 let scope = Scope::Pid(NonZeroU32::new(*pid).context("pid 0")?);
-                s.contexts = attach_all(&mut probes, &analysis, &id.exe_link(), scope)?;
+                s.contexts = attach_all(&mut probes, &analysis, &id.exe_link(), scope, contexts)?;
                 s.add(id, analysis)?;
             }
             Target::Exe(path) => {
                 let analysis = Arc::new(gobin::analyze(path)?);
-                s.contexts = attach_all(&mut probes, &analysis, path, Scope::AllProcesses)?;
+                s.contexts =
+                    attach_all(&mut probes, &analysis, path, Scope::AllProcesses, contexts)?;
                 s.exe = Some(analysis);
             }
         }

@@ -148,3 +148,36 @@ fn dashboard_queries_are_valid_and_use_pinned_metrics() {
     let _ = std::fs::remove_file(&path);
     assert!(out.contains(&format!("SUCCESS: {n} rules found")), "{out}");
 }
+
+/// The DaemonSet's ConfigMap holds a config file the agent accepts as it is.
+#[test]
+fn daemonset_config_file_is_valid() {
+    let yaml = std::fs::read_to_string(workspace_root().join("deploy/kubernetes/daemonset.yaml"))
+        .expect("daemonset.yaml");
+    let toml: String = yaml
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("goroscope.toml: |"))
+        .skip(1)
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    assert!(toml.contains("[[targets]]"), "{toml}");
+    let path =
+        std::env::temp_dir().join(format!("goroscope-daemonset-{}.toml", std::process::id()));
+    std::fs::write(&path, &toml).unwrap();
+    let args = goroscope::config::RunArgs {
+        config: Some(path.clone()),
+        ..Default::default()
+    };
+    let c = goroscope::config::Config::resolve(&args);
+    let _ = std::fs::remove_file(&path);
+    let c = c.unwrap_or_else(|e| panic!("{e:#}\n{toml}"));
+    assert_eq!(c.listen.port(), 9750);
+    assert!(c.contexts);
+    assert_eq!(
+        c.targets,
+        vec![goroscope::session::Target::Exe(
+            "/proc/1/root/usr/local/bin/myservice".into()
+        )]
+    );
+}

@@ -372,6 +372,44 @@ fn daemon_serves_exact_metrics_and_stops_cleanly() {
     assert_eq!(sites.iter().map(|s| s.2).sum::<f64>(), total);
     assert_eq!(folded.stop().code(), Some(0));
 
+    // `--contexts false`: goroutines only; no context probes, no context series.
+    let lean = Agent::start(&[
+        "--pid",
+        &cp.pid.to_string(),
+        "--interval-seconds",
+        "1",
+        "--contexts",
+        "false",
+    ]);
+    // (Logged at attach, before the server listens: `start` has read it.)
+    assert!(
+        lean.log
+            .iter()
+            .any(|l| l.contains("contexts not traced: disabled by configuration")),
+        "{:?}",
+        lean.log
+    );
+    assert_eq!(cp.cmd("dropped 3"), "dropped 3");
+    wait_for(
+        "lean agent's first refresh",
+        Duration::from_secs(30),
+        || {
+            let (_, s) = metrics(&lean);
+            s.iter()
+                .any(|(n, _, _)| n == "goroscope_process_goroutines")
+                .then_some(())
+        },
+    );
+    // Two more refreshes (1 s apart), both after the 3 contexts were created.
+    std::thread::sleep(Duration::from_millis(2500));
+    let (_, s) = metrics(&lean);
+    let ctx_series: Vec<_> = s
+        .iter()
+        .filter(|(n, _, _)| n.starts_with("goroscope_context_"))
+        .collect();
+    assert!(ctx_series.is_empty(), "{ctx_series:?}");
+    assert_eq!(lean.stop().code(), Some(0));
+
     // The target exits: the agent keeps serving, says it is not attached any more.
     assert_eq!(p.finish().code(), Some(0));
     agent.wait_log("the traced process exited", Duration::from_secs(30));

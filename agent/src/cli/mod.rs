@@ -82,6 +82,9 @@ pub enum Command {
         /// Also show goroutines created by the Go runtime itself.
         #[arg(long)]
         all: bool,
+        /// Goroutines only: do not attach the context probes.
+        #[arg(long)]
+        no_contexts: bool,
     },
     /// One-shot dump of a process's goroutines grouped by creation site, like
     /// `debug/pprof/goroutine?debug=1`, without any cooperation from the program (needs

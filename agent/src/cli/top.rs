@@ -34,8 +34,14 @@ impl Drop for Screen {
     }
 }
 
-pub fn run(target: Target, interval: Duration, iterations: Option<u64>, all: bool) -> Result<()> {
-    let mut session = Session::attach(target, goroscope_common::DEFAULT_MAX_LIVE)?;
+pub fn run(
+    target: Target,
+    interval: Duration,
+    iterations: Option<u64>,
+    all: bool,
+    contexts: bool,
+) -> Result<()> {
+    let mut session = Session::attach_with(target, goroscope_common::DEFAULT_MAX_LIVE, contexts)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
