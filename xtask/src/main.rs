@@ -120,9 +120,9 @@ enum Bench {
         gomaxprocs: u32,
     },
     /// ns per context of creating and cancelling 1,000,000 contexts (no probes, empty
-    /// programs at goroscope's context sites, goroscope), and requests per second of a
-    /// loopback HTTP server deriving a WithTimeout context per request (no probes,
-    /// goroscope).
+    /// programs at goroscope's sites, goroscope), and requests per second of a loopback
+    /// HTTP server deriving a WithTimeout context per request (the same, plus empty
+    /// programs at the goroutine sites only and goroscope with `contexts = false`).
     Contexts {
         /// Runs per mode (the median is reported).
         #[arg(long, default_value_t = 7)]
@@ -625,12 +625,20 @@ fn bench_contexts(runs: usize, n: u64, http_seconds: u64) -> Result<()> {
     ]))?;
     let agent = root().join("target/release/goroscope");
     let fixture = fixtures_dir().join("go1.27.3/ctxbench-default");
-    let modes = ["none", "floor", "goroscope"];
+    // (name, bench-attach mode, hooks): the last two trace goroutines only (HTTP only).
+    let modes = [
+        ("none", "none", "all"),
+        ("floor", "floor", "all"),
+        ("goroscope", "goroscope", "all"),
+        ("floor-goroutines", "floor", "goroutines"),
+        ("goroscope-no-contexts", "goroscope", "goroutines"),
+    ];
     let mut ns: std::collections::HashMap<&str, Vec<f64>> = Default::default();
     let mut rps: std::collections::HashMap<&str, Vec<f64>> = Default::default();
+    let mut cpu_req: std::collections::HashMap<&str, Vec<f64>> = Default::default();
     let mut reports: Vec<serde_json::Value> = Vec::new();
     for r in 0..runs {
-        for mode in modes {
+        for (name, mode, hooks) in modes {
             // Server (and the traced process) on CPU 0, load generator on CPU 1: the
             // server's own CPU is what the probes cost, the VM's scheduling noise less so.
             let mut target =
@@ -650,7 +658,7 @@ fn bench_contexts(runs: usize, n: u64, http_seconds: u64) -> Result<()> {
                     "--mode",
                     mode,
                     "--hooks",
-                    "all",
+                    hooks,
                 ]))?;
                 let l = a.line()?;
                 if l != "attached" {
@@ -664,7 +672,7 @@ fn bench_contexts(runs: usize, n: u64, http_seconds: u64) -> Result<()> {
                 .strip_prefix("ns ")
                 .and_then(|v| v.parse().ok())
                 .with_context(|| format!("fixture said {l:?}"))?;
-            ns.entry(mode).or_default().push(v);
+            ns.entry(name).or_default().push(v);
             // The server in the traced process, the load generator in its own (untraced).
             target.send("serve")?;
             let l = target.line()?;
@@ -672,6 +680,9 @@ fn bench_contexts(runs: usize, n: u64, http_seconds: u64) -> Result<()> {
                 .strip_prefix("addr ")
                 .with_context(|| format!("fixture said {l:?}"))?
                 .to_string();
+            // The server's own CPU time (all its threads, user + kernel, which includes
+            // the probes) per request: steady where requests/s swing with the VM's load.
+            let cpu_before = process_cpu_ns(&pid)?;
             let out = Command::new("taskset")
                 .args(["-c", "1"])
                 .arg(&fixture)
@@ -689,18 +700,22 @@ fn bench_contexts(runs: usize, n: u64, http_seconds: u64) -> Result<()> {
                 .strip_prefix("rps ")
                 .and_then(|v| v.parse().ok())
                 .with_context(|| format!("load generator said {l:?}"))?;
-            rps.entry(mode).or_default().push(q);
+            rps.entry(name).or_default().push(q);
+            let cpu = (process_cpu_ns(&pid)? - cpu_before) as f64;
+            let us_per_req = cpu / 1e3 / (q * http_seconds as f64).max(1.0);
+            cpu_req.entry(name).or_default().push(us_per_req);
             if let Some(a) = a.take() {
                 let out = a.finish()?;
                 if let Some(j) = out.iter().find_map(|l| serde_json::from_str(l).ok()) {
-                    if mode == "goroscope" {
+                    if name == "goroscope" {
                         reports.push(j);
                     }
                 }
             }
             target.finish()?;
             step(&format!(
-                "bench contexts run {r} {mode}: {v:.0} ns/context, {q:.0} requests/s"
+                "bench contexts run {r} {name}: {v:.0} ns/context, {q:.0} requests/s, \
+                 {us_per_req:.2} us of server CPU per request"
             ));
         }
     }
@@ -712,38 +727,81 @@ fn bench_contexts(runs: usize, n: u64, http_seconds: u64) -> Result<()> {
         med(&mut ns, "floor"),
         med(&mut ns, "goroscope"),
     );
-    let (r_none, r_floor, r_goro) = (
-        med(&mut rps, "none"),
-        med(&mut rps, "floor"),
-        med(&mut rps, "goroscope"),
-    );
-    let floor_cost = (1.0 - r_floor / r_none) * 100.0;
     let ratio = (n_goro - n_none) / (n_floor - n_none);
-    let cost = (1.0 - r_goro / r_none) * 100.0;
+    let r_none = med(&mut rps, "none");
+    let c_none = med(&mut cpu_req, "none");
     let lost: u64 = reports.iter().filter_map(|r| r["lost"].as_u64()).sum();
     let created: Vec<u64> = reports
         .iter()
         .filter_map(|r| r["contexts_created"].as_u64())
         .collect();
-    let md = format!(
+    let mut md = format!(
         "# Contexts benchmark\n\nGo 1.27.3 fixture `ctxbench`, median of {runs} runs per mode, \
-         modes interleaved.\n\n\
-         | mode | ns per context (create + cancel, {n}) | added | requests/s (HTTP server on CPU 0, 8 clients for {http_seconds} s in an untraced process on CPU 1) |\n\
-         |---|---|---|---|\n\
-         | none | {n_none:.0} | — | {r_none:.0} |\n\
-         | floor (empty programs at all of goroscope's sites) | {n_floor:.0} | {:+.0} | {r_floor:.0} |\n\
-         | goroscope | {n_goro:.0} | {:+.0} | {r_goro:.0} |\n\n\
-         - goroscope added cost / floor added cost: {ratio:.2} (goal ≤ 1.5)\n\
-         - HTTP requests/s lost with goroscope: {cost:.1}% (goal ≤ 5%); with empty programs at \
-         the same sites: {floor_cost:.1}%\n\
-         - HTTP requests/s of every run, sorted (none; floor; goroscope): {:?}; {:?}; {:?}\n\
-         - contexts recorded per goroscope run (ctx + HTTP): {created:?}; lost events: {lost}\n",
-        n_floor - n_none,
-        n_goro - n_none,
-        rps["none"],
-        rps["floor"],
-        rps["goroscope"],
+         modes interleaved. HTTP: the server in the traced process on CPU 0, 8 keep-alive \
+         clients for {http_seconds} s in an untraced process on CPU 1. Server CPU per request \
+         = CPU time of all the server's threads (user + kernel, where the probes run) / \
+         requests; its cost column is what a CPU-bound server would lose in requests/s.\n\n\
+         | mode | ns per context (create + cancel, {n}) | added | requests/s | cost | server CPU per request | cost |\n\
+         |---|---|---|---|---|---|---|\n"
     );
+    let label = |name: &str| match name {
+        "none" => "no probes",
+        "floor" => "floor: empty programs at all of goroscope's sites",
+        "goroscope" => "goroscope",
+        "floor-goroutines" => "empty programs at the goroutine sites only",
+        _ => "goroscope with `contexts = false`",
+    };
+    let mut costs = std::collections::HashMap::new();
+    for (name, _, hooks) in modes {
+        let (r, c) = (med(&mut rps, name), med(&mut cpu_req, name));
+        let (ctx_ns, added) = if hooks == "all" {
+            let v = med(&mut ns, name);
+            (
+                format!("{v:.0}"),
+                if name == "none" {
+                    "—".to_string()
+                } else {
+                    format!("{:+.0}", v - n_none)
+                },
+            )
+        } else {
+            ("—".to_string(), "—".to_string())
+        };
+        let (rc, cc) = ((1.0 - r / r_none) * 100.0, (1.0 - c_none / c) * 100.0);
+        costs.insert(name, (rc, cc));
+        let pct = |v: f64| {
+            if name == "none" {
+                "—".to_string()
+            } else {
+                format!("{v:.1}%")
+            }
+        };
+        md.push_str(&format!(
+            "| {} | {ctx_ns} | {added} | {r:.0} | {} | {c:.2} µs | {} |\n",
+            label(name),
+            pct(rc),
+            pct(cc)
+        ));
+    }
+    let (rc, cc) = costs["goroscope"];
+    md.push_str(&format!(
+        "\n- goroscope added cost per context / the floor's: {ratio:.2} (goal ≤ 1.5)\n\
+         - HTTP cost of goroscope: {rc:.1}% of requests/s, {cc:.1}% by server CPU per request \
+         (goal ≤ 5%)\n\
+         - contexts recorded per goroscope run (ctx + HTTP): {created:?}; lost events: {lost}\n\
+         - every run, sorted:\n"
+    ));
+    for (name, _, _) in modes {
+        let mut r = rps[name].clone();
+        r.sort_by(f64::total_cmp);
+        let mut c = cpu_req[name].clone();
+        c.sort_by(f64::total_cmp);
+        let c: Vec<String> = c.iter().map(|v| format!("{v:.2}")).collect();
+        md.push_str(&format!(
+            "  - {name}: requests/s {r:?}; µs per request [{}]\n",
+            c.join(", ")
+        ));
+    }
     let dir = root().join("target/bench");
     fs::create_dir_all(&dir)?;
     fs::write(dir.join("contexts.md"), &md)?;
@@ -867,6 +925,21 @@ fn bench_scrape(processes: usize, scrapes: usize) -> Result<()> {
     print!("{md}");
     step(&format!("results in {}", dir.join("scrape.md").display()));
     Ok(())
+}
+
+/// CPU time of every thread of process `pid` so far, in ns (user + kernel, from
+/// `/proc/PID/task/*/schedstat`).
+fn process_cpu_ns(pid: &str) -> Result<u64> {
+    let mut total = 0;
+    for t in fs::read_dir(format!("/proc/{pid}/task"))? {
+        let stat = fs::read_to_string(t?.path().join("schedstat")).unwrap_or_default();
+        total += stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(total)
 }
 
 fn median(v: &mut [f64]) -> f64 {

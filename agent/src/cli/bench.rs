@@ -31,7 +31,8 @@ fn rusage() -> (f64, u64) {
     (tv(ru.ru_utime) + tv(ru.ru_stime), ru.ru_maxrss as u64)
 }
 
-/// Which hooks the floor and entry modes attach empty programs to.
+/// Which hooks the floor and entry modes attach empty programs to (goroscope mode:
+/// `goroutines` leaves the context probes out, like `contexts = false`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Hooks {
     Goroutines,
@@ -53,7 +54,11 @@ pub fn run(pid: u32, mode: Mode, hooks: Hooks) -> Result<()> {
     let mut contexts_created = 0u64;
     let counters = match mode {
         Mode::Goroscope => {
-            let mut s = Session::attach(Target::Pid(pid), goroscope_common::DEFAULT_MAX_LIVE)?;
+            let mut s = Session::attach_with(
+                Target::Pid(pid),
+                goroscope_common::DEFAULT_MAX_LIVE,
+                hooks != Hooks::Goroutines,
+            )?;
             println!("attached");
             while rx.recv_timeout(Duration::from_secs(5)).is_err() {
                 s.refresh()?;
