@@ -153,7 +153,7 @@ pub fn views(
         if pc == 0 {
             return ("unknown".to_string(), String::new(), 0);
         }
-        match a.pclntab.call_site(pc) {
+        match a.pclntab.call_site_outside(pc, "context.") {
             Some(l) => (l.function, l.file, l.line),
             None => (format!("{pc:#x}"), String::new(), 0),
         }

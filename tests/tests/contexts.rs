@@ -56,6 +56,7 @@ fn scenarios(minor: u32, variant: &str) {
         ("background", 3),
         ("healthy", 20),
         ("children", 1000),
+        ("inlined", 4),
     ] {
         assert_eq!(p.cmd(&format!("{cmd} {n}")), format!("{cmd} {n}"), "{what}");
     }
@@ -107,6 +108,10 @@ fn scenarios(minor: u32, variant: &str) {
     // Children of the long-lived parent.
     let ch = ctx_site(&t, "// contexts: children of the long-lived parent");
     assert_eq!(counts(ch), (1000, 0, 1000, 0, 0), "{what}");
+    // Created in a helper the compiler inlined: named after the helper, not its caller.
+    let i = ctx_site(&t, "// contexts: inlined helper");
+    assert_eq!(i.function, "main.withHourTimeout", "{what}");
+    assert_eq!(counts(i), (4, 0, 4, 0, 0), "{what}");
     // Healthy: everything cancelled, nothing left.
     for marker in [
         "// contexts: healthy cancel",
@@ -117,13 +122,13 @@ fn scenarios(minor: u32, variant: &str) {
     }
     // The long-lived parent holds every uncancelled child but the Background ones.
     let top = &t.context_parents[0];
-    assert_eq!(top.uncancelled_children, 100 + 50 + 7 + 1000, "{what}");
+    assert_eq!(top.uncancelled_children, 100 + 50 + 7 + 1000 + 4, "{what}");
     assert!(
         top.children_site.starts_with("main.children "),
         "{what}: {top:?}"
     );
     // Its `children` map, read from the process (hmap before Go 1.24, Swiss table after).
-    assert_eq!(top.children_map_len, Some(1157), "{what}");
+    assert_eq!(top.children_map_len, Some(1161), "{what}");
 
     assert_eq!(p.finish().code(), Some(0), "{what}");
 }

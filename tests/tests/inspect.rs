@@ -267,3 +267,60 @@ fn help_describes_every_command() {
         assert!(text.contains(cmd), "{cmd} missing from --help:\n{text}");
     }
 }
+
+/// Calls inside inlined functions are named after the inlined function (inline trees
+/// found through the moduledata, with or without symbols, PIE or not), and the outer
+/// frame is the line that called it.
+#[test]
+fn inlined_calls_are_expanded() {
+    let src = fixture_source("contexts");
+    let helper_line = line_of(&src, "// contexts: inlined helper");
+    let caller_line = line_of(&src, "ctx, _ := withHourTimeout(parent)");
+    for f in supported("churn") {
+        let a = gobin::analyze(&f.path).unwrap();
+        assert!(a.pclntab.expands_inlining(), "{}", f.path.display());
+    }
+    let builds = supported("contexts");
+    assert_eq!(builds.len(), 9, "contexts: 3 versions x 3 variants");
+    for f in builds {
+        let what = f.path.display().to_string();
+        let a = gobin::analyze(&f.path).unwrap();
+        let t = &a.pclntab;
+        assert!(t.expands_inlining(), "{what}: inline trees not found");
+        let j = goroscope_json(&["inspect-binary", f.path.to_str().unwrap()]);
+        assert_eq!(j["inlined_calls_expanded"], true, "{what}");
+        let caller = t.by_name("main.inlined").next().expect("main.inlined");
+        let stacks: Vec<Vec<(String, u32)>> = (caller.entry..caller.end)
+            .map(|pc| {
+                t.frames_at(pc)
+                    .into_iter()
+                    .map(|l| (l.function, l.line))
+                    .collect()
+            })
+            .collect();
+        assert!(
+            stacks.contains(&vec![
+                ("main.withHourTimeout".to_string(), helper_line),
+                ("main.inlined".to_string(), caller_line),
+            ]),
+            "{what}: no pc inside the inlined helper"
+        );
+        // Every stack ends in the physical function, and inlined frames only appear
+        // where the compiler inlined something.
+        let odd: Vec<_> = stacks
+            .iter()
+            // (The padding after the last instruction has no source position.)
+            .filter(|s| !s.is_empty() && !s.last().is_some_and(|(f, _)| f == "main.inlined"))
+            .collect();
+        assert!(odd.is_empty(), "{what}: {odd:?}");
+        assert!(stacks.iter().any(|s| s.len() == 1));
+        // Where nothing is inlined, the one frame is the function itself.
+        let dropped = t.by_name("main.dropped").next().unwrap();
+        let lines: Vec<_> = (dropped.entry..dropped.end)
+            .map(|pc| t.frames_at(pc))
+            .filter(|s| s.len() == 1)
+            .collect();
+        assert!(!lines.is_empty());
+        assert!(lines.iter().all(|s| s[0].function == "main.dropped"));
+    }
+}

@@ -51,8 +51,14 @@ pub fn render(a: &Analysis) -> String {
     let _ = writeln!(s, "PIE:           {}", yes(a.pie));
     let _ = writeln!(
         s,
-        "functions:     {} (text starts at {:#x})",
-        a.functions, a.text_start
+        "functions:     {} (text starts at {:#x}; inlined calls {})",
+        a.functions,
+        a.text_start,
+        if a.inlined_calls_expanded {
+            "expanded"
+        } else {
+            "not expanded: inline trees not found"
+        }
     );
     let _ = writeln!(s, "offsets from:  {}", a.offsets_source);
     let g = &o.g;

@@ -209,6 +209,20 @@ impl<'data> Elf<'data> {
         None
     }
 
+    /// Address and contents of the allocated section that holds `vaddr`.
+    pub fn section_containing(&self, vaddr: u64) -> Option<(u64, &'data [u8])> {
+        let e = self.file.endian();
+        self.file.elf_section_table().iter().find_map(|sh| {
+            let (start, size) = (sh.sh_addr(e), sh.sh_size(e));
+            (sh.sh_type(e) != elf::SHT_NOBITS
+                && sh.sh_flags(e) & u64::from(elf::SHF_ALLOC) != 0
+                && vaddr >= start
+                && vaddr - start < size)
+                .then(|| Some((start, sh.data(e, self.data).ok()?)))
+                .flatten()
+        })
+    }
+
     /// For PIE binaries: the addend of an R_X86_64_RELATIVE relocation that targets
     /// `vaddr`, i.e. the link-time value stored there once relocated.
     pub fn relative_reloc_at(&self, vaddr: u64) -> Option<u64> {

@@ -6,6 +6,7 @@ pub mod buildinfo;
 pub mod dwarf;
 pub mod elf;
 pub mod error;
+pub mod moduledata;
 pub mod offsets;
 mod offsets_table;
 pub mod pclntab;
@@ -49,6 +50,9 @@ pub struct Analysis {
     #[serde(skip)]
     pub first_load: (u64, u64),
     pub functions: usize,
+    /// Whether the inline trees were found, so sites inside inlined calls are named after
+    /// the inlined function.
+    pub inlined_calls_expanded: bool,
     pub offsets: RuntimeOffsets,
     pub offsets_source: OffsetsSource,
     pub runtime_vars: RuntimeVars,
@@ -144,6 +148,14 @@ pub fn analyze_bytes(path: &Path, data: &[u8]) -> Result<Analysis, BinaryError> 
     if pclntab.by_name("runtime.main").next().is_none() {
         return Err(corrupt(Malformed::new("pclntab has no runtime.main")));
     }
+    // FUNCDATA (inline trees) for naming inlined functions; without it, a site inside an
+    // inlined call is named after the function it was inlined into.
+    let mut pclntab = pclntab;
+    if let Some(g) = moduledata::gofunc(&elf, pcln_addr, pclntab.funcnametab_offset()) {
+        if let Some((start, data)) = elf.section_containing(g) {
+            pclntab.set_gofunc(data[(g - start) as usize..].to_vec());
+        }
+    }
 
     let facts = dwarf::read(&elf).map_err(corrupt)?;
     let (offsets, offsets_source) = choose_offsets(path, version, facts.as_ref())?;
@@ -166,6 +178,7 @@ pub fn analyze_bytes(path: &Path, data: &[u8]) -> Result<Analysis, BinaryError> 
         text_start: pclntab.text_start,
         first_load: elf.first_load(),
         functions: pclntab.funcs.len(),
+        inlined_calls_expanded: pclntab.expands_inlining(),
         offsets,
         offsets_source,
         runtime_vars,

@@ -47,13 +47,27 @@ pub struct Pclntab {
     data: Vec<u8>,
     quantum: u64,
     pub text_start: u64,
+    funcnametab: usize,
     cutab: usize,
     filetab: usize,
     pctab: usize,
     /// All functions, sorted by entry.
     pub funcs: Vec<Func>,
     by_name: HashMap<String, Vec<usize>>,
+    /// The binary's bytes from `go:func.*` on (FUNCDATA offsets are relative to it), when
+    /// found: inline trees live there.
+    gofunc: Option<Vec<u8>>,
 }
+
+/// `_func` fields and tables used here (Go 1.21–1.27 layout).
+const FUNC_NPCDATA: usize = 28;
+const FUNC_NFUNCDATA: usize = 43;
+/// The `pcdata` offsets follow the fixed fields, then the `funcdata` offsets.
+const FUNC_TABLES: usize = 44;
+const PCDATA_INL_TREE_INDEX: usize = 2;
+const FUNCDATA_INL_TREE: usize = 3;
+/// `runtime.inlinedCall`: funcID u8, 3 pad bytes, nameOff i32, parentPc i32, startLine i32.
+const INLINED_CALL_SIZE: usize = 16;
 
 /// Reads a header word as an offset into the table.
 fn word(data: &[u8], idx: usize) -> PResult<usize> {
@@ -98,11 +112,13 @@ impl Pclntab {
             data: data.to_vec(),
             quantum,
             text_start,
+            funcnametab,
             cutab,
             filetab,
             pctab,
             funcs: Vec::with_capacity(nfunc),
             by_name: HashMap::new(),
+            gofunc: None,
         };
         for i in 0..nfunc {
             let entry_off = t.data.u32_at(functab + i * 8)?;
@@ -186,16 +202,109 @@ impl Pclntab {
         })
     }
 
-    /// Where a `go` statement (or any call) is, given the return address recorded for it
-    /// (`g.gopc`): like the runtime's traceback, look one byte back.
-    pub fn call_site(&self, return_pc: u64) -> Option<SourceLoc> {
+    /// Offset of the function name table in the pclntab (`moduledata.funcnametab` points
+    /// there).
+    pub fn funcnametab_offset(&self) -> u64 {
+        self.funcnametab as u64
+    }
+
+    /// Gives the bytes of the binary from `go:func.*` on, which enables naming inlined
+    /// functions.
+    pub fn set_gofunc(&mut self, bytes: Vec<u8>) {
+        self.gofunc = Some(bytes);
+    }
+
+    /// Whether inlined calls are expanded (the inline trees were found).
+    pub fn expands_inlining(&self) -> bool {
+        self.gofunc.is_some()
+    }
+
+    /// The source frames at `pc`, innermost first: the calls inlined at `pc` expanded like
+    /// the runtime's traceback does (PCDATA_InlTreeIndex, FUNCDATA_InlTree), then the
+    /// physical function.
+    pub fn frames_at(&self, pc: u64) -> Vec<SourceLoc> {
+        let Some(f) = self.func_at(pc) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let mut pc = pc;
+        // An inline tree is as deep as the compiler's inlining (a handful of levels).
+        for _ in 0..32 {
+            let Some(mut loc) = self.source_at(pc) else {
+                break;
+            };
+            match self.inlined_call(f, pc) {
+                Some((name, parent_pc)) => {
+                    loc.function = name;
+                    out.push(loc);
+                    pc = f.entry.wrapping_add(parent_pc);
+                }
+                None => {
+                    out.push(loc);
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// The inlined call `pc` is in, if any: its function's name and the offset of its
+    /// call site in the physical function.
+    fn inlined_call(&self, f: &Func, pc: u64) -> Option<(String, u64)> {
+        let tree = self.gofunc.as_ref()?;
+        let npcdata = self.data.u32_at(f.func_off + FUNC_NPCDATA).ok()? as usize;
+        let nfuncdata = self.data.u8_at(f.func_off + FUNC_NFUNCDATA).ok()? as usize;
+        if npcdata <= PCDATA_INL_TREE_INDEX || nfuncdata <= FUNCDATA_INL_TREE {
+            return None;
+        }
+        let table = self
+            .data
+            .u32_at(f.func_off + FUNC_TABLES + PCDATA_INL_TREE_INDEX * 4)
+            .ok()?;
+        let ix = self.pcvalue(table, f.entry, pc).ok()??;
+        let ix = usize::try_from(ix).ok()?; // -1: not in an inlined call
+        let fd = self
+            .data
+            .u32_at(f.func_off + FUNC_TABLES + (npcdata + FUNCDATA_INL_TREE) * 4)
+            .ok()?;
+        if fd == u32::MAX {
+            return None;
+        }
+        let rec = (fd as usize).checked_add(ix.checked_mul(INLINED_CALL_SIZE)?)?;
+        let name_off = tree.u32_at(rec.checked_add(4)?).ok()? as usize;
+        let parent_pc = u64::from(tree.u32_at(rec.checked_add(8)?).ok()?);
+        let name = self
+            .data
+            .cstr_at(self.funcnametab.checked_add(name_off)?)
+            .ok()?;
+        Some((name.to_string(), parent_pc))
+    }
+
+    /// The instruction of a call, given its return address: like the runtime's
+    /// traceback, one byte back.
+    fn call_pc(&self, return_pc: u64) -> Option<u64> {
         let f = self.func_at(return_pc)?;
-        let pc = if return_pc > f.entry {
+        Some(if return_pc > f.entry {
             return_pc - 1
         } else {
             return_pc
-        };
-        self.source_at(pc)
+        })
+    }
+
+    /// Where a `go` statement (or any call) is, given the return address recorded for it
+    /// (`g.gopc`): the innermost frame, so a call inside an inlined function is named
+    /// after that function.
+    pub fn call_site(&self, return_pc: u64) -> Option<SourceLoc> {
+        self.frames_at(self.call_pc(return_pc)?).into_iter().next()
+    }
+
+    /// The first frame at a call (given its return address) whose function is not in
+    /// package `pkg` (e.g. `"context."`): for calls into that package from code it was
+    /// inlined into. Falls back to the innermost frame.
+    pub fn call_site_outside(&self, return_pc: u64, pkg: &str) -> Option<SourceLoc> {
+        let frames = self.frames_at(self.call_pc(return_pc)?);
+        let outside = frames.iter().position(|l| !l.function.starts_with(pkg));
+        frames.into_iter().nth(outside.unwrap_or(0))
     }
 
     /// Decodes a pc-value table (zigzag value deltas, pc deltas in quanta) and returns the
