@@ -310,7 +310,7 @@ fn inlined_calls_are_expanded() {
         let odd: Vec<_> = stacks
             .iter()
             // (The padding after the last instruction has no source position.)
-            .filter(|s| !s.is_empty() && !s.last().is_some_and(|(f, _)| f == "main.inlined"))
+            .filter(|s| s.last().is_some_and(|(f, _)| f != "main.inlined"))
             .collect();
         assert!(odd.is_empty(), "{what}: {odd:?}");
         assert!(stacks.iter().any(|s| s.len() == 1));
