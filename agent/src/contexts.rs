@@ -79,7 +79,7 @@ pub fn read_children(
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct ContextSiteView {
     /// Link-time return address of the call into package `context` (not a label).
     pub pc: u64,

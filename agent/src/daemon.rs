@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 
 use crate::config::Config;
 use crate::exporter::http::{self, Shared};
-use crate::exporter::{MapFill, ProcessReport, Snapshot, TargetStatus};
+use crate::exporter::{MapFill, OtherFold, ProcessReport, Snapshot, TargetStatus};
 use crate::leak::LeakDetector;
 use crate::session::{Session, Target};
 use crate::tracker::mono_ns;
@@ -126,6 +126,8 @@ fn refresher(
     let mut detector = LeakDetector::new(cfg.leak.clone());
     let mut suspected = HashMap::new();
     let mut retired_failures = 0u64;
+    // Per process (pid, start time): what its `site="other"` series has accumulated.
+    let mut folds: HashMap<(u32, u64), OtherFold> = HashMap::new();
     loop {
         let t0 = Instant::now();
         let mut reports = Vec::new();
@@ -136,7 +138,7 @@ fn refresher(
             match s.refresh() {
                 Ok(tables) => reports.extend(tables.into_iter().map(|table| ProcessReport {
                     table,
-                    verdicts: Default::default(),
+                    ..Default::default()
                 })),
                 Err(e) => tracing::warn!(traced = %target, "refresh failed: {e:#}"),
             }
@@ -159,7 +161,14 @@ fn refresher(
         let verdicts = detector.observe(mono_ns(), &tables);
         for (r, v) in reports.iter_mut().zip(verdicts) {
             r.verdicts = v;
+            let fold = folds.entry((r.table.pid, r.table.start_time)).or_default();
+            r.other = Some(fold.update(r, cfg.top_sites));
         }
+        folds.retain(|(pid, start), _| {
+            reports
+                .iter()
+                .any(|r| r.table.pid == *pid && r.table.start_time == *start)
+        });
         log_changes(&reports, &mut suspected);
         shared.publish(Snapshot {
             processes: reports,

@@ -52,7 +52,7 @@ pub struct GoroutineView {
     pub waiting: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Lifetime {
     pub count: u64,
     pub sum_seconds: f64,
@@ -60,7 +60,7 @@ pub struct Lifetime {
     pub buckets: Vec<(Option<f64>, u64)>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct SiteView {
     /// Link-time address of the `go` statement's return pc.
     pub gopc: u64,
@@ -96,7 +96,7 @@ impl SiteView {
 
 pub use crate::probe::Totals as Counters;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct ProcessTable {
     pub pid: u32,
     /// Process start time (clock ticks after boot): tells a reused pid apart.

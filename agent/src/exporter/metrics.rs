@@ -2,8 +2,9 @@
 //!
 //! Cardinality is bounded: per process only the `top_sites` sites ranked by (suspected,
 //! live, created) get their own `site`/`function` series; the rest are summed into
-//! `site="other",function="other"`. A site that moves in or out of the top makes the
-//! `other` counters go down once, which Prometheus treats as a counter reset. Goids and
+//! `site="other",function="other"`, whose counters add up what each site did while it was
+//! folded (see [`super::OtherFold`]), so they never go down when sites move in or out of
+//! the top. Goids and
 //! addresses never become labels: a site whose source location is unknown is labelled
 //! `site="unknown"`.
 
@@ -13,7 +14,8 @@ use std::fmt::Write;
 use goroscope_common::LIFETIME_BUCKETS;
 
 use super::{ProcessReport, Snapshot};
-use crate::tracker::bucket_upper_seconds;
+use crate::contexts::ContextSiteView;
+use crate::tracker::{bucket_upper_seconds, SiteView};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -107,8 +109,9 @@ struct CtxAgg {
     children: u64,
 }
 
-/// Folds a process's context sites like [`fold_sites`] (ranked by uncancelled, created).
-fn fold_context_sites(p: &ProcessReport, top: usize) -> BTreeMap<(String, String), CtxAgg> {
+/// A process's context sites, ranked by (uncancelled, created), each with whether it is
+/// in the top `top` (its own series) or folded into "other".
+pub fn ranked_contexts(p: &ProcessReport, top: usize) -> Vec<(&ContextSiteView, bool)> {
     let mut ranked: Vec<_> = p.table.contexts.iter().collect();
     ranked.sort_by(|a, b| {
         b.uncancelled
@@ -116,6 +119,15 @@ fn fold_context_sites(p: &ProcessReport, top: usize) -> BTreeMap<(String, String
             .then(b.created.cmp(&a.created))
             .then(a.pc.cmp(&b.pc))
     });
+    ranked
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| (c, i < top))
+        .collect()
+}
+
+/// Folds a process's context sites like [`fold_sites`].
+fn fold_context_sites(p: &ProcessReport, top: usize) -> BTreeMap<(String, String), CtxAgg> {
     let key_of = |function: &str, file: &str, line: u32| {
         if file.is_empty() {
             ("unknown".to_string(), "unknown".to_string())
@@ -125,11 +137,11 @@ fn fold_context_sites(p: &ProcessReport, top: usize) -> BTreeMap<(String, String
     };
     let mut out: BTreeMap<(String, String), CtxAgg> = BTreeMap::new();
     let mut own = std::collections::HashMap::new();
-    for (i, c) in ranked.into_iter().enumerate() {
-        let key = if i >= top {
-            ("other".to_string(), "other".to_string())
-        } else {
+    for (c, in_top) in ranked_contexts(p, top) {
+        let key = if in_top {
             key_of(&c.function, &c.file, c.line)
+        } else {
+            other_key()
         };
         own.insert(c.location(), key.clone());
         let a = out.entry(key).or_default();
@@ -139,6 +151,10 @@ fn fold_context_sites(p: &ProcessReport, top: usize) -> BTreeMap<(String, String
         a.oldest = a.oldest.max(c.oldest_uncancelled_age_seconds);
         a.lost += c.lost_cancel;
         a.waiting += c.waiting_goroutines;
+    }
+    if let (Some(o), Some(a)) = (&p.other, out.get_mut(&other_key())) {
+        a.created = o.ctx_created;
+        a.cancelled = o.ctx_cancelled;
     }
     for parent in &p.table.context_parents {
         let (Some(n), Some(key)) = (parent.children_map_len, own.get(&parent.children_site)) else {
@@ -169,8 +185,14 @@ struct SiteAgg {
     suspected: bool,
 }
 
-/// Folds a process's sites into at most `top + 1` label pairs `(site, function)`.
-fn fold_sites(p: &ProcessReport, top: usize) -> BTreeMap<(String, String), SiteAgg> {
+/// The label pair of the folded series.
+fn other_key() -> (String, String) {
+    ("other".to_string(), "other".to_string())
+}
+
+/// A process's sites, ranked by (suspected, live, created), each with whether it is in
+/// the top `top` (its own series) or folded into "other".
+pub fn ranked_sites(p: &ProcessReport, top: usize) -> Vec<(&SiteView, bool)> {
     let mut ranked: Vec<_> = p.table.sites.iter().map(|s| (s, p.verdict(s))).collect();
     ranked.sort_by(|(a, va), (b, vb)| {
         vb.suspected
@@ -179,10 +201,20 @@ fn fold_sites(p: &ProcessReport, top: usize) -> BTreeMap<(String, String), SiteA
             .then(b.created.cmp(&a.created))
             .then(a.gopc.cmp(&b.gopc))
     });
+    ranked
+        .into_iter()
+        .enumerate()
+        .map(|(i, (s, _))| (s, i < top))
+        .collect()
+}
+
+/// Folds a process's sites into at most `top + 1` label pairs `(site, function)`.
+fn fold_sites(p: &ProcessReport, top: usize) -> BTreeMap<(String, String), SiteAgg> {
     let mut out: BTreeMap<(String, String), SiteAgg> = BTreeMap::new();
-    for (i, (s, v)) in ranked.into_iter().enumerate() {
-        let key = if i >= top {
-            ("other".to_string(), "other".to_string())
+    for (s, in_top) in ranked_sites(p, top) {
+        let v = p.verdict(s);
+        let key = if !in_top {
+            other_key()
         } else if s.file.is_empty() {
             ("unknown".to_string(), "unknown".to_string())
         } else {
@@ -202,6 +234,13 @@ fn fold_sites(p: &ProcessReport, top: usize) -> BTreeMap<(String, String), SiteA
         a.oldest = a.oldest.max(s.oldest_age_seconds);
         a.growth += v.growth_per_second;
         a.suspected |= v.suspected;
+    }
+    // Counters of "other": what its sites added while they were in it (monotonic).
+    if let (Some(o), Some(a)) = (&p.other, out.get_mut(&other_key())) {
+        a.created = o.created;
+        a.exited = o.exited;
+        a.buckets = o.buckets;
+        a.lifetime_sum = o.lifetime_sum;
     }
     out
 }
