@@ -52,6 +52,44 @@ pub fn done_channels(mem: &ProcMem, done_off: u32, live: &HashMap<u64, CtxInfo>)
     out
 }
 
+/// `abi.Type` (Go 1.21–1.27): `Kind_` at byte 23 (low 5 bits), and for a `ChanType`
+/// `Elem` at 48 and `Dir` at 56.
+const TYPE_KIND: usize = 23;
+const KIND_MASK: u8 = 0x1f;
+const KIND_CHAN: u8 = 18;
+const CHANTYPE_ELEM: usize = 48;
+const CHANTYPE_DIR: usize = 56;
+const BOTH_DIR: u64 = 3;
+
+/// Whether the type descriptor at `ty` (in the process) is `chan struct{}` (or another
+/// bidirectional channel of a zero-size element): what `cancelCtx.done` holds.
+fn is_empty_chan_type(mem: &ProcMem, ty: u64) -> bool {
+    let mut t = [0u8; 64];
+    if ty == 0 || mem.read(ty, &mut t).is_err() || t[TYPE_KIND] & KIND_MASK != KIND_CHAN {
+        return false;
+    }
+    let word = |o: usize| u64::from_le_bytes(t[o..o + 8].try_into().expect("8 bytes"));
+    word(CHANTYPE_DIR) == BOTH_DIR
+        && word(CHANTYPE_ELEM) != 0
+        && mem
+            .read_u64(word(CHANTYPE_ELEM))
+            .is_ok_and(|size| size == 0)
+}
+
+/// Learns the `chan struct{}` type word from the parents themselves when no tracked
+/// context has had `Done()` called: a parent with children has (propagateCancel calls
+/// `parent.Done()`), and its type descriptor is checked in the process's memory.
+pub fn learn_chan_type(
+    mem: &ProcMem,
+    off: crate::gobin::offsets::CancelCtxOffsets,
+    parents: &[ParentView],
+) -> Option<u64> {
+    parents.iter().find_map(|p| {
+        let ty = mem.read_u64(p.parent + u64::from(off.done)).ok()?;
+        is_empty_chan_type(mem, ty).then_some(ty)
+    })
+}
+
 /// `len(parent.children)` of each parent view whose parent is a `*cancelCtx` (its done
 /// value has `chan_type`); the map's count is its first word in every supported Go
 /// version (classic `hmap.count`, Swiss-table `Map.used`), a nil map has none.

@@ -391,6 +391,9 @@ impl Tracked {
                 }
                 let (views, mut parents) =
                     contexts::views(&self.analysis, now, l, s, live_goids.as_ref(), &waits);
+                if let (Some(cc), None) = (cc, self.chan_type) {
+                    self.chan_type = contexts::learn_chan_type(&self.mem, cc, &parents);
+                }
                 if let (Some(cc), Some(t)) = (cc, self.chan_type) {
                     contexts::read_children(&self.mem, cc, t, &mut parents);
                 }
