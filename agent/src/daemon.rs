@@ -31,6 +31,7 @@ pub fn run(cfg: Config) -> Result<()> {
                 .map(|t| TargetStatus {
                     target: t.to_string(),
                     attached: false,
+                    waiting: false,
                     error: None,
                 })
                 .collect(),
@@ -41,7 +42,8 @@ pub fn run(cfg: Config) -> Result<()> {
     );
 
     // The refresher attaches first: a target that cannot be traced at start is a
-    // configuration error, reported before anything is served.
+    // configuration error, reported before anything is served (except an executable
+    // that does not exist yet: it is attached when it appears).
     let (started_tx, started_rx) = mpsc::channel::<Result<()>>();
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     let refresher = {
@@ -96,6 +98,75 @@ async fn shutdown_signal() {
     }
 }
 
+/// Identity of an `exe` target's file: (device, inode, modification time); None when it
+/// does not exist (or for a pid target).
+fn exe_identity(t: &Target) -> Option<(u64, u64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let Target::Exe(p) = t else { return None };
+    let m = std::fs::metadata(p).ok()?;
+    Some((m.dev(), m.ino(), m.mtime()))
+}
+
+/// One configured target in the refresher.
+struct Traced {
+    target: Target,
+    /// None: not attached (see `error`).
+    session: Option<Session>,
+    /// For an `exe` target: identity of the file last attached to (or tried).
+    file: Option<(u64, u64, i64)>,
+    error: Option<String>,
+}
+
+impl Traced {
+    fn new(
+        target: &Target,
+        session: Option<Session>,
+        file: Option<(u64, u64, i64)>,
+        error: Option<String>,
+    ) -> Traced {
+        Traced {
+            target: target.clone(),
+            session,
+            file,
+            error,
+        }
+    }
+
+    /// For an `exe` target: attaches when its file appears, and again when it is replaced
+    /// (a deploy installs a new binary: new inode, the old probes no longer fire for the
+    /// processes that run it). A file that cannot be traced is tried once per version.
+    fn follow_exe(&mut self, cfg: &Config, retired_failures: &mut u64) {
+        if !matches!(self.target, Target::Exe(_)) {
+            return;
+        }
+        let now = exe_identity(&self.target);
+        if now == self.file {
+            return;
+        }
+        self.file = now;
+        if let Some(old) = self.session.take() {
+            *retired_failures += old.attach_failures;
+            // Dropping the old session detaches its probes.
+        }
+        if now.is_none() {
+            tracing::warn!(traced = %self.target, "executable removed: probes detached; attached again when it reappears");
+            self.error = Some("executable not found".into());
+            return;
+        }
+        match Session::attach_with(self.target.clone(), cfg.max_live_goroutines, cfg.contexts) {
+            Ok(s) => {
+                tracing::info!(traced = %self.target, "executable appeared or replaced: probes attached");
+                self.session = Some(s);
+                self.error = None;
+            }
+            Err(e) => {
+                tracing::warn!(traced = %self.target, "cannot trace: {e:#}");
+                self.error = Some(format!("{e:#}"));
+            }
+        }
+    }
+}
+
 fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -108,12 +179,17 @@ fn refresher(
     started: mpsc::Sender<Result<()>>,
     stop: mpsc::Receiver<()>,
 ) {
-    let mut sessions: Vec<(Target, Option<Session>, Option<String>)> = Vec::new();
+    let mut sessions: Vec<Traced> = Vec::new();
     for t in &cfg.targets {
+        let file = exe_identity(t);
         match Session::attach_with(t.clone(), cfg.max_live_goroutines, cfg.contexts) {
             Ok(s) => {
                 tracing::info!(traced = %t, "probes attached");
-                sessions.push((t.clone(), Some(s), None));
+                sessions.push(Traced::new(t, Some(s), file, None));
+            }
+            Err(e) if matches!(t, Target::Exe(_)) && file.is_none() => {
+                tracing::warn!(traced = %t, "executable not found: its probes are attached when it appears");
+                sessions.push(Traced::new(t, None, None, Some(format!("{e:#}"))));
             }
             Err(e) => {
                 let _ = started.send(Err(e.context(format!("cannot trace {t}"))));
@@ -133,8 +209,12 @@ fn refresher(
         let mut reports = Vec::new();
         let mut fill = MapFill::default();
         let mut failures = retired_failures;
-        for (target, slot, error) in sessions.iter_mut() {
-            let Some(s) = slot.as_mut() else { continue };
+        for tr in sessions.iter_mut() {
+            tr.follow_exe(&cfg, &mut retired_failures);
+            let target = &tr.target;
+            let Some(s) = tr.session.as_mut() else {
+                continue;
+            };
             match s.refresh() {
                 Ok(tables) => reports.extend(tables.into_iter().map(|table| ProcessReport {
                     table,
@@ -153,8 +233,8 @@ fn refresher(
             if s.finished() {
                 tracing::warn!(traced = %target, "the traced process exited; probes detached");
                 retired_failures += s.attach_failures;
-                *slot = None;
-                *error = Some("process exited".into());
+                tr.session = None;
+                tr.error = Some("process exited".into());
             }
         }
         let tables: Vec<_> = reports.iter().map(|r| r.table.clone()).collect();
@@ -174,10 +254,13 @@ fn refresher(
             processes: reports,
             targets: sessions
                 .iter()
-                .map(|(t, s, e)| TargetStatus {
-                    target: t.to_string(),
-                    attached: s.is_some(),
-                    error: e.clone(),
+                .map(|tr| TargetStatus {
+                    target: tr.target.to_string(),
+                    attached: tr.session.is_some(),
+                    waiting: tr.session.is_none()
+                        && matches!(tr.target, Target::Exe(_))
+                        && tr.file.is_none(),
+                    error: tr.error.clone(),
                 })
                 .collect(),
             attach_failures: failures,

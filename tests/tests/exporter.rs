@@ -474,3 +474,94 @@ fn daemon_refuses_a_dead_pid_and_a_taken_port() {
     assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
     assert_eq!(p.finish().code(), Some(0));
 }
+
+/// An `exe` target that does not exist yet (a DaemonSet runs on nodes where the service
+/// may not): the daemon starts, is ready, reports the target not attached, and attaches
+/// when the executable appears; a replaced executable (a deploy) is attached again.
+#[test]
+fn exe_target_is_attached_when_it_appears_and_again_when_replaced() {
+    if !bpf_allowed("exe_target_is_attached_when_it_appears_and_again_when_replaced") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("goroscope-exe-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let exe = dir.join("svc");
+    let exe_s = exe.to_str().unwrap().to_string();
+    let mut agent = Agent::start(&["--exe", &exe_s, "--interval-seconds", "1"]);
+    assert!(
+        agent
+            .log
+            .iter()
+            .any(|l| l.contains("executable not found: its probes are attached when it appears")),
+        "{:?}",
+        agent.log
+    );
+    wait_for("/readyz", Duration::from_secs(30), || {
+        (agent.get("/readyz").status == 200).then_some(())
+    });
+    let target = |agent: &Agent, name: &str| {
+        let (_, s) = metrics(agent);
+        s.iter()
+            .find(|(n, l, _)| n == name && label(l, "target") == Some(&exe_s))
+            .map(|x| x.2)
+    };
+    let attached = |agent: &Agent| target(agent, "goroscope_target_attached");
+    assert_eq!(attached(&agent), Some(0.0));
+    // Waiting, which keeps GoroscopeTargetNotAttached quiet.
+    assert_eq!(target(&agent, "goroscope_target_waiting"), Some(1.0));
+
+    // The executable appears and a process of it starts.
+    std::fs::copy(fixture(27, "blockers", "default").path, &exe).unwrap();
+    let mut p = Churn::start(&exe);
+    assert_eq!(p.cmd("block 3"), "blocked 3");
+    agent.wait_log(
+        "executable appeared or replaced: probes attached",
+        Duration::from_secs(30),
+    );
+    let pid = p.pid;
+    wait_for(
+        "3 blocked goroutines of the new process",
+        Duration::from_secs(30),
+        || {
+            let (_, s) = metrics(&agent);
+            (site_value(&s, "goroscope_site_goroutines", pid, BLOCK, &[]) == Some(3.0))
+                .then_some(())
+        },
+    );
+    assert_eq!(attached(&agent), Some(1.0));
+    assert_eq!(target(&agent, "goroscope_target_waiting"), Some(0.0));
+    assert_eq!(p.finish().code(), Some(0));
+
+    // A new build replaces it (new inode, like a deploy): attached again; its processes
+    // are traced, including goroutines created after attach.
+    let next = dir.join("svc.new");
+    std::fs::copy(fixture(21, "blockers", "default").path, &next).unwrap();
+    std::fs::rename(&next, &exe).unwrap();
+    agent.wait_log(
+        "executable appeared or replaced: probes attached",
+        Duration::from_secs(30),
+    );
+    let mut p2 = Churn::start(&exe);
+    assert_eq!(p2.cmd("block 2"), "blocked 2");
+    let pid2 = p2.pid;
+    wait_for(
+        "the new build's process traced",
+        Duration::from_secs(30),
+        || {
+            let (_, s) = metrics(&agent);
+            let live = site_value(&s, "goroscope_site_goroutines", pid2, BLOCK, &[]);
+            let created = site_value(
+                &s,
+                "goroscope_site_goroutines_created_total",
+                pid2,
+                BLOCK,
+                &[],
+            );
+            (live == Some(2.0) && created == Some(2.0)).then_some(())
+        },
+    );
+    assert_eq!(p2.finish().code(), Some(0));
+    assert_eq!(agent.stop().code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -71,6 +71,7 @@ pub const METRICS: &[(&str, Kind, &[&str], &str)] = &[
     ("goroscope_build_info", Kind::Info, &["version"], "goroscope's version."),
     ("goroscope_traced_processes", Kind::Gauge, &[], "Processes whose goroutines are traced."),
     ("goroscope_target_attached", Kind::Gauge, &["target"], "Whether the probes of a configured target are attached (1) or not (0)."),
+    ("goroscope_target_waiting", Kind::Gauge, &["target"], "1 for an executable target whose file does not exist (yet) on this node: nothing to attach to, attached when it appears."),
     ("goroscope_attach_failures_total", Kind::Counter, &[], "Processes or targets that could not be traced."),
     ("goroscope_map_fill_ratio", Kind::Gauge, &["map"], "Fill ratio of a bounded kernel map (0..1); when full, events are lost and counted."),
     ("goroscope_refresh_duration_seconds", Kind::Gauge, &[], "Time the last refresh of the goroutine tables took."),
@@ -356,6 +357,12 @@ pub fn render(snap: &Snapshot, format: Format, scrape_seconds: f64) -> String {
         (
             vec![("target", t.target.as_str())],
             f64::from(u8::from(t.attached)),
+        )
+    });
+    e.family("goroscope_target_waiting", &snap.targets, |t| {
+        (
+            vec![("target", t.target.as_str())],
+            f64::from(u8::from(t.waiting)),
         )
     });
     e.family("goroscope_attach_failures_total", &[()], |_| {

@@ -23,6 +23,9 @@ use crate::tracker::{ProcessTable, SiteView};
 pub struct TargetStatus {
     pub target: String,
     pub attached: bool,
+    /// An `exe` target whose file does not exist (yet): probes are attached as soon as it
+    /// appears. Not an error: a DaemonSet runs where the service may not.
+    pub waiting: bool,
     /// Why it is not attached.
     pub error: Option<String>,
 }
@@ -171,9 +174,10 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Ready once every target has its probes attached and a refresh has been taken.
+    /// Ready once a refresh has been taken and every target has its probes attached (or
+    /// is an executable that does not exist yet, which is watched for).
     pub fn ready(&self) -> bool {
-        self.refreshed_at_unix > 0.0 && self.targets.iter().all(|t| t.attached)
+        self.refreshed_at_unix > 0.0 && self.targets.iter().all(|t| t.attached || t.waiting)
     }
 }
 
