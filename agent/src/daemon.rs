@@ -98,13 +98,16 @@ async fn shutdown_signal() {
     }
 }
 
-/// Identity of an `exe` target's file: (device, inode, modification time); None when it
-/// does not exist (or for a pid target).
-fn exe_identity(t: &Target) -> Option<(u64, u64, i64)> {
+/// Identity of an `exe` target's file: device, inode, size and modification time (a file
+/// still being written changes between refreshes and is tried again); None when it does
+/// not exist (or for a pid target).
+type FileIdentity = (u64, u64, u64, i64, i64);
+
+fn exe_identity(t: &Target) -> Option<FileIdentity> {
     use std::os::unix::fs::MetadataExt;
     let Target::Exe(p) = t else { return None };
     let m = std::fs::metadata(p).ok()?;
-    Some((m.dev(), m.ino(), m.mtime()))
+    Some((m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
 }
 
 /// One configured target in the refresher.
@@ -113,7 +116,7 @@ struct Traced {
     /// None: not attached (see `error`).
     session: Option<Session>,
     /// For an `exe` target: identity of the file last attached to (or tried).
-    file: Option<(u64, u64, i64)>,
+    file: Option<FileIdentity>,
     error: Option<String>,
 }
 
@@ -121,7 +124,7 @@ impl Traced {
     fn new(
         target: &Target,
         session: Option<Session>,
-        file: Option<(u64, u64, i64)>,
+        file: Option<FileIdentity>,
         error: Option<String>,
     ) -> Traced {
         Traced {
