@@ -135,9 +135,9 @@ impl Traced {
         }
     }
 
-    /// For an `exe` target: attaches when its file appears, and again when it is replaced
-    /// (a deploy installs a new binary: new inode, the old probes no longer fire for the
-    /// processes that run it). A file that cannot be traced is tried once per version.
+    /// For an `exe` target: a new session when its file appears, is replaced (a deploy
+    /// installs a new binary: new inode, the old probes no longer fire for the processes
+    /// that run it) or is removed. A file that cannot be traced is tried once per version.
     fn follow_exe(&mut self, cfg: &Config, retired_failures: &mut u64) {
         if !matches!(self.target, Target::Exe(_)) {
             return;
@@ -151,14 +151,13 @@ impl Traced {
             *retired_failures += old.attach_failures;
             // Dropping the old session detaches its probes.
         }
-        if now.is_none() {
-            tracing::warn!(traced = %self.target, "executable removed: probes detached; attached again when it reappears");
-            self.error = Some("executable not found".into());
-            return;
-        }
         match Session::attach_with(self.target.clone(), cfg.max_live_goroutines, cfg.contexts) {
             Ok(s) => {
-                tracing::info!(traced = %self.target, "executable appeared or replaced: probes attached");
+                if now.is_some() {
+                    tracing::info!(traced = %self.target, "executable appeared or replaced: probes attached");
+                } else {
+                    tracing::warn!(traced = %self.target, "executable removed: probes detached; attached again when it reappears");
+                }
                 self.session = Some(s);
                 self.error = None;
             }
@@ -187,7 +186,11 @@ fn refresher(
         let file = exe_identity(t);
         match Session::attach_with(t.clone(), cfg.max_live_goroutines, cfg.contexts) {
             Ok(s) => {
-                tracing::info!(traced = %t, "probes attached");
+                if matches!(t, Target::Exe(_)) && s.binaries_attached() == 0 {
+                    tracing::warn!(traced = %t, "executable not found: its probes are attached when it appears (here, or in a process's own mount namespace)");
+                } else {
+                    tracing::info!(traced = %t, "probes attached");
+                }
                 sessions.push(Traced::new(t, Some(s), file, None));
             }
             Err(e) if matches!(t, Target::Exe(_)) && file.is_none() => {
@@ -259,10 +262,12 @@ fn refresher(
                 .iter()
                 .map(|tr| TargetStatus {
                     target: tr.target.to_string(),
-                    attached: tr.session.is_some(),
-                    waiting: tr.session.is_none()
-                        && matches!(tr.target, Target::Exe(_))
-                        && tr.file.is_none(),
+                    attached: tr.session.as_ref().is_some_and(|s| {
+                        !matches!(tr.target, Target::Exe(_)) || s.binaries_attached() > 0
+                    }),
+                    waiting: tr.session.as_ref().is_some_and(|s| {
+                        matches!(tr.target, Target::Exe(_)) && s.binaries_attached() == 0
+                    }),
                     error: tr.error.clone(),
                 })
                 .collect(),

@@ -49,18 +49,21 @@ fn start_time(pid: u32) -> io::Result<u64> {
         .ok_or_else(|| io::Error::other("malformed /proc/PID/stat"))
 }
 
-/// Pids of the processes whose executable is the file at `exe`.
-pub fn pids_running(exe: &Path) -> Vec<u32> {
-    let Ok(target) = fs::metadata(exe) else {
-        return Vec::new();
-    };
-    let mut pids: Vec<u32> = fs::read_dir("/proc")
+/// Processes running the file at `exe`, or a binary they see at the path `exe` in their
+/// own mount namespace (a container: `/proc/PID/exe` reads as that path there), with the
+/// (device, inode) of the binary each runs.
+pub fn pids_running(exe: &Path) -> Vec<(u32, (u64, u64))> {
+    let here = fs::metadata(exe).ok().map(|m| (m.dev(), m.ino()));
+    let mut pids: Vec<(u32, (u64, u64))> = fs::read_dir("/proc")
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            fs::metadata(format!("/proc/{pid}/exe"))
-                .is_ok_and(|m| m.dev() == target.dev() && m.ino() == target.ino())
+        .filter_map(|pid| {
+            let link = format!("/proc/{pid}/exe");
+            let m = fs::metadata(&link).ok()?;
+            let ident = (m.dev(), m.ino());
+            (Some(ident) == here || fs::read_link(&link).is_ok_and(|p| p == exe))
+                .then_some((pid, ident))
         })
         .collect();
     pids.sort_unstable();

@@ -2,12 +2,15 @@
 //! their goroutine tables.
 //!
 //! `--pid N` traces one process (probes scoped to it). `--exe PATH` traces every process
-//! running that binary, present and future, with one shared set of probes. A process
+//! running that binary, present and future, with one shared set of probes per binary: the
+//! file at PATH, and any other binary that a process sees at PATH in its own mount
+//! namespace (a container), reached through that process's `/proc/PID/exe`. A process
 //! that exits is dropped and everything the kernel held about it is removed; a new
 //! process that reuses its pid is a different process (start time differs).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::num::NonZeroU32;
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -37,8 +40,13 @@ impl std::fmt::Display for Target {
 pub struct Session {
     target: Target,
     probes: Option<Probes>,
-    /// For `--exe`: the analysed binary shared by all its processes.
-    exe: Option<Arc<Analysis>>,
+    /// For `--exe`: every binary whose probes are attached, by (device, inode), each
+    /// analysed once and shared by all its processes.
+    binaries: HashMap<(u64, u64), Arc<Analysis>>,
+    /// Binaries seen at the target path that cannot be traced (tried once).
+    rejected: HashSet<(u64, u64)>,
+    /// Whether context probes are wanted.
+    want_contexts: bool,
     procs: BTreeMap<u32, Tracked>,
     /// Processes of the target that could not be traced (e.g. not permitted).
     pub attach_failures: u64,
@@ -87,14 +95,7 @@ impl Session {
     /// As [`Session::attach`]; `contexts: false` attaches the goroutine probes only.
     pub fn attach_with(target: Target, max_live: u32, contexts: bool) -> Result<Session> {
         let mut probes = Probes::load(max_live)?;
-        let mut s = Session {
-            target: target.clone(),
-            probes: None,
-            exe: None,
-            procs: BTreeMap::new(),
-            attach_failures: 0,
-            contexts: false,
-        };
+        let mut s = Session::empty(target.clone(), contexts);
         match &target {
             Target::Pid(pid) => {
                 let id = process::check_pid(*pid)?;
@@ -104,10 +105,15 @@ impl Session {
                 s.add(id, analysis)?;
             }
             Target::Exe(path) => {
-                let analysis = Arc::new(gobin::analyze(path)?);
-                s.contexts =
-                    attach_all(&mut probes, &analysis, path, Scope::AllProcesses, contexts)?;
-                s.exe = Some(analysis);
+                // The file on this filesystem, if there is one; processes that see a
+                // binary at this path in their own mount namespace are found by
+                // `discover`.
+                if let Ok(m) = std::fs::metadata(path) {
+                    let analysis = Arc::new(gobin::analyze(path)?);
+                    s.contexts =
+                        attach_all(&mut probes, &analysis, path, Scope::AllProcesses, contexts)?;
+                    s.binaries.insert((m.dev(), m.ino()), analysis);
+                }
             }
         }
         s.probes = Some(probes);
@@ -119,16 +125,62 @@ impl Session {
     pub fn inventory_only(pid: u32) -> Result<Session> {
         let id = process::check_pid(pid)?;
         let analysis = Arc::new(gobin::analyze(&id.exe_link())?);
-        let mut s = Session {
-            target: Target::Pid(pid),
+        let mut s = Session::empty(Target::Pid(pid), false);
+        s.add(id, analysis)?;
+        Ok(s)
+    }
+
+    fn empty(target: Target, want_contexts: bool) -> Session {
+        Session {
+            target,
             probes: None,
-            exe: None,
+            binaries: HashMap::new(),
+            rejected: HashSet::new(),
+            want_contexts,
             procs: BTreeMap::new(),
             attach_failures: 0,
             contexts: false,
-        };
-        s.add(id, analysis)?;
-        Ok(s)
+        }
+    }
+
+    /// For `--exe`: how many binaries have their probes attached (0: the file does not
+    /// exist here and no process runs a binary at that path).
+    pub fn binaries_attached(&self) -> usize {
+        self.binaries.len()
+    }
+
+    /// The analysis of the binary with this identity, analysing it and attaching its
+    /// probes (through `/proc/PID/exe` of a process running it) the first time.
+    fn binary(&mut self, ident: (u64, u64), pid: u32) -> Option<Arc<Analysis>> {
+        if let Some(a) = self.binaries.get(&ident) {
+            return Some(a.clone());
+        }
+        if self.rejected.contains(&ident) {
+            return None;
+        }
+        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+        let attached = gobin::analyze(&exe)
+            .map_err(anyhow::Error::from)
+            .and_then(|a| {
+                let probes = self.probes.as_mut().context("probes not loaded")?;
+                let ctx = attach_all(probes, &a, &exe, Scope::AllProcesses, self.want_contexts)?;
+                Ok((a, ctx))
+            });
+        match attached {
+            Ok((a, ctx)) => {
+                tracing::info!(pid, target = %self.target, "attached to the binary a process runs at the target path");
+                self.contexts |= ctx;
+                let a = Arc::new(a);
+                self.binaries.insert(ident, a.clone());
+                Some(a)
+            }
+            Err(e) => {
+                tracing::warn!(pid, target = %self.target, "cannot trace the binary at the target path: {e:#}");
+                self.attach_failures += 1;
+                self.rejected.insert(ident);
+                None
+            }
+        }
     }
 
     fn add(&mut self, id: ProcessId, analysis: Arc<Analysis>) -> Result<()> {
@@ -157,13 +209,16 @@ impl Session {
                 }
             }
         }
-        if let (Target::Exe(path), Some(analysis)) = (self.target.clone(), self.exe.clone()) {
-            for pid in process::pids_running(&path) {
+        if let Target::Exe(path) = self.target.clone() {
+            for (pid, ident) in process::pids_running(&path) {
                 if self.procs.contains_key(&pid) {
                     continue;
                 }
+                let Some(analysis) = self.binary(ident, pid) else {
+                    continue;
+                };
                 let Ok(id) = ProcessId::of(pid) else { continue };
-                if let Err(e) = self.add(id, analysis.clone()) {
+                if let Err(e) = self.add(id, analysis) {
                     self.attach_failures += 1;
                     tracing::warn!(pid, "cannot trace process: {e:#}");
                 }

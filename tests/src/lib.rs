@@ -182,12 +182,17 @@ const LINE_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Churn {
     pub fn start(path: &Path) -> Churn {
-        let mut child = Command::new(path)
+        Churn::start_with(Command::new(path))
+    }
+
+    /// Starts a fixture through `cmd` (which must end up exec'ing it, same pid).
+    pub fn start_with(mut cmd: Command) -> Churn {
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", path.display()));
+            .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
         let stdout = child.stdout.take().expect("stdout");
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {

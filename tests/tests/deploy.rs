@@ -177,7 +177,7 @@ fn daemonset_config_file_is_valid() {
     assert_eq!(
         c.targets,
         vec![goroscope::session::Target::Exe(
-            "/proc/1/root/usr/local/bin/myservice".into()
+            "/usr/local/bin/myservice".into()
         )]
     );
 }

@@ -285,3 +285,59 @@ fn dead_pid_is_a_clear_error() {
         "goroscope: error: no process with pid 4294967294"
     );
 }
+
+/// `--exe PATH` also reaches a process that sees a binary at PATH only in its own mount
+/// namespace (like a container): the path does not exist here, the probes are attached
+/// through the process's `/proc/PID/exe`, and its goroutines are traced exactly.
+#[test]
+fn exe_target_reaches_processes_in_their_own_mount_namespace() {
+    if !bpf_allowed("exe_target_reaches_processes_in_their_own_mount_namespace") {
+        return;
+    }
+    let base = std::env::temp_dir().join(format!("goroscope-mntns-{}", std::process::id()));
+    let (image, seen) = (base.join("image"), base.join("seen"));
+    std::fs::create_dir_all(&image).unwrap();
+    std::fs::create_dir_all(&seen).unwrap();
+    std::fs::copy(fixture(27, "blockers", "default").path, image.join("svc")).unwrap();
+    let exe_seen = seen.join("svc");
+    let mut s = Session::attach(Target::Exe(exe_seen.clone()), DEFAULT_MAX_LIVE).unwrap();
+    assert_eq!(s.binaries_attached(), 0);
+
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--mount",
+        "sh",
+        "-c",
+        &format!(
+            "mount --bind {} {} && exec {}",
+            image.display(),
+            seen.display(),
+            exe_seen.display()
+        ),
+    ]);
+    let mut p = Churn::start_with(cmd);
+    assert!(
+        !exe_seen.exists(),
+        "the bind mount is only in the process's namespace"
+    );
+    assert_eq!(p.cmd("block 4"), "blocked 4");
+    wait_for("the process found", Duration::from_secs(20), || {
+        s.refresh()
+            .unwrap()
+            .into_iter()
+            .find(|t| t.pid == p.pid)
+            .map(|_| ())
+    });
+    assert_eq!(s.binaries_attached(), 1);
+    // Created after its binary's probes were attached: seen by the creation probe.
+    assert_eq!(p.cmd("block 3"), "blocked 3");
+    let t = wait_for("7 live, 3 created", Duration::from_secs(20), || {
+        let t = s.refresh().unwrap().into_iter().find(|t| t.pid == p.pid)?;
+        let b = site(&t, "blockers", BLOCK);
+        (b.live == 7 && b.created == Some(3)).then_some(t)
+    });
+    assert_eq!(site(&t, "blockers", BLOCK).function, "main.spawner");
+    drop(s);
+    assert!(p.finish().success());
+    let _ = std::fs::remove_dir_all(&base);
+}
