@@ -588,6 +588,25 @@ impl Driven {
         Ok(())
     }
 
+    /// The pid a bench fixture announces in its first line, `ready <pid>`.
+    fn ready_pid(&mut self) -> Result<String> {
+        Ok(self
+            .line()?
+            .strip_prefix("ready ")
+            .context("fixture did not say ready")?
+            .to_string())
+    }
+
+    /// Sends `cmd` to a bench fixture and parses its reply, `<prefix> <number>`.
+    fn reply_value(&mut self, cmd: &str, prefix: &str) -> Result<f64> {
+        self.send(cmd)?;
+        let l = self.line()?;
+        l.strip_prefix(prefix)
+            .and_then(|v| v.strip_prefix(' '))
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("fixture said {l:?}"))
+    }
+
     /// Closes stdin and returns the remaining output.
     fn finish(mut self) -> Result<Vec<String>> {
         drop(self.stdin.take());
@@ -595,6 +614,28 @@ impl Driven {
         self.child.wait()?;
         Ok(rest)
     }
+}
+
+/// `goroscope bench-attach` on `pid` in `mode` with `hooks`, once it says it is attached;
+/// None for mode `none`.
+fn bench_attach(agent: &Path, pid: &str, mode: &str, hooks: &str) -> Result<Option<Driven>> {
+    if mode == "none" {
+        return Ok(None);
+    }
+    let mut a = Driven::start(Command::new(agent).args([
+        "bench-attach",
+        "--pid",
+        pid,
+        "--mode",
+        mode,
+        "--hooks",
+        hooks,
+    ]))?;
+    let l = a.line()?;
+    if l != "attached" {
+        bail!("agent said {l:?}");
+    }
+    Ok(Some(a))
 }
 
 impl Drop for Driven {
@@ -643,35 +684,9 @@ fn bench_contexts(runs: usize, n: u64, http_seconds: u64) -> Result<()> {
             // server's own CPU is what the probes cost, the VM's scheduling noise less so.
             let mut target =
                 Driven::start(Command::new("taskset").args(["-c", "0"]).arg(&fixture))?;
-            let pid = target
-                .line()?
-                .strip_prefix("ready ")
-                .context("fixture did not say ready")?
-                .to_string();
-            let mut a = if mode == "none" {
-                None
-            } else {
-                let mut a = Driven::start(Command::new(&agent).args([
-                    "bench-attach",
-                    "--pid",
-                    &pid,
-                    "--mode",
-                    mode,
-                    "--hooks",
-                    hooks,
-                ]))?;
-                let l = a.line()?;
-                if l != "attached" {
-                    bail!("agent said {l:?}");
-                }
-                Some(a)
-            };
-            target.send(&format!("ctx {n}"))?;
-            let l = target.line()?;
-            let v: f64 = l
-                .strip_prefix("ns ")
-                .and_then(|v| v.parse().ok())
-                .with_context(|| format!("fixture said {l:?}"))?;
+            let pid = target.ready_pid()?;
+            let mut a = bench_attach(&agent, &pid, mode, hooks)?;
+            let v = target.reply_value(&format!("ctx {n}"), "ns")?;
             ns.entry(name).or_default().push(v);
             // The server in the traced process, the load generator in its own (untraced).
             target.send("serve")?;
@@ -984,33 +999,9 @@ fn bench_overhead(runs: usize, n: u64, go: &str, no_entry: bool, gomaxprocs: u32
                 cmd.env("GOMAXPROCS", gomaxprocs.to_string());
             }
             let mut target = Driven::start(&mut cmd)?;
-            let ready = target.line()?;
-            let pid = ready
-                .strip_prefix("ready ")
-                .context("fixture did not say ready")?
-                .to_string();
-            let mut agent_proc = if mode == "none" {
-                None
-            } else {
-                let mut a = Driven::start(Command::new(&agent).args([
-                    "bench-attach",
-                    "--pid",
-                    &pid,
-                    "--mode",
-                    mode,
-                ]))?;
-                let l = a.line()?;
-                if l != "attached" {
-                    bail!("agent said {l:?}");
-                }
-                Some(a)
-            };
-            target.send(&format!("go {n}"))?;
-            let line = target.line()?;
-            let v: f64 = line
-                .strip_prefix("ns ")
-                .and_then(|v| v.parse().ok())
-                .with_context(|| format!("fixture said {line:?}"))?;
+            let pid = target.ready_pid()?;
+            let mut agent_proc = bench_attach(&agent, &pid, mode, "goroutines")?;
+            let v = target.reply_value(&format!("go {n}"), "ns")?;
             ns.entry(mode).or_default().push(v);
             if let Some(a) = agent_proc.take() {
                 let out = a.finish()?;
