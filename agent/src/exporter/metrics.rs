@@ -15,6 +15,7 @@ use goroscope_common::LIFETIME_BUCKETS;
 
 use super::{ProcessReport, Snapshot};
 use crate::contexts::ContextSiteView;
+use crate::leak::Verdict;
 use crate::tracker::{bucket_upper_seconds, SiteView};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,21 +130,10 @@ pub fn ranked_contexts(p: &ProcessReport, top: usize) -> Vec<(&ContextSiteView, 
 
 /// Folds a process's context sites like [`fold_sites`].
 fn fold_context_sites(p: &ProcessReport, top: usize) -> BTreeMap<(String, String), CtxAgg> {
-    let key_of = |function: &str, file: &str, line: u32| {
-        if file.is_empty() {
-            ("unknown".to_string(), "unknown".to_string())
-        } else {
-            (format!("{file}:{line}"), function.to_string())
-        }
-    };
     let mut out: BTreeMap<(String, String), CtxAgg> = BTreeMap::new();
     let mut own = std::collections::HashMap::new();
     for (c, in_top) in ranked_contexts(p, top) {
-        let key = if in_top {
-            key_of(&c.function, &c.file, c.line)
-        } else {
-            other_key()
-        };
+        let key = series_key(in_top, &c.function, &c.file, c.line);
         own.insert(c.location(), key.clone());
         let a = out.entry(key).or_default();
         a.created += c.created;
@@ -191,9 +181,21 @@ fn other_key() -> (String, String) {
     ("other".to_string(), "other".to_string())
 }
 
-/// A process's sites, ranked by (suspected, live, created), each with whether it is in
-/// the top `top` (its own series) or folded into "other".
-pub fn ranked_sites(p: &ProcessReport, top: usize) -> Vec<(&SiteView, bool)> {
+/// The `(site, function)` label pair of a site: its own (`file:line`, or `unknown` when
+/// the source location is not known) in the top, else the folded series.
+fn series_key(in_top: bool, function: &str, file: &str, line: u32) -> (String, String) {
+    if !in_top {
+        other_key()
+    } else if file.is_empty() {
+        ("unknown".to_string(), "unknown".to_string())
+    } else {
+        (format!("{file}:{line}"), function.to_string())
+    }
+}
+
+/// A process's sites, ranked by (suspected, live, created), each with its verdict and
+/// whether it is in the top `top` (its own series) or folded into "other".
+pub fn ranked_sites(p: &ProcessReport, top: usize) -> Vec<(&SiteView, Verdict, bool)> {
     let mut ranked: Vec<_> = p.table.sites.iter().map(|s| (s, p.verdict(s))).collect();
     ranked.sort_by(|(a, va), (b, vb)| {
         vb.suspected
@@ -205,22 +207,15 @@ pub fn ranked_sites(p: &ProcessReport, top: usize) -> Vec<(&SiteView, bool)> {
     ranked
         .into_iter()
         .enumerate()
-        .map(|(i, (s, _))| (s, i < top))
+        .map(|(i, (s, v))| (s, v, i < top))
         .collect()
 }
 
 /// Folds a process's sites into at most `top + 1` label pairs `(site, function)`.
 fn fold_sites(p: &ProcessReport, top: usize) -> BTreeMap<(String, String), SiteAgg> {
     let mut out: BTreeMap<(String, String), SiteAgg> = BTreeMap::new();
-    for (s, in_top) in ranked_sites(p, top) {
-        let v = p.verdict(s);
-        let key = if !in_top {
-            other_key()
-        } else if s.file.is_empty() {
-            ("unknown".to_string(), "unknown".to_string())
-        } else {
-            (format!("{}:{}", s.file, s.line), s.function.clone())
-        };
+    for (s, v, in_top) in ranked_sites(p, top) {
+        let key = series_key(in_top, &s.function, &s.file, s.line);
         let a = out.entry(key).or_default();
         a.live += s.live;
         a.waiting += s.waiting;
@@ -274,6 +269,16 @@ fn label_set(labels: &[(&str, &str)]) -> String {
         let _ = write!(s, "{k}=\"{}\"", escape(v));
     }
     s
+}
+
+/// The labels of a per-site series (goroutine and context sites alike).
+fn site_label_set(pid: &str, exe: &str, site: &str, function: &str) -> String {
+    label_set(&[
+        ("pid", pid),
+        ("exe", exe),
+        ("site", site),
+        ("function", function),
+    ])
 }
 
 fn value(v: f64) -> String {
@@ -482,15 +487,7 @@ pub fn render(snap: &Snapshot, format: Format, scrape_seconds: f64) -> String {
         .map(|p| {
             p.sites
                 .iter()
-                .map(|((site, function), a)| {
-                    let l = label_set(&[
-                        ("pid", &p.pid),
-                        ("exe", p.exe),
-                        ("site", site),
-                        ("function", function),
-                    ]);
-                    (l, a)
-                })
+                .map(|((site, function), a)| (site_label_set(&p.pid, p.exe, site, function), a))
                 .collect()
         })
         .collect();
@@ -552,15 +549,9 @@ pub fn render(snap: &Snapshot, format: Format, scrape_seconds: f64) -> String {
     let ctx_labels: Vec<(String, &CtxAgg)> = procs
         .iter()
         .flat_map(|p| {
-            p.contexts.iter().map(|((site, function), a)| {
-                let l = label_set(&[
-                    ("pid", &p.pid),
-                    ("exe", p.exe),
-                    ("site", site),
-                    ("function", function),
-                ]);
-                (l, a)
-            })
+            p.contexts
+                .iter()
+                .map(|((site, function), a)| (site_label_set(&p.pid, p.exe, site, function), a))
         })
         .collect();
     for (name, get) in ctx_families {

@@ -101,7 +101,7 @@ fn inc(now: u64, before: u64) -> u64 {
 impl OtherFold {
     /// Adds the increments of the sites folded into "other" this time.
     pub fn update(&mut self, r: &ProcessReport, top: usize) -> OtherCounters {
-        for (s, in_top) in metrics::ranked_sites(r, top) {
+        for (s, _, in_top) in metrics::ranked_sites(r, top) {
             let now = SiteCounters::of(s);
             let before = self.sites.get(&s.gopc).cloned().unwrap_or_default();
             if !in_top {
