@@ -121,20 +121,6 @@ struct Traced {
 }
 
 impl Traced {
-    fn new(
-        target: &Target,
-        session: Option<Session>,
-        file: Option<FileIdentity>,
-        error: Option<String>,
-    ) -> Traced {
-        Traced {
-            target: target.clone(),
-            session,
-            file,
-            error,
-        }
-    }
-
     /// For an `exe` target: a new session when its file appears, is replaced (a deploy
     /// installs a new binary: new inode, the old probes no longer fire for the processes
     /// that run it) or is removed. A file that cannot be traced is tried once per version.
@@ -191,11 +177,12 @@ fn refresher(
                 } else {
                     tracing::info!(traced = %t, "probes attached");
                 }
-                sessions.push(Traced::new(t, Some(s), file, None));
-            }
-            Err(e) if matches!(t, Target::Exe(_)) && file.is_none() => {
-                tracing::warn!(traced = %t, "executable not found: its probes are attached when it appears");
-                sessions.push(Traced::new(t, None, None, Some(format!("{e:#}"))));
+                sessions.push(Traced {
+                    target: t.clone(),
+                    session: Some(s),
+                    file,
+                    error: None,
+                });
             }
             Err(e) => {
                 let _ = started.send(Err(e.context(format!("cannot trace {t}"))));

@@ -135,7 +135,7 @@ pub fn analyze_bytes(path: &Path, data: &[u8]) -> Result<Analysis, BinaryError> 
     let (pcln_addr, pcln_data) =
         pcln_section.ok_or_else(|| corrupt(Malformed::new("no .gopclntab section")))?;
     let text_section = elf.section(".text").map(|(a, _)| a);
-    let pclntab = Pclntab::parse(pcln_data, |header| {
+    let mut pclntab = Pclntab::parse(pcln_data, |header| {
         if header != 0 {
             header
         } else if let Some(v) = elf.relative_reloc_at(pcln_addr + 24) {
@@ -150,7 +150,6 @@ pub fn analyze_bytes(path: &Path, data: &[u8]) -> Result<Analysis, BinaryError> 
     }
     // FUNCDATA (inline trees) for naming inlined functions; without it, a site inside an
     // inlined call is named after the function it was inlined into.
-    let mut pclntab = pclntab;
     if let Some(g) = moduledata::gofunc(&elf, pcln_addr, pclntab.funcnametab_offset()) {
         if let Some((start, data)) = elf.section_containing(g) {
             pclntab.set_gofunc(data[(g - start) as usize..].to_vec());
