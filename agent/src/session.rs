@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::num::NonZeroU32;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -63,7 +63,7 @@ const CONTEXT_HOOKS: [Hook; 2] = [Hook::ContextCreate, Hook::ContextCancel];
 fn attach_all(
     probes: &mut Probes,
     analysis: &Analysis,
-    path: &std::path::Path,
+    path: &Path,
     scope: Scope,
     contexts: bool,
 ) -> Result<bool> {
@@ -102,21 +102,19 @@ impl Session {
                 let analysis = Arc::new(gobin::analyze(&id.exe_link())?);
                 let scope = Scope::Pid(NonZeroU32::new(*pid).context("pid 0")?);
                 s.contexts = attach_all(&mut probes, &analysis, &id.exe_link(), scope, contexts)?;
+                s.probes = Some(probes);
                 s.add(id, analysis)?;
             }
             Target::Exe(path) => {
+                s.probes = Some(probes);
                 // The file on this filesystem, if there is one; processes that see a
                 // binary at this path in their own mount namespace are found by
                 // `discover`.
                 if let Ok(m) = std::fs::metadata(path) {
-                    let analysis = Arc::new(gobin::analyze(path)?);
-                    s.contexts =
-                        attach_all(&mut probes, &analysis, path, Scope::AllProcesses, contexts)?;
-                    s.binaries.insert((m.dev(), m.ino()), analysis);
+                    s.attach_binary((m.dev(), m.ino()), path)?;
                 }
             }
         }
-        s.probes = Some(probes);
         s.discover();
         Ok(s)
     }
@@ -149,6 +147,16 @@ impl Session {
         self.binaries.len()
     }
 
+    /// Analyses the binary at `path` (identity `ident`) and attaches its probes for all
+    /// processes that run it.
+    fn attach_binary(&mut self, ident: (u64, u64), path: &Path) -> Result<Arc<Analysis>> {
+        let a = Arc::new(gobin::analyze(path)?);
+        let probes = self.probes.as_mut().context("probes not loaded")?;
+        self.contexts |= attach_all(probes, &a, path, Scope::AllProcesses, self.want_contexts)?;
+        self.binaries.insert(ident, a.clone());
+        Ok(a)
+    }
+
     /// The analysis of the binary with this identity, analysing it and attaching its
     /// probes (through `/proc/PID/exe` of a process running it) the first time.
     fn binary(&mut self, ident: (u64, u64), pid: u32) -> Option<Arc<Analysis>> {
@@ -158,20 +166,9 @@ impl Session {
         if self.rejected.contains(&ident) {
             return None;
         }
-        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-        let attached = gobin::analyze(&exe)
-            .map_err(anyhow::Error::from)
-            .and_then(|a| {
-                let probes = self.probes.as_mut().context("probes not loaded")?;
-                let ctx = attach_all(probes, &a, &exe, Scope::AllProcesses, self.want_contexts)?;
-                Ok((a, ctx))
-            });
-        match attached {
-            Ok((a, ctx)) => {
+        match self.attach_binary(ident, &PathBuf::from(format!("/proc/{pid}/exe"))) {
+            Ok(a) => {
                 tracing::info!(pid, target = %self.target, "attached to the binary a process runs at the target path");
-                self.contexts |= ctx;
-                let a = Arc::new(a);
-                self.binaries.insert(ident, a.clone());
                 Some(a)
             }
             Err(e) => {

@@ -223,6 +223,16 @@ impl<'data> Elf<'data> {
         })
     }
 
+    /// The pointer-sized word at `vaddr` as the loaded program sees it: the file's value,
+    /// or, when that is 0 (PIE), the link-time value its relocation puts there.
+    pub fn word_at(&self, vaddr: u64) -> Option<u64> {
+        let v = u64::from_le_bytes(self.bytes_at(vaddr, 8)?.try_into().ok()?);
+        if v != 0 {
+            return Some(v);
+        }
+        self.relative_reloc_at(vaddr)
+    }
+
     /// For PIE binaries: the addend of an R_X86_64_RELATIVE relocation that targets
     /// `vaddr`, i.e. the link-time value stored there once relocated.
     pub fn relative_reloc_at(&self, vaddr: u64) -> Option<u64> {

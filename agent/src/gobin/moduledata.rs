@@ -21,29 +21,18 @@ pub fn gofunc(elf: &Elf<'_>, pclntab: u64, funcnametab_off: u64) -> Option<u64> 
     {
         return Some(a);
     }
-    let relocs: Vec<(u64, u64)> = elf
+    let funcnametab = pclntab.checked_add(funcnametab_off)?;
+    // Candidates: 8-aligned words of the data sections equal to the pclntab address, and
+    // relocated words whose link-time value is.
+    let mut candidates: Vec<u64> = elf
         .file
         .dynamic_relocations()
         .into_iter()
         .flatten()
-        .filter(|(_, r)| r.kind() == object::RelocationKind::Relative)
-        .map(|(off, r)| (off, r.addend() as u64))
-        .collect();
-    let word = |vaddr: u64| -> Option<u64> {
-        let b = elf.bytes_at(vaddr, 8)?;
-        let v = u64::from_le_bytes(b.try_into().ok()?);
-        if v != 0 {
-            return Some(v);
-        }
-        relocs.iter().find(|(o, _)| *o == vaddr).map(|(_, a)| *a)
-    };
-    let funcnametab = pclntab.checked_add(funcnametab_off)?;
-    // Candidates: 8-aligned words of the data sections equal to the pclntab address, and
-    // relocated words whose link-time value is.
-    let mut candidates: Vec<u64> = relocs
-        .iter()
-        .filter(|(_, a)| *a == pclntab)
-        .map(|(o, _)| *o)
+        .filter(|(_, r)| {
+            r.kind() == object::RelocationKind::Relative && r.addend() as u64 == pclntab
+        })
+        .map(|(off, _)| off)
         .collect();
     for name in [".go.module", ".noptrdata", ".data", ".data.rel.ro"] {
         if let Some(s) = elf.file.section_by_name(name) {
@@ -57,19 +46,19 @@ pub fn gofunc(elf: &Elf<'_>, pclntab: u64, funcnametab_off: u64) -> Option<u64> 
     }
     let rodata = elf.section(".rodata")?.0;
     for md in candidates {
-        if word(md.wrapping_add(8)) != Some(funcnametab) {
+        if elf.word_at(md.wrapping_add(8)) != Some(funcnametab) {
             continue;
         }
         // `rodata` is at offset 312 in Go 1.21–1.26 and 336 in 1.27; `types` (296) holds
         // the same address, so the last match counts.
         let Some(off) = (296..=344)
             .step_by(8)
-            .filter(|off| word(md.wrapping_add(*off)) == Some(rodata))
+            .filter(|off| elf.word_at(md.wrapping_add(*off)) == Some(rodata))
             .last()
         else {
             continue;
         };
-        let g = word(md.wrapping_add(off + 8))?;
+        let g = elf.word_at(md.wrapping_add(off + 8))?;
         return elf.bytes_at(g, 1).is_some().then_some(g);
     }
     None
