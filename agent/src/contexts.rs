@@ -13,6 +13,7 @@ use goroscope_common::{CtxInfo, CtxSiteStats};
 use serde::Serialize;
 
 use crate::gobin::Analysis;
+use crate::inventory::u64_at;
 use crate::process::ProcMem;
 
 /// The done channels of the tracked contexts.
@@ -42,8 +43,7 @@ pub fn done_channels(mem: &ProcMem, done_off: u32, live: &HashMap<u64, CtxInfo>)
         return out;
     }
     for ((_, info), b) in ctxs.iter().zip(&bufs) {
-        let ty = u64::from_le_bytes(b[..8].try_into().expect("8 bytes"));
-        let chan = u64::from_le_bytes(b[8..].try_into().expect("8 bytes"));
+        let (ty, chan) = (u64_at(b, 0), u64_at(b, 8));
         if chan != 0 {
             out.by_chan.insert(chan, info.site);
             out.chan_type.get_or_insert(ty);
@@ -57,8 +57,8 @@ pub fn done_channels(mem: &ProcMem, done_off: u32, live: &HashMap<u64, CtxInfo>)
 const TYPE_KIND: usize = 23;
 const KIND_MASK: u8 = 0x1f;
 const KIND_CHAN: u8 = 18;
-const CHANTYPE_ELEM: usize = 48;
-const CHANTYPE_DIR: usize = 56;
+const CHANTYPE_ELEM: u32 = 48;
+const CHANTYPE_DIR: u32 = 56;
 const BOTH_DIR: u64 = 3;
 
 /// Whether the type descriptor at `ty` (in the process) is `chan struct{}` (or another
@@ -68,12 +68,10 @@ fn is_empty_chan_type(mem: &ProcMem, ty: u64) -> bool {
     if ty == 0 || mem.read(ty, &mut t).is_err() || t[TYPE_KIND] & KIND_MASK != KIND_CHAN {
         return false;
     }
-    let word = |o: usize| u64::from_le_bytes(t[o..o + 8].try_into().expect("8 bytes"));
-    word(CHANTYPE_DIR) == BOTH_DIR
-        && word(CHANTYPE_ELEM) != 0
-        && mem
-            .read_u64(word(CHANTYPE_ELEM))
-            .is_ok_and(|size| size == 0)
+    let elem = u64_at(&t, CHANTYPE_ELEM);
+    u64_at(&t, CHANTYPE_DIR) == BOTH_DIR
+        && elem != 0
+        && mem.read_u64(elem).is_ok_and(|size| size == 0)
 }
 
 /// Learns the `chan struct{}` type word from the parents themselves when no tracked
@@ -100,10 +98,7 @@ pub fn read_children(
     parents: &mut [ParentView],
 ) {
     for p in parents.iter_mut() {
-        let mut done = [0u8; 8];
-        if mem.read(p.parent + u64::from(off.done), &mut done).is_err()
-            || u64::from_le_bytes(done) != chan_type
-        {
+        if mem.read_u64(p.parent + u64::from(off.done)).ok() != Some(chan_type) {
             continue;
         }
         let Ok(m) = mem.read_u64(p.parent + u64::from(off.children)) else {

@@ -105,10 +105,6 @@ pub fn read(mem: &ProcMem, a: &Analysis, bias: u64) -> Result<Vec<G>> {
         .map(|(p, b)| (*p, b.as_mut_slice()))
         .collect();
     mem.read_many(&mut reads).context("reading goroutines")?;
-    let u64_at = |b: &[u8], off: u32| {
-        let off = off as usize;
-        u64::from_le_bytes(b[off..off + 8].try_into().expect("in bounds"))
-    };
     let mut out = Vec::with_capacity(blocks.len());
     for b in &blocks {
         let status = (u64_at(b, o.atomicstatus) as u32) & !G_SCAN;
@@ -131,6 +127,13 @@ pub fn read(mem: &ProcMem, a: &Analysis, bias: u64) -> Result<Vec<G>> {
         });
     }
     Ok(out)
+}
+
+/// The little-endian word at `off` of a block read from the process; callers size their
+/// blocks to hold every offset they read.
+pub(crate) fn u64_at(b: &[u8], off: u32) -> u64 {
+    let off = off as usize;
+    u64::from_le_bytes(b[off..off + 8].try_into().expect("in bounds"))
 }
 
 /// Sudogs followed per goroutine (a `select` has one per case).
@@ -161,10 +164,6 @@ pub fn waiting_channels(mem: &ProcMem, a: &Analysis, gs: &[G]) -> Vec<(usize, u6
         if mem.read_many(&mut reads).is_err() {
             break;
         }
-        let u64_at = |b: &[u8], off: u32| {
-            let off = off as usize;
-            u64::from_le_bytes(b[off..off + 8].try_into().expect("in bounds"))
-        };
         let mut next = Vec::new();
         for ((i, _), b) in frontier.iter().zip(&blocks) {
             let c = u64_at(b, so.c);
