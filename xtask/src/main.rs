@@ -648,13 +648,9 @@ impl Drop for Driven {
     }
 }
 
-fn bench_contexts(runs: usize, n: u64, http_seconds: u64) -> Result<()> {
-    if !is_root() {
-        bail!("the contexts benchmark attaches BPF programs: run it as root");
-    }
-    if runs == 0 || n == 0 || http_seconds == 0 {
-        bail!("--runs, --contexts and --http-seconds must be positive");
-    }
+/// What every benchmark needs: Go toolchains and fixtures ready, and the agent built
+/// with optimizations; returns the agent's path.
+fn bench_agent() -> Result<PathBuf> {
     setup_go()?;
     fixtures()?;
     run(Command::new(cargo()).current_dir(root()).args([
@@ -664,7 +660,17 @@ fn bench_contexts(runs: usize, n: u64, http_seconds: u64) -> Result<()> {
         "-p",
         "goroscope",
     ]))?;
-    let agent = root().join("target/release/goroscope");
+    Ok(root().join("target/release/goroscope"))
+}
+
+fn bench_contexts(runs: usize, n: u64, http_seconds: u64) -> Result<()> {
+    if !is_root() {
+        bail!("the contexts benchmark attaches BPF programs: run it as root");
+    }
+    if runs == 0 || n == 0 || http_seconds == 0 {
+        bail!("--runs, --contexts and --http-seconds must be positive");
+    }
+    let agent = bench_agent()?;
     let fixture = fixtures_dir().join("go1.27.3/ctxbench-default");
     // (name, bench-attach mode, hooks): the last two trace goroutines only (HTTP only).
     let modes = [
@@ -846,16 +852,7 @@ fn bench_scrape(processes: usize, scrapes: usize) -> Result<()> {
     if processes == 0 || scrapes == 0 {
         bail!("--processes and --scrapes must be positive");
     }
-    setup_go()?;
-    fixtures()?;
-    run(Command::new(cargo()).current_dir(root()).args([
-        "build",
-        "--release",
-        "-q",
-        "-p",
-        "goroscope",
-    ]))?;
-    let agent_bin = root().join("target/release/goroscope");
+    let agent_bin = bench_agent()?;
     let fixture = fixtures_dir().join("go1.26.6/sites-default");
     let mut procs = Vec::new();
     for _ in 0..processes {
@@ -969,16 +966,7 @@ fn bench_overhead(runs: usize, n: u64, go: &str, no_entry: bool, gomaxprocs: u32
     if runs == 0 || n == 0 {
         bail!("--runs and --goroutines must be positive");
     }
-    setup_go()?;
-    fixtures()?;
-    run(Command::new(cargo()).current_dir(root()).args([
-        "build",
-        "--release",
-        "-q",
-        "-p",
-        "goroscope",
-    ]))?;
-    let agent = root().join("target/release/goroscope");
+    let agent = bench_agent()?;
     let fixture = fixtures_dir().join(format!("go{go}/bench-default"));
     if !fixture.exists() {
         bail!(
