@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use goroscope::cli::{self, Cli, Command};
-use goroscope::config::{Config, LogFormat};
+use goroscope::daemon::config::{Config, LogFormat};
 
 fn init_logs(level: Option<&str>, default: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -1,10 +1,11 @@
 //! Processes on this host: identity (pid + start time, so a reused pid is not mistaken
-//! for the old process), executable, load bias, and reading their memory.
+//! for the old process), executable and load bias. Reading their memory is
+//! [`crate::intake::memory`]; finding them, [`crate::discover`].
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::num::NonZeroU32;
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 
@@ -32,8 +33,18 @@ impl ProcessId {
     /// `/proc/PID/exe`: opens the process's executable even if it was deleted or
     /// replaced on disk.
     pub fn exe_link(&self) -> PathBuf {
-        PathBuf::from(format!("/proc/{}/exe", self.pid))
+        exe_link(self.pid)
     }
+}
+
+/// `/proc/PID/exe` of any pid.
+pub fn exe_link(pid: u32) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}/exe"))
+}
+
+/// A process id given by the user: anything but 0.
+pub fn nonzero_pid(pid: u32) -> Result<NonZeroU32> {
+    NonZeroU32::new(pid).context("--pid must be a process id, not 0")
 }
 
 fn start_time(pid: u32) -> io::Result<u64> {
@@ -49,32 +60,9 @@ fn start_time(pid: u32) -> io::Result<u64> {
         .ok_or_else(|| io::Error::other("malformed /proc/PID/stat"))
 }
 
-/// Processes running the file at `exe`, or a binary they see at the path `exe` in their
-/// own mount namespace (a container: `/proc/PID/exe` reads as that path there), with the
-/// (device, inode) of the binary each runs.
-pub fn pids_running(exe: &Path) -> Vec<(u32, (u64, u64))> {
-    let here = fs::metadata(exe).ok().map(|m| (m.dev(), m.ino()));
-    let mut pids: Vec<(u32, (u64, u64))> = fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| {
-            let link = format!("/proc/{pid}/exe");
-            let m = fs::metadata(&link).ok()?;
-            let ident = (m.dev(), m.ino());
-            (Some(ident) == here || fs::read_link(&link).is_ok_and(|p| p == exe))
-                .then_some((pid, ident))
-        })
-        .collect();
-    pids.sort_unstable();
-    pids
-}
-
 /// Checks that `pid` exists, with a message an SRE can act on.
 pub fn check_pid(pid: u32) -> Result<ProcessId> {
-    if pid == 0 {
-        bail!("--pid must be a process id, not 0");
-    }
+    nonzero_pid(pid)?;
     let id = ProcessId::of(pid).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => anyhow::anyhow!("no process with pid {pid}"),
         _ => anyhow::anyhow!("reading /proc/{pid}: {e}"),
@@ -88,7 +76,7 @@ pub fn check_pid(pid: u32) -> Result<ProcessId> {
 /// The load bias of a PIE executable in `pid`: runtime address = link address + bias.
 /// Zero for non-PIE executables.
 pub fn load_bias(pid: u32, first_load_vaddr: u64, first_load_offset: u64) -> Result<u64> {
-    let exe = fs::read_link(format!("/proc/{pid}/exe"))?;
+    let exe = fs::read_link(exe_link(pid))?;
     let exe = exe.to_string_lossy();
     let exe = exe.trim_end_matches(" (deleted)");
     let maps = fs::read_to_string(format!("/proc/{pid}/maps"))?;
@@ -108,73 +96,4 @@ pub fn load_bias(pid: u32, first_load_vaddr: u64, first_load_offset: u64) -> Res
         }
     }
     bail!("pid {pid}: executable {exe} not found in /proc/{pid}/maps")
-}
-
-/// Reads another process's memory with `process_vm_readv` (needs ptrace permission on
-/// it: same user, or CAP_SYS_PTRACE).
-pub struct ProcMem {
-    pid: libc::pid_t,
-}
-
-impl ProcMem {
-    pub fn new(pid: u32) -> ProcMem {
-        ProcMem {
-            pid: pid as libc::pid_t,
-        }
-    }
-
-    /// Fills `buf` from `addr`; a short read is an error.
-    pub fn read(&self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.read_many(&mut [(addr, buf)])
-    }
-
-    pub fn read_u64(&self, addr: u64) -> io::Result<u64> {
-        let mut b = [0u8; 8];
-        self.read(addr, &mut b)?;
-        Ok(u64::from_le_bytes(b))
-    }
-
-    /// Several reads in one system call (at most 1024 at once, IOV_MAX).
-    pub fn read_many(&self, reads: &mut [(u64, &mut [u8])]) -> io::Result<()> {
-        for chunk in reads.chunks_mut(1024) {
-            let local: Vec<libc::iovec> = chunk
-                .iter_mut()
-                .map(|(_, b)| libc::iovec {
-                    iov_base: b.as_mut_ptr().cast(),
-                    iov_len: b.len(),
-                })
-                .collect();
-            let remote: Vec<libc::iovec> = chunk
-                .iter()
-                .map(|(a, b)| libc::iovec {
-                    iov_base: *a as usize as *mut libc::c_void,
-                    iov_len: b.len(),
-                })
-                .collect();
-            let want: usize = chunk.iter().map(|(_, b)| b.len()).sum();
-            // SAFETY: every local iovec points into a live, exclusively borrowed buffer of
-            // the stated length; the remote iovecs are only read by the kernel, which
-            // checks them against the target's address space.
-            let n = unsafe {
-                libc::process_vm_readv(
-                    self.pid,
-                    local.as_ptr(),
-                    local.len() as libc::c_ulong,
-                    remote.as_ptr(),
-                    remote.len() as libc::c_ulong,
-                    0,
-                )
-            };
-            if n < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if n as usize != want {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("short read from pid {}: {n} of {want} bytes", self.pid),
-                ));
-            }
-        }
-        Ok(())
-    }
 }

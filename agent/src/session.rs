@@ -9,17 +9,19 @@
 //! process that reuses its pid is a different process (start time differs).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::num::NonZeroU32;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
+use crate::discover;
 use crate::gobin::{self, Analysis, Hook};
+use crate::intake::ProcessReader;
+use crate::model::{MapFill, ProcessTable};
 use crate::probe::{Probes, Program, Scope};
 use crate::process::{self, ProcessId};
-use crate::tracker::{ProcessTable, Tracked};
+use crate::track::{ProcessMeta, Tracker};
 
 /// What to trace.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -47,11 +49,17 @@ pub struct Session {
     rejected: HashSet<(u64, u64)>,
     /// Whether context probes are wanted.
     want_contexts: bool,
-    procs: BTreeMap<u32, Tracked>,
+    procs: BTreeMap<u32, Traced>,
     /// Processes of the target that could not be traced (e.g. not permitted).
     pub attach_failures: u64,
     /// Whether the context probes are attached.
     contexts: bool,
+}
+
+/// One traced process: how it is read, and what is remembered about it.
+struct Traced {
+    reader: ProcessReader,
+    tracker: Tracker,
 }
 
 const HOOKS: [Hook; 2] = [Hook::GoroutineCreate, Hook::GoroutineExit];
@@ -72,8 +80,7 @@ fn attach_all(
         tracing::info!(binary = %analysis.path.display(), "contexts not traced: disabled by configuration");
         return Ok(false);
     }
-    let has = |h: Hook| analysis.probe_sites.iter().any(|s| s.hook == h);
-    if CONTEXT_HOOKS.iter().all(|h| has(*h)) {
+    if analysis.has_sites(&CONTEXT_HOOKS) {
         probes.attach(analysis, path, &CONTEXT_HOOKS, scope, Program::Goroscope)?;
         Ok(true)
     } else {
@@ -100,7 +107,7 @@ impl Session {
             Target::Pid(pid) => {
                 let id = process::check_pid(*pid)?;
                 let analysis = Arc::new(gobin::analyze(&id.exe_link())?);
-                let scope = Scope::Pid(NonZeroU32::new(*pid).context("pid 0")?);
+                let scope = Scope::Pid(process::nonzero_pid(*pid)?);
                 s.contexts = attach_all(&mut probes, &analysis, &id.exe_link(), scope, contexts)?;
                 s.probes = Some(probes);
                 s.add(id, analysis)?;
@@ -166,7 +173,7 @@ impl Session {
         if self.rejected.contains(&ident) {
             return None;
         }
-        match self.attach_binary(ident, &PathBuf::from(format!("/proc/{pid}/exe"))) {
+        match self.attach_binary(ident, &process::exe_link(pid)) {
             Ok(a) => {
                 tracing::info!(pid, target = %self.target, "attached to the binary a process runs at the target path");
                 Some(a)
@@ -180,12 +187,21 @@ impl Session {
         }
     }
 
+    /// Starts tracing a process: its attach-time inventory is taken now (the probes are
+    /// attached already), so every goroutine alive now counts as older than the attach.
     fn add(&mut self, id: ProcessId, analysis: Arc<Analysis>) -> Result<()> {
-        let mut t = Tracked::new(id, analysis)?;
-        // The attach-time inventory: every goroutine alive now is stamped as seen.
-        let _ = t.table(None, None, None, None);
+        let mut reader = ProcessReader::new(id, analysis.clone())?;
+        let meta = ProcessMeta {
+            id,
+            exe: std::fs::read_link(id.exe_link())
+                .unwrap_or_else(|_| analysis.path.clone())
+                .display()
+                .to_string(),
+            go_version: analysis.go_version.clone(),
+        };
+        let tracker = Tracker::new(meta, &reader.observe(None), &*analysis);
         tracing::info!(pid = id.pid, "tracing process");
-        self.procs.insert(id.pid, t);
+        self.procs.insert(id.pid, Traced { reader, tracker });
         Ok(())
     }
 
@@ -194,7 +210,7 @@ impl Session {
         let gone: Vec<u32> = self
             .procs
             .iter()
-            .filter(|(_, t)| !t.id.is_alive())
+            .filter(|(_, t)| !t.reader.id().is_alive())
             .map(|(pid, _)| *pid)
             .collect();
         for pid in gone {
@@ -207,7 +223,7 @@ impl Session {
             }
         }
         if let Target::Exe(path) = self.target.clone() {
-            for (pid, ident) in process::pids_running(&path) {
+            for (pid, ident) in discover::pids_running(&path) {
                 if self.procs.contains_key(&pid) {
                     continue;
                 }
@@ -232,39 +248,24 @@ impl Session {
         &self.target
     }
 
-    pub fn probes(&self) -> Option<&Probes> {
-        self.probes.as_ref()
+    /// Fill ratios of the kernel maps (None without probes).
+    pub fn map_fill(&self) -> Option<Result<MapFill>> {
+        self.probes.as_ref().map(Probes::map_fill)
     }
 
-    /// Current goroutine tables of every traced process.
+    /// Current goroutine tables of every traced process: the kernel's maps are read
+    /// once, then each process is observed (intake) and its table built (track).
     pub fn refresh(&mut self) -> Result<Vec<ProcessTable>> {
         self.discover();
-        let (live, sites) = match &self.probes {
-            Some(p) => (Some(p.live()?), Some(p.sites()?)),
-            None => (None, None),
-        };
-        let ctxs = match &self.probes {
-            Some(p) if self.contexts => Some((p.contexts()?, p.context_sites()?)),
-            _ => None,
+        let mut kernel = match &self.probes {
+            Some(p) => Some(p.read(self.contexts)?),
+            None => None,
         };
         let mut out = Vec::with_capacity(self.procs.len());
         for (pid, t) in self.procs.iter_mut() {
-            let counters = match &self.probes {
-                Some(p) => Some(p.counters(*pid)?),
-                None => None,
-            };
-            let empty = Default::default();
-            let l = live.as_ref().map(|l| l.get(pid).unwrap_or(&empty));
-            let empty_sites = Default::default();
-            let s = sites.as_ref().map(|s| s.get(pid).unwrap_or(&empty_sites));
-            let empty_ctx = (HashMap::new(), HashMap::new());
-            let c = ctxs.as_ref().map(|(l, s)| {
-                (
-                    l.get(pid).unwrap_or(&empty_ctx.0),
-                    s.get(pid).unwrap_or(&empty_ctx.1),
-                )
-            });
-            out.push(t.table(l, s, counters, c));
+            let records = kernel.as_mut().map(|k| k.take(*pid));
+            let obs = t.reader.observe(records);
+            out.push(t.tracker.update(&obs, &**t.reader.analysis()));
         }
         Ok(out)
     }

@@ -51,7 +51,7 @@ fn smoke(minor: u32, variant: &str) {
     let what = format!("Go 1.{minor} {variant}");
     assert_eq!(c.created, 2 * N, "{what}: created");
     assert_eq!(c.exited, 2 * N, "{what}: exited");
-    assert_eq!(c.lost(), 0, "{what}: lost events");
+    assert_eq!(c.lost.total(), 0, "{what}: lost events");
     assert_eq!(
         probes.totals(other.pid).unwrap().created,
         0,

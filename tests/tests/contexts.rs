@@ -9,9 +9,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use goroscope::contexts::ContextSiteView;
+use goroscope::model::{ContextSiteView, ProcessTable};
 use goroscope::session::{Session, Target};
-use goroscope::tracker::ProcessTable;
+use goroscope_common::Loss;
 use goroscope_common::DEFAULT_MAX_LIVE;
 use integration_tests::{
     bpf_allowed, fixture, fixture_source, goroscope_bin, line_of, wait_for, Churn,
@@ -75,7 +75,10 @@ fn scenarios(minor: u32, variant: &str) {
     );
     let c = t.counters.as_ref().unwrap();
     assert_eq!(
-        (c.context_map_full, c.context_site_map_full),
+        (
+            c.lost.get(Loss::ContextMapFull),
+            c.lost.get(Loss::ContextSiteMapFull)
+        ),
         (0, 0),
         "{what}"
     );
@@ -189,7 +192,7 @@ fn hundred_thousand_children(minor: u32) {
         "{what}: every one tracked"
     );
     let c = t.counters.as_ref().unwrap();
-    assert_eq!(c.context_map_full, 0, "{what}");
+    assert_eq!(c.lost.get(Loss::ContextMapFull), 0, "{what}");
     let ch = ctx_site(&t, "// contexts: children of the long-lived parent");
     assert_eq!(ch.created, 100_000, "{what}");
     assert_eq!(p.finish().code(), Some(0), "{what}");

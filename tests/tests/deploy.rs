@@ -165,11 +165,11 @@ fn daemonset_config_file_is_valid() {
     let path =
         std::env::temp_dir().join(format!("goroscope-daemonset-{}.toml", std::process::id()));
     std::fs::write(&path, &toml).unwrap();
-    let args = goroscope::config::RunArgs {
+    let args = goroscope::daemon::config::RunArgs {
         config: Some(path.clone()),
         ..Default::default()
     };
-    let c = goroscope::config::Config::resolve(&args);
+    let c = goroscope::daemon::config::Config::resolve(&args);
     let _ = std::fs::remove_file(&path);
     let c = c.unwrap_or_else(|e| panic!("{e:#}\n{toml}"));
     assert_eq!(c.listen.port(), 9750);

@@ -147,7 +147,7 @@ fn probe_sites_are_the_cheap_ones_on_every_build() {
             }
         }
         let one = |h: Hook| {
-            let v: Vec<_> = a.probe_sites.iter().filter(|s| s.hook == h).collect();
+            let v: Vec<_> = a.sites_for(h).collect();
             assert_eq!(v.len(), 1, "{what}: {h:?}");
             v[0].clone()
         };

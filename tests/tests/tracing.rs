@@ -5,8 +5,9 @@
 use std::process::Command;
 use std::time::Duration;
 
+use goroscope::model::{ProcessTable, SiteView};
 use goroscope::session::{Session, Target};
-use goroscope::tracker::{ProcessTable, SiteView};
+use goroscope_common::Loss;
 use goroscope_common::DEFAULT_MAX_LIVE;
 use integration_tests::{
     bpf_allowed, fixture, fixture_source, goroscope_bin, goroscope_json, line_of, wait_for, Churn,
@@ -64,7 +65,11 @@ fn blockers(minor: u32, variant: &str) {
     );
     let c = t.counters.as_ref().unwrap();
     assert_eq!(
-        (c.read_errors, c.live_map_full, c.site_map_full),
+        (
+            c.lost.get(Loss::ReadError),
+            c.lost.get(Loss::LiveMapFull),
+            c.lost.get(Loss::SiteMapFull)
+        ),
         (0, 0, 0),
         "{what}"
     );
@@ -239,7 +244,11 @@ fn stress(minor: u32) {
             "round {round}: {:?}",
             t.inventory_error
         );
-        assert_eq!(t.counters.as_ref().unwrap().read_errors, 0, "round {round}");
+        assert_eq!(
+            t.counters.as_ref().unwrap().lost.get(Loss::ReadError),
+            0,
+            "round {round}"
+        );
         assert!(
             has_site(&t, "stress", "// stress: churn site"),
             "round {round}"

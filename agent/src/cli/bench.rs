@@ -3,13 +3,13 @@
 //! `cargo xtask bench overhead`.
 
 use std::io::BufRead;
-use std::num::NonZeroU32;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 use crate::gobin::{self, Hook};
 use crate::probe::{Probes, Program, Scope};
+use crate::process;
 use crate::session::{Session, Target};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -42,9 +42,7 @@ pub enum Hooks {
 }
 
 pub fn run(pid: u32, mode: Mode, hooks: Hooks) -> Result<()> {
-    let Some(nz) = NonZeroU32::new(pid) else {
-        bail!("--pid must not be 0");
-    };
+    let nz = process::nonzero_pid(pid)?;
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     std::thread::spawn(move || {
         for _ in std::io::stdin().lock().lines() {}
@@ -64,17 +62,16 @@ pub fn run(pid: u32, mode: Mode, hooks: Hooks) -> Result<()> {
                 s.refresh()?;
                 refreshes += 1;
             }
-            s.refresh()?;
-            let probes = s.probes().context("probes")?;
-            contexts_created = probes
-                .context_sites()?
-                .get(&pid)
-                .map_or(0, |m| m.values().map(|c| c.cancelled + c.collected).sum())
-                + probes.contexts()?.get(&pid).map_or(0, |m| m.len() as u64);
-            probes.totals(pid)?
+            let t = s
+                .refresh()?
+                .into_iter()
+                .next()
+                .context("the process exited")?;
+            contexts_created = t.contexts.iter().map(|c| c.created).sum();
+            t.counters.unwrap_or_default()
         }
         Mode::Floor | Mode::Entry => {
-            let exe = std::path::PathBuf::from(format!("/proc/{pid}/exe"));
+            let exe = process::exe_link(pid);
             let bin = gobin::analyze(&exe)?;
             let mut p = Probes::load(goroscope_common::DEFAULT_MAX_LIVE)?;
             let hook_set: &[Hook] = match hooks {
@@ -88,7 +85,7 @@ pub fn run(pid: u32, mode: Mode, hooks: Hooks) -> Result<()> {
                 ],
             };
             for &hook in hook_set {
-                for site in bin.probe_sites.iter().filter(|s| s.hook == hook) {
+                for site in bin.sites_for(hook) {
                     let off = match mode {
                         Mode::Entry => {
                             let entry = match hook {
@@ -120,7 +117,7 @@ pub fn run(pid: u32, mode: Mode, hooks: Hooks) -> Result<()> {
             "mode": format!("{mode:?}").to_lowercase(),
             "created": counters.created,
             "exited": counters.exited,
-            "lost": counters.lost(),
+            "lost": counters.lost.total(),
             "contexts_created": contexts_created,
             "agent_cpu_seconds": cpu,
             "agent_max_rss_kib": rss_kb,

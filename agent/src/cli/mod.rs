@@ -58,7 +58,7 @@ pub enum Command {
     /// The daemon: trace targets, judge leaks, serve Prometheus metrics, health and debug
     /// endpoints over HTTP (needs root). Flags and GOROSCOPE_* variables override the
     /// config file.
-    Run(Box<crate::config::RunArgs>),
+    Run(Box<crate::daemon::config::RunArgs>),
     /// Analyse a Go binary: Go version, module, runtime struct offsets and the probe sites
     /// goroscope would use (needs no privileges).
     InspectBinary {

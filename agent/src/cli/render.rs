@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::tracker::{ProcessTable, SiteView};
+use crate::model::{ProcessTable, SiteView};
 
 /// `42ms`, `3.2s`, `4m05s`, `2h03m`, `3d04h`.
 pub fn age(seconds: f64) -> String {
@@ -41,14 +41,14 @@ pub fn top_frame(t: &ProcessTable, all: bool, max_rows: usize) -> String {
     if let Some(e) = &t.inventory_error {
         let _ = writeln!(s, "  (inventory unavailable: {e}; live counts cover only goroutines created since attach)");
     }
-    if let Some(c) = &t.counters {
-        if c.live_map_full + c.site_map_full + c.read_errors > 0 {
-            let _ = writeln!(
-                s,
-                "  LOSSES: live map full {}, site map full {}, read errors {}",
-                c.live_map_full, c.site_map_full, c.read_errors
-            );
-        }
+    if let Some(c) = t.counters.as_ref().filter(|c| c.lost.total() > 0) {
+        let lost: Vec<String> = c
+            .lost
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(r, n)| format!("{} {n}", r.name()))
+            .collect();
+        let _ = writeln!(s, "  LOSSES: {}", lost.join(", "));
     }
     let _ = writeln!(
         s,

@@ -1,44 +1,40 @@
 //! `goroscope watch --pid N`: goroutines created and exited per interval.
 
-use std::num::NonZeroU32;
-use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
-use crate::gobin::{self, Hook};
-use crate::probe::{Probes, Program, Scope};
+use crate::model::Totals;
+use crate::session::{Session, Target};
 
 pub fn run(pid: u32, interval: f64, duration: Option<f64>) -> Result<()> {
-    let Some(nz) = NonZeroU32::new(pid) else {
-        bail!("--pid must be a process id, not 0");
-    };
     let interval = super::check_interval("interval", interval)?;
-    let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-    let target = std::fs::read_link(&exe).with_context(|| format!("process {pid} not found"))?;
-    let bin = gobin::analyze(&exe)?;
-    let mut probes = Probes::load(goroscope_common::DEFAULT_MAX_LIVE)?;
-    probes.attach(
-        &bin,
-        &exe,
-        &[Hook::GoroutineCreate, Hook::GoroutineExit],
-        Scope::Pid(nz),
-        Program::Goroscope,
-    )?;
+    // Goroutines only: the context probes would cost the program without adding a column.
+    let mut session =
+        Session::attach_with(Target::Pid(pid), goroscope_common::DEFAULT_MAX_LIVE, false)?;
+    let first = session.refresh()?;
+    let t = first
+        .first()
+        .with_context(|| format!("process {pid} exited"))?;
     eprintln!(
         "goroscope: watching pid {pid} ({}, {}); Ctrl-C to stop",
-        target.display(),
-        bin.go_version
+        t.exe, t.go_version
     );
     println!(
         "{:>8} {:>12} {:>12} {:>10}",
         "seconds", "created", "exited", "net"
     );
+    let totals = |t: Option<&Totals>| t.cloned().unwrap_or_default();
     let start = Instant::now();
-    let mut last = probes.totals(pid)?;
+    let mut last = totals(t.counters.as_ref());
     loop {
         std::thread::sleep(interval);
-        let now = probes.totals(pid)?;
+        let tables = session.refresh()?;
+        let Some(t) = tables.first() else {
+            eprintln!("goroscope: process {pid} exited");
+            return Ok(());
+        };
+        let now = totals(t.counters.as_ref());
         let created = now.created - last.created;
         let exited = now.exited - last.exited;
         println!(
@@ -49,11 +45,7 @@ pub fn run(pid: u32, interval: f64, duration: Option<f64>) -> Result<()> {
             created as i64 - exited as i64
         );
         last = now;
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            eprintln!("goroscope: process {pid} exited");
-            return Ok(());
-        }
-        if duration.is_some_and(|d| start.elapsed().as_secs_f64() >= d) {
+        if duration.is_some_and(|d| start.elapsed() >= Duration::from_secs_f64(d)) {
             return Ok(());
         }
     }

@@ -190,6 +190,16 @@ pub fn analyze_bytes(path: &Path, data: &[u8]) -> Result<Analysis, BinaryError> 
 }
 
 impl Analysis {
+    /// The probe sites chosen for `hook` (several for a fallback at every `RET`).
+    pub fn sites_for(&self, hook: Hook) -> impl Iterator<Item = &ProbeSite> {
+        self.probe_sites.iter().filter(move |s| s.hook == hook)
+    }
+
+    /// Whether every hook of `hooks` has a probe site.
+    pub fn has_sites(&self, hooks: &[Hook]) -> bool {
+        hooks.iter().all(|h| self.sites_for(*h).next().is_some())
+    }
+
     /// Link-time `[start, end)` ranges of package `context`'s code: runs of consecutive
     /// `context.*` functions.
     pub fn context_ranges(&self) -> Vec<(u64, u64)> {
@@ -272,7 +282,7 @@ fn choose_offsets(
             }
             return Ok((o, OffsetsSource::Dwarf));
         }
-        Some(Err(why)) => why,
+        Some(Err(why)) => format!("{why:#}"),
         None => "binary has no DWARF".to_string(),
     };
     match table {

@@ -108,12 +108,6 @@ pub struct Sites {
     pub missing: Vec<String>,
 }
 
-impl Sites {
-    pub fn for_hook(&self, hook: Hook) -> impl Iterator<Item = &ProbeSite> {
-        self.sites.iter().filter(move |s| s.hook == hook)
-    }
-}
-
 /// A decoded function.
 struct Body<'a> {
     func: &'a Func,
@@ -364,7 +358,7 @@ impl Selector<'_, '_> {
         let values = self.g_values(reg::RBX);
         let reason = match self.creation_runqput(values) {
             Ok(()) => return,
-            Err(reason) => reason,
+            Err(reason) => format!("{reason:#}"),
         };
         // Fallback: every RET of runtime.newproc1, where RAX is the new g.
         let values = self.g_values(reg::RAX);
@@ -402,17 +396,18 @@ impl Selector<'_, '_> {
         }
     }
 
-    fn creation_runqput(&mut self, values: Vec<ValueLoc>) -> Result<(), String> {
+    fn creation_runqput(&mut self, values: Vec<ValueLoc>) -> anyhow::Result<()> {
+        use anyhow::Context;
         let runqput = real_function(self.elf, self.pcln, "runtime.runqput")
-            .ok_or("runtime.runqput not found (inlined?)")?;
+            .context("runtime.runqput not found (inlined?)")?;
         let func = real_function(self.elf, self.pcln, "runtime.newproc.func1")
-            .ok_or("runtime.newproc.func1 not found")?;
-        let body = decode(self.elf, func).ok_or("runtime.newproc.func1 could not be read")?;
+            .context("runtime.newproc.func1 not found")?;
+        let body = decode(self.elf, func).context("runtime.newproc.func1 could not be read")?;
         let pos = body
             .insns
             .iter()
             .position(|i| i.is_call_near() && i.near_branch_target() == runqput.entry)
-            .ok_or("no CALL runtime.runqput in runtime.newproc.func1")?;
+            .context("no CALL runtime.runqput in runtime.newproc.func1")?;
         let call = body.insns[pos];
         if pos > 0 && body.insns[pos - 1].mnemonic() == Mnemonic::Nop {
             let nop = body.insns[pos - 1];

@@ -183,24 +183,76 @@ impl Default for SiteStats {
     }
 }
 
+/// Why the kernel could not record an event: the index of its counter in
+/// [`ProcCounters::lost`]. The one list of loss reasons: the agent's metrics, `top` and
+/// JSON output iterate [`Loss::ALL`] with [`Loss::name`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(usize)]
+pub enum Loss {
+    /// A probe hit whose `runtime.g` (or context) fields could not be read.
+    ReadError,
+    /// A creation not recorded: its slot was taken and the live-goroutine overflow map was
+    /// full.
+    LiveMapFull,
+    /// A creation or exit not counted per site: the site map was full.
+    SiteMapFull,
+    /// A cancelable context not tracked: the live-context map was full.
+    ContextMapFull,
+    /// A context creation or cancellation not counted per site: the context site map was
+    /// full.
+    ContextSiteMapFull,
+}
+
+/// Number of [`Loss`] reasons.
+pub const LOSS_REASONS: usize = 5;
+
+impl Loss {
+    pub const ALL: [Loss; LOSS_REASONS] = [
+        Loss::ReadError,
+        Loss::LiveMapFull,
+        Loss::SiteMapFull,
+        Loss::ContextMapFull,
+        Loss::ContextSiteMapFull,
+    ];
+
+    /// The reason as a metric label value and JSON key.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Loss::ReadError => "read_error",
+            Loss::LiveMapFull => "live_map_full",
+            Loss::SiteMapFull => "site_map_full",
+            Loss::ContextMapFull => "context_map_full",
+            Loss::ContextSiteMapFull => "context_site_map_full",
+        }
+    }
+}
+
 /// Per-process loss counters (per CPU; the agent sums). Touched only when something
 /// goes wrong, so the hot path does not pay for them; created/exited totals are the sums
 /// of the process's `SiteStats`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProcCounters {
-    /// Probe hits whose `*g` fields could not be read.
-    pub read_errors: u64,
-    /// Creations not recorded because their slot was taken and the live-goroutine
-    /// overflow map was full.
-    pub live_map_full: u64,
-    /// Creations/exits not counted per site because the site map was full.
-    pub site_map_full: u64,
-    /// Cancelable contexts not tracked because the live-context map was full.
-    pub context_map_full: u64,
-    /// Context creations/cancellations not counted per site because the context site map
-    /// was full.
-    pub context_site_map_full: u64,
+    /// Events lost, indexed by [`Loss`].
+    pub lost: [u64; LOSS_REASONS],
+}
+
+impl ProcCounters {
+    /// Adds another CPU's (or another read's) counts.
+    pub fn add(&mut self, other: &ProcCounters) {
+        for (a, b) in self.lost.iter_mut().zip(other.lost) {
+            *a += b;
+        }
+    }
+
+    pub fn get(&self, reason: Loss) -> u64 {
+        self.lost[reason as usize]
+    }
+
+    /// Events lost for any reason.
+    pub fn total(&self) -> u64 {
+        self.lost.iter().sum()
+    }
 }
 
 /// Default bound of the live (not yet cancelled) context map.
@@ -344,6 +396,17 @@ mod tests {
         // Every 1/64th of the table gets a share (uniform would be 1562 each).
         assert!(seen.iter().all(|&n| n > 1000 && n < 2200), "{seen:?}");
         assert_ne!(slot_index(1, 0xc000_1000), slot_index(2, 0xc000_1000));
+    }
+
+    #[test]
+    fn loss_reasons_are_listed_once_in_index_order() {
+        for (i, r) in Loss::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+        let mut c = ProcCounters::default();
+        c.lost[Loss::SiteMapFull as usize] = 2;
+        c.add(&c.clone());
+        assert_eq!((c.get(Loss::SiteMapFull), c.total()), (4, 4));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use aya_ebpf::{
 use goroscope_common::{
     ctx_slot_index, lifetime_bucket, slot_index, CtxConfig, CtxInfo, CtxKey, CtxSiteStats,
     CtxSlot, CTX_SLOTS, GSlot, GoroutineInfo,
-    GoroutineKey, ProcCounters, SiteConfig, SiteKey, SiteStats, CTX_FRAMES, DEFAULT_MAX_CONTEXTS,
+    GoroutineKey, Loss, ProcCounters, SiteConfig, SiteKey, SiteStats, CTX_FRAMES, DEFAULT_MAX_CONTEXTS,
     DEFAULT_MAX_LIVE, G_SLOTS, G_WINDOW_WORDS, MAX_PROCS, MAX_SITES, MAX_SITE_CONFIGS, SLOT_BUSY,
 };
 
@@ -110,14 +110,16 @@ fn read<T>(addr: u64) -> Result<T, i32> {
 
 /// Counts a loss for the process (rare path).
 #[inline(always)]
-fn lost(tgid: u32, f: impl FnOnce(&mut ProcCounters)) {
+fn lost(tgid: u32, reason: Loss) {
     if PROC_COUNTERS.get_ptr_mut(&tgid).is_none() {
         let _ = PROC_COUNTERS.insert(&tgid, &ProcCounters::default(), BPF_NOEXIST as u64);
     }
     if let Some(p) = PROC_COUNTERS.get_ptr_mut(&tgid) {
         // SAFETY: this CPU's slot of a per-CPU map value, valid for the duration of the
         // program; uprobe programs do not migrate between CPUs.
-        f(unsafe { &mut *p });
+        if let Some(n) = unsafe { &mut *p }.lost.get_mut(reason as usize) {
+            *n += 1;
+        }
     }
 }
 
@@ -143,7 +145,7 @@ fn on_create(ctx: &ProbeContext, g: u64) -> u32 {
     };
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let Ok(w) = read::<[u64; G_WINDOW_WORDS]>(g + cfg.window_off as u64) else {
-        lost(tgid, |c| c.read_errors += 1);
+        lost(tgid, Loss::ReadError);
         return 0;
     };
     // Masking keeps every index provably in bounds for the verifier (24 words < 32).
@@ -179,7 +181,7 @@ fn on_create(ctx: &ProbeContext, g: u64) -> u32 {
         }
     }
     if LIVE.insert(&key, &info, BPF_ANY as u64).is_err() {
-        lost(tgid, |c| c.live_map_full += 1);
+        lost(tgid, Loss::LiveMapFull);
     }
     0
 }
@@ -191,7 +193,7 @@ fn on_exit(ctx: &ProbeContext, g: u64) -> u32 {
     };
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let Ok(goid) = read::<u64>(g + cfg.goid_off as u64) else {
-        lost(tgid, |c| c.read_errors += 1);
+        lost(tgid, Loss::ReadError);
         return 0;
     };
     let key = GoroutineKey {
@@ -221,7 +223,7 @@ fn on_exit(ctx: &ProbeContext, g: u64) -> u32 {
             // SAFETY: bpf_ktime_get_ns has no preconditions.
             let lifetime = unsafe { bpf_ktime_get_ns() }.saturating_sub(info.created_ns);
             let Some(s) = site(tgid, info.gopc) else {
-                lost(tgid, |c| c.site_map_full += 1);
+                lost(tgid, Loss::SiteMapFull);
                 return 0;
             };
             let b = lifetime_bucket(lifetime);
@@ -235,13 +237,13 @@ fn on_exit(ctx: &ProbeContext, g: u64) -> u32 {
         }
         None => {
             let Ok(gopc) = read::<u64>(g + cfg.gopc_off as u64) else {
-                lost(tgid, |c| c.read_errors += 1);
+                lost(tgid, Loss::ReadError);
                 return 0;
             };
             match site(tgid, gopc) {
                 // SAFETY: `s` points into a map value.
                 Some(s) => atomic_add(unsafe { &raw mut (*s).exited_untracked }, 1),
-                None => lost(tgid, |c| c.site_map_full += 1),
+                None => lost(tgid, Loss::SiteMapFull),
             }
         }
     }
@@ -363,7 +365,7 @@ pub fn context_create_rax(ctx: ProbeContext) -> u32 {
                 collected(tgid, old.site);
                 let _ = CTX_LIVE.insert(&key, &info, BPF_ANY as u64);
             }
-            None => lost(tgid, |c| c.context_map_full += 1),
+            None => lost(tgid, Loss::ContextMapFull),
         }
     }
     0
@@ -375,7 +377,7 @@ fn collected(tgid: u32, site: u64) {
     match ctx_site(tgid, site) {
         // SAFETY: `st` points into a map value.
         Some(st) => atomic_add(unsafe { &raw mut (*st).collected }, 1),
-        None => lost(tgid, |c| c.context_site_map_full += 1),
+        None => lost(tgid, Loss::ContextSiteMapFull),
     }
 }
 
@@ -423,7 +425,7 @@ pub fn context_cancel_rax(ctx: ProbeContext) -> u32 {
             atomic_add(&raw mut (*st).cancelled, 1);
             atomic_add(&raw mut (*st).lifetime_ns_sum, lifetime);
         },
-        None => lost(tgid, |c| c.context_site_map_full += 1),
+        None => lost(tgid, Loss::ContextSiteMapFull),
     }
     0
 }

@@ -14,8 +14,8 @@ use serde::Serialize;
 
 use super::metrics::{self, Format};
 use super::{ProcessReport, Snapshot};
-use crate::leak::{Suspicion, Verdict};
-use crate::probe::Totals;
+use crate::detect::leak::{Suspicion, Verdict};
+use crate::model::{ContextSiteView, ParentView, Totals};
 
 /// State shared by the refresher and the HTTP handlers.
 pub struct Shared {
@@ -150,8 +150,8 @@ struct DebugProcess {
     inventory_error: Option<String>,
     suspected_leaks: Vec<Suspicion>,
     sites: Vec<DebugSite>,
-    contexts: Vec<crate::contexts::ContextSiteView>,
-    context_parents: Vec<crate::contexts::ParentView>,
+    contexts: Vec<ContextSiteView>,
+    context_parents: Vec<ParentView>,
 }
 
 fn debug_process(p: &ProcessReport) -> DebugProcess {

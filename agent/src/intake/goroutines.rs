@@ -1,12 +1,13 @@
-//! Attach-time inventory: every goroutine of a process, read from `runtime.allgs` from
-//! outside (`process_vm_readv`), with no cooperation from the program. Also gives the
-//! current state (running, runnable, waiting on what) of every live goroutine.
+//! The inventory: every goroutine of a process, read from `runtime.allgs` from outside
+//! (`process_vm_readv`), with no cooperation from the program: the goroutines that
+//! existed before attach, and the current state (running, runnable, waiting on what) of
+//! every live goroutine. Also the channels blocked goroutines wait on.
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
+use super::memory::{u64_at, ProcMem};
 use crate::gobin::Analysis;
-use crate::process::ProcMem;
 
 /// Upper bound on goroutines read, so a corrupted `allglen` cannot exhaust memory.
 const MAX_GOROUTINES: u64 = 1 << 22;
@@ -22,9 +23,9 @@ pub struct G {
     pub wait_reason: u8,
     /// `waitsince` (nanotime when it blocked; approximate, 0 if unknown).
     pub wait_since: i64,
-    /// Return pc of the `go` statement (runtime address).
+    /// Return pc of the `go` statement (link-time address).
     pub gopc: u64,
-    /// Entry of the goroutine's function (runtime address).
+    /// Entry of the goroutine's function (link-time address).
     pub startpc: u64,
     pub parent_goid: u64,
     /// `g.waiting`: first `*sudog` of the channel operations it is blocked in (0: none).
@@ -33,6 +34,7 @@ pub struct G {
 }
 
 pub const STATUS_IDLE: u32 = 0;
+pub const STATUS_RUNNABLE: u32 = 1;
 pub const STATUS_WAITING: u32 = 4;
 pub const STATUS_DEAD: u32 = 6;
 
@@ -40,7 +42,7 @@ pub const STATUS_DEAD: u32 = 6;
 pub fn state_name(g: &G, wait_reasons: &[String]) -> String {
     match g.status {
         0 => "idle".into(),
-        1 => "runnable".into(),
+        STATUS_RUNNABLE => "runnable".into(),
         2 => "running".into(),
         3 => "syscall".into(),
         STATUS_WAITING => match wait_reasons.get(g.wait_reason as usize) {
@@ -56,7 +58,7 @@ pub fn state_name(g: &G, wait_reasons: &[String]) -> String {
 }
 
 /// Reads every live goroutine (not idle, not dead) of the process. `bias` is the load
-/// bias (PIE); addresses in the result are runtime addresses.
+/// bias (PIE); code addresses in the result are link-time addresses.
 pub fn read(mem: &ProcMem, a: &Analysis, bias: u64) -> Result<Vec<G>> {
     let (Some(allgs), Some(allglen)) = (a.runtime_vars.allgs, a.runtime_vars.allglen) else {
         bail!("runtime.allgs not found in the binary: goroutines that existed before attach are not visible");
@@ -116,8 +118,8 @@ pub fn read(mem: &ProcMem, a: &Analysis, bias: u64) -> Result<Vec<G>> {
             status,
             wait_reason: b[o.waitreason as usize],
             wait_since: u64_at(b, o.waitsince) as i64,
-            gopc: u64_at(b, o.gopc),
-            startpc: u64_at(b, o.startpc),
+            gopc: u64_at(b, o.gopc).wrapping_sub(bias),
+            startpc: u64_at(b, o.startpc).wrapping_sub(bias),
             parent_goid: u64_at(b, o.parent_goid),
             waiting: if status == STATUS_WAITING {
                 u64_at(b, o.waiting)
@@ -127,13 +129,6 @@ pub fn read(mem: &ProcMem, a: &Analysis, bias: u64) -> Result<Vec<G>> {
         });
     }
     Ok(out)
-}
-
-/// The little-endian word at `off` of a block read from the process; callers size their
-/// blocks to hold every offset they read.
-pub(crate) fn u64_at(b: &[u8], off: u32) -> u64 {
-    let off = off as usize;
-    u64::from_le_bytes(b[off..off + 8].try_into().expect("in bounds"))
 }
 
 /// Sudogs followed per goroutine (a `select` has one per case).

@@ -14,9 +14,8 @@ use std::fmt::Write;
 use goroscope_common::LIFETIME_BUCKETS;
 
 use super::{ProcessReport, Snapshot};
-use crate::contexts::ContextSiteView;
-use crate::leak::Verdict;
-use crate::tracker::{bucket_upper_seconds, SiteView};
+use crate::detect::leak::Verdict;
+use crate::model::{bucket_upper_seconds, ContextSiteView, SiteView};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -373,14 +372,7 @@ pub fn render(snap: &Snapshot, format: Format, scrape_seconds: f64) -> String {
     e.family("goroscope_attach_failures_total", &[()], |_| {
         (vec![], snap.attach_failures as f64)
     });
-    let fills = [
-        ("goroutine_slots", snap.fill.goroutine_slots),
-        ("goroutine_overflow", snap.fill.goroutine_overflow),
-        ("sites", snap.fill.sites),
-        ("context_slots", snap.fill.context_slots),
-        ("context_overflow", snap.fill.context_overflow),
-    ];
-    e.family("goroscope_map_fill_ratio", &fills, |(m, v)| {
+    e.family("goroscope_map_fill_ratio", &snap.fill.ratios(), |(m, v)| {
         (vec![("map", *m)], *v)
     });
     e.family("goroscope_refresh_duration_seconds", &[()], |_| {
@@ -449,16 +441,10 @@ pub fn render(snap: &Snapshot, format: Format, scrape_seconds: f64) -> String {
     e.header("goroscope_process_lost_events_total");
     for p in &procs {
         let c = p.report.table.counters.clone().unwrap_or_default();
-        for (reason, n) in [
-            ("read_error", c.read_errors),
-            ("live_map_full", c.live_map_full),
-            ("site_map_full", c.site_map_full),
-            ("context_map_full", c.context_map_full),
-            ("context_site_map_full", c.context_site_map_full),
-        ] {
+        for (reason, n) in c.lost.iter() {
             e.sample(
                 "goroscope_process_lost_events_total",
-                &[("pid", &p.pid), ("exe", p.exe), ("reason", reason)],
+                &[("pid", &p.pid), ("exe", p.exe), ("reason", reason.name())],
                 n as f64,
             );
         }

@@ -3,6 +3,8 @@
 //! judges them with the leak model and publishes a [`Snapshot`]; a tokio HTTP server
 //! serves the latest snapshot. SIGINT/SIGTERM stop both and detach every probe.
 
+pub mod config;
+
 use std::collections::HashMap;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -10,12 +12,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 
-use crate::config::Config;
-use crate::exporter::http::{self, Shared};
-use crate::exporter::{MapFill, OtherFold, ProcessReport, Snapshot, TargetStatus};
-use crate::leak::LeakDetector;
+use crate::clock::mono_ns;
+use crate::detect::leak::LeakDetector;
+use crate::export::http::{self, Shared};
+use crate::export::{OtherFold, ProcessReport, Snapshot, TargetStatus};
+use crate::model::MapFill;
 use crate::session::{Session, Target};
-use crate::tracker::mono_ns;
+use config::Config;
 
 pub fn run(cfg: Config) -> Result<()> {
     let std_listener = std::net::TcpListener::bind(cfg.listen)
@@ -215,12 +218,8 @@ fn refresher(
                 })),
                 Err(e) => tracing::warn!(traced = %target, "refresh failed: {e:#}"),
             }
-            if let Some(Ok(f)) = s.probes().map(|p| p.map_fill()) {
-                fill.goroutine_slots = fill.goroutine_slots.max(f.goroutine_slots);
-                fill.goroutine_overflow = fill.goroutine_overflow.max(f.goroutine_overflow);
-                fill.sites = fill.sites.max(f.sites);
-                fill.context_slots = fill.context_slots.max(f.context_slots);
-                fill.context_overflow = fill.context_overflow.max(f.context_overflow);
+            if let Some(Ok(f)) = s.map_fill() {
+                fill = fill.max(f);
             }
             failures += s.attach_failures;
             if s.finished() {

@@ -31,7 +31,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::leak::LeakConfig;
+use crate::detect::leak::LeakConfig;
 use crate::session::Target;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9750";
@@ -190,7 +190,7 @@ impl Config {
         if let Some(v) = args.leak_min_waiting_ratio {
             leak.min_waiting_ratio = v;
         }
-        leak.validate().map_err(anyhow::Error::msg)?;
+        leak.validate()?;
         if leak.window_seconds < 2.0 * interval {
             bail!(
                 "leak.window_seconds ({}) must be at least twice interval_seconds ({interval})",

@@ -22,7 +22,7 @@ use std::collections::{HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::tracker::{ProcessTable, SiteView};
+use crate::model::{ProcessTable, SiteView};
 
 /// Thresholds of the leak model (config section `[leak]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,27 +51,27 @@ impl Default for LeakConfig {
 
 impl LeakConfig {
     /// Checks every threshold; errors name the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> anyhow::Result<()> {
         if !(5.0..=86_400.0).contains(&self.window_seconds) {
-            return Err(format!(
+            anyhow::bail!(
                 "leak.window_seconds must be between 5 and 86400, not {}",
                 self.window_seconds
-            ));
+            );
         }
         if self.min_growth == 0 {
-            return Err("leak.min_growth must be at least 1".into());
+            anyhow::bail!("leak.min_growth must be at least 1");
         }
         if !(0.0..=86_400.0 * 365.0).contains(&self.min_age_seconds) {
-            return Err(format!(
+            anyhow::bail!(
                 "leak.min_age_seconds must be between 0 and one year, not {}",
                 self.min_age_seconds
-            ));
+            );
         }
         if !(0.0..=1.0).contains(&self.min_waiting_ratio) {
-            return Err(format!(
+            anyhow::bail!(
                 "leak.min_waiting_ratio must be between 0 and 1, not {}",
                 self.min_waiting_ratio
-            ));
+            );
         }
         Ok(())
     }
@@ -402,6 +402,7 @@ mod tests {
         assert!(bad
             .validate()
             .unwrap_err()
+            .to_string()
             .contains("leak.min_waiting_ratio"));
         assert!(LeakConfig::default().validate().is_ok());
     }

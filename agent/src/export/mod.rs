@@ -14,9 +14,8 @@ use serde::Serialize;
 
 use goroscope_common::LIFETIME_BUCKETS;
 
-use crate::leak::{Suspicion, Verdict};
-pub use crate::probe::MapFill;
-use crate::tracker::{ProcessTable, SiteView};
+use crate::detect::leak::{Suspicion, Verdict};
+use crate::model::{MapFill, ProcessTable, SiteView};
 
 /// One configured target and whether its probes are attached.
 #[derive(Debug, Clone, Serialize)]

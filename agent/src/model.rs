@@ -1,0 +1,260 @@
+//! The views every later stage reads: the table of one traced process
+//! ([`ProcessTable`]: its goroutines, creation sites and contexts), what the kernel
+//! counted for it ([`Totals`], losses by [`Loss`]), and how full the kernel maps are
+//! ([`MapFill`]). Built by [`crate::track`]; read by the leak model, the exporter and the
+//! CLI. Plain data: no reading, no merging here.
+
+use std::collections::BTreeMap;
+
+use goroscope_common::{Loss, ProcCounters, LIFETIME_BUCKETS};
+use serde::ser::SerializeMap;
+use serde::{Serialize, Serializer};
+
+/// Upper bound (seconds) of lifetime histogram bucket `b` (`None` for the last, +Inf).
+pub fn bucket_upper_seconds(b: usize) -> Option<f64> {
+    (b + 1 < LIFETIME_BUCKETS).then(|| (1u64 << (b + 10)) as f64 / 1e9)
+}
+
+/// One live goroutine.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GoroutineView {
+    pub goid: u64,
+    pub parent_goid: u64,
+    pub state: String,
+    /// `function file:line` of the `go` statement that created it.
+    pub created_at: String,
+    pub start_function: String,
+    pub age_seconds: f64,
+    /// The goroutine existed before attach: its age is at least `age_seconds`.
+    pub age_is_lower_bound: bool,
+    /// Blocked (Go status `_Gwaiting`: channel, select, sleep, IO wait, lock…).
+    pub waiting: bool,
+}
+
+/// Lifetimes of a site's goroutines that were created while attached and exited.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Lifetime {
+    pub count: u64,
+    pub sum_seconds: f64,
+    /// `(upper bound in seconds or None for +Inf, count in that bucket)`, non-cumulative.
+    pub buckets: Vec<(Option<f64>, u64)>,
+}
+
+/// A creation site: the goroutines created at one `go` statement.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SiteView {
+    /// Link-time address of the `go` statement's return pc.
+    pub gopc: u64,
+    pub function: String,
+    pub file: String,
+    pub line: u32,
+    /// Created by the Go runtime itself (e.g. GC workers).
+    pub system: bool,
+    pub start_function: String,
+    pub live: u64,
+    /// Live goroutines that are blocked (`_Gwaiting`).
+    pub waiting: u64,
+    /// Created while attached (None without probes).
+    pub created: Option<u64>,
+    /// Exited while attached, whenever they were created (None without probes).
+    pub exited: Option<u64>,
+    pub oldest_age_seconds: f64,
+    pub oldest_age_is_lower_bound: bool,
+    /// Change of `live` per minute over the last minute (or what history there is, from
+    /// 5 s on).
+    pub growth_per_minute: Option<f64>,
+    pub states: BTreeMap<String, u64>,
+    pub dominant_state: String,
+    pub lifetime: Option<Lifetime>,
+    pub sample_goids: Vec<u64>,
+}
+
+impl SiteView {
+    pub fn location(&self) -> String {
+        format!("{} {}:{}", self.function, self.file, self.line)
+    }
+}
+
+/// Cancelable contexts created at one call into package `context`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ContextSiteView {
+    /// Link-time return address of the call into package `context` (not a label).
+    pub pc: u64,
+    pub function: String,
+    pub file: String,
+    pub line: u32,
+    pub created: u64,
+    pub cancelled: u64,
+    /// Created while attached and not cancelled yet.
+    pub uncancelled: u64,
+    pub oldest_uncancelled_age_seconds: f64,
+    /// Uncancelled contexts whose creating goroutine has exited: nobody can call their
+    /// cancel func any more unless it was handed on.
+    pub lost_cancel: u64,
+    /// Never cancelled, garbage collected (their memory was reused for a new context).
+    pub collected: u64,
+    /// Mean created→cancelled time of the cancelled ones.
+    pub mean_lifetime_seconds: Option<f64>,
+    /// Goroutines blocked on the done channel of this site's uncancelled contexts.
+    pub waiting_goroutines: u64,
+    /// Those goroutines by their own creation site (`function file:line`).
+    pub waiters: BTreeMap<String, u64>,
+}
+
+impl ContextSiteView {
+    pub fn location(&self) -> String {
+        format!("{} {}:{}", self.function, self.file, self.line)
+    }
+}
+
+/// A parent context with uncancelled children created while attached.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ParentView {
+    /// The parent context's address (not a label).
+    #[serde(skip)]
+    pub parent: u64,
+    /// `len(children)` of the parent, read from the process: every child registered
+    /// with it that is not cancelled, including those created before attach (None: the
+    /// parent is not a `*cancelCtx`, or it could not be read).
+    pub children_map_len: Option<u64>,
+    /// Where the parent was created, when goroscope saw it being created.
+    pub parent_site: Option<String>,
+    /// Its children created while attached that are not cancelled.
+    pub uncancelled_children: u64,
+    /// Creation site of most of those children.
+    pub children_site: String,
+}
+
+/// Events the kernel could not record, by reason; serialized as `{reason: count}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Losses(pub ProcCounters);
+
+impl Losses {
+    pub fn get(&self, reason: Loss) -> u64 {
+        self.0.get(reason)
+    }
+
+    /// `(reason, count)` for every reason, in the order of [`Loss::ALL`].
+    pub fn iter(&self) -> impl Iterator<Item = (Loss, u64)> + '_ {
+        Loss::ALL.into_iter().map(|r| (r, self.get(r)))
+    }
+
+    /// Events lost for any reason.
+    pub fn total(&self) -> u64 {
+        self.0.total()
+    }
+}
+
+impl Serialize for Losses {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(Loss::ALL.len()))?;
+        for (r, n) in self.iter() {
+            m.serialize_entry(r.name(), &n)?;
+        }
+        m.end()
+    }
+}
+
+/// What the kernel counted for one process.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    /// Goroutines created while attached.
+    pub created: u64,
+    /// Goroutines exited while attached (whenever created).
+    pub exited: u64,
+    /// Probe events not recorded, by reason.
+    pub lost: Losses,
+}
+
+/// The table of one traced process at one refresh.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ProcessTable {
+    pub pid: u32,
+    /// Process start time (clock ticks after boot): tells a reused pid apart.
+    pub start_time: u64,
+    pub exe: String,
+    pub go_version: String,
+    pub attached_seconds: f64,
+    pub live: u64,
+    pub sites: Vec<SiteView>,
+    pub goroutines: Vec<GoroutineView>,
+    /// Kernel counters (None without probes).
+    pub counters: Option<Totals>,
+    /// Why the inventory could not be read, if it could not (then `live` counts only
+    /// goroutines created since attach).
+    pub inventory_error: Option<String>,
+    /// Cancelable contexts by creation site (empty without context probes).
+    pub contexts: Vec<ContextSiteView>,
+    /// Parents with the most uncancelled children.
+    pub context_parents: Vec<ParentView>,
+}
+
+/// Fill ratio (0..1) of the kernel maps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct MapFill {
+    /// Slot array of live goroutines.
+    pub goroutine_slots: f64,
+    /// Overflow hash map of live goroutines.
+    pub goroutine_overflow: f64,
+    /// Per-site statistics.
+    pub sites: f64,
+    /// Slot array of uncancelled contexts.
+    pub context_slots: f64,
+    /// Overflow hash map of uncancelled contexts.
+    pub context_overflow: f64,
+}
+
+impl MapFill {
+    /// `(map label, ratio)` of every map.
+    pub fn ratios(&self) -> [(&'static str, f64); 5] {
+        [
+            ("goroutine_slots", self.goroutine_slots),
+            ("goroutine_overflow", self.goroutine_overflow),
+            ("sites", self.sites),
+            ("context_slots", self.context_slots),
+            ("context_overflow", self.context_overflow),
+        ]
+    }
+
+    /// The fuller of two readings, map by map (several probe sets: the fullest counts).
+    pub fn max(self, o: MapFill) -> MapFill {
+        MapFill {
+            goroutine_slots: self.goroutine_slots.max(o.goroutine_slots),
+            goroutine_overflow: self.goroutine_overflow.max(o.goroutine_overflow),
+            sites: self.sites.max(o.sites),
+            context_slots: self.context_slots.max(o.context_slots),
+            context_overflow: self.context_overflow.max(o.context_overflow),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn losses_serialize_by_reason_name() {
+        let mut c = ProcCounters::default();
+        c.lost[Loss::LiveMapFull as usize] = 3;
+        let json = serde_json::to_value(Losses(c)).unwrap();
+        assert_eq!(json["live_map_full"], 3);
+        assert_eq!(json["read_error"], 0);
+        assert_eq!(json.as_object().unwrap().len(), Loss::ALL.len());
+    }
+
+    #[test]
+    fn map_fill_max_is_per_map() {
+        let a = MapFill {
+            sites: 0.5,
+            goroutine_slots: 0.1,
+            ..MapFill::default()
+        };
+        let b = MapFill {
+            sites: 0.2,
+            goroutine_slots: 0.3,
+            ..MapFill::default()
+        };
+        let m = a.max(b);
+        assert_eq!((m.sites, m.goroutine_slots), (0.5, 0.3));
+    }
+}

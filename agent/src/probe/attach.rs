@@ -1,0 +1,190 @@
+//! Attaching the kernel programs at the sites chosen by [`crate::gobin`], and detaching
+//! them.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use aya::maps::Array;
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope};
+use aya::programs::UProbe;
+use goroscope_common::{CtxConfig, SiteConfig, CTX_RANGES, MAX_SITE_CONFIGS};
+
+use super::{Probes, Program, Scope};
+use crate::gobin::{Analysis, Hook, ProbeSite};
+
+/// The kernel program for a hook whose `*g` is in register `base_reg`.
+fn program_name(hook: Hook, base_reg: u8) -> Option<&'static str> {
+    use goroscope_common::reg;
+    match (hook, base_reg) {
+        (Hook::GoroutineCreate, reg::RBX) => Some("goroutine_create_rbx"),
+        (Hook::GoroutineCreate, reg::RAX) => Some("goroutine_create_rax"),
+        (Hook::GoroutineExit, reg::RAX) => Some("goroutine_exit_rax"),
+        (Hook::ContextCreate, reg::RAX) => Some("context_create_rax"),
+        (Hook::ContextCancel, reg::RAX) => Some("context_cancel_rax"),
+        _ => None,
+    }
+}
+
+impl Probes {
+    /// Attaches `program` for `hooks` at the binary's chosen sites. `path` is the file to
+    /// attach to (e.g. `/proc/PID/exe`).
+    pub fn attach(
+        &mut self,
+        bin: &Analysis,
+        path: &Path,
+        hooks: &[Hook],
+        scope: Scope,
+        program: Program,
+    ) -> Result<Vec<ProbeSite>> {
+        let mut attached = Vec::new();
+        for &hook in hooks {
+            let sites: Vec<&ProbeSite> = bin.sites_for(hook).collect();
+            if sites.is_empty() {
+                bail!(
+                    "{}: no probe site for {} ({})",
+                    bin.path.display(),
+                    hook.name(),
+                    bin.missing_sites.join("; ")
+                );
+            }
+            for site in sites {
+                self.attach_at(bin, path, site, site.file_offset, scope, program)?;
+                attached.push(site.clone());
+            }
+        }
+        Ok(attached)
+    }
+
+    /// Attaches at an explicit file offset (the site's own, or e.g. the function entry
+    /// for the benchmark's "usual way").
+    pub fn attach_at(
+        &mut self,
+        bin: &Analysis,
+        path: &Path,
+        site: &ProbeSite,
+        file_offset: u64,
+        scope: Scope,
+        program: Program,
+    ) -> Result<()> {
+        let prog_name = match program {
+            Program::Noop => "noop",
+            Program::Goroscope => program_name(site.hook, site.base_reg).with_context(|| {
+                format!(
+                    "no kernel program for {} with the g in register #{}",
+                    site.hook.name(),
+                    site.base_reg
+                )
+            })?,
+        };
+        let cookie = self.next_cookie;
+        if cookie >= MAX_SITE_CONFIGS {
+            bail!("too many probe sites (limit {MAX_SITE_CONFIGS})");
+        }
+        let g = &bin.offsets.g;
+        let cfg = SiteConfig::new(g.goid, g.parent_goid, g.gopc, g.startpc).with_context(|| {
+            format!(
+                "runtime.g layout of {} not supported: parentGoid {}, gopc {}, startpc {} are not within {} bytes",
+                bin.go_version,
+                g.parent_goid,
+                g.gopc,
+                g.startpc,
+                goroscope_common::G_WINDOW
+            )
+        })?;
+        let mut configs: Array<_, SiteConfig> = Array::try_from(
+            self.ebpf
+                .map_mut("SITE_CONFIG")
+                .context("map SITE_CONFIG missing")?,
+        )?;
+        configs.set(cookie, cfg, 0).context("writing SITE_CONFIG")?;
+        if site.hook == Hook::ContextCreate {
+            self.write_context_config(bin, site, cookie)?;
+        }
+
+        let prog: &mut UProbe = self
+            .ebpf
+            .program_mut(prog_name)
+            .with_context(|| format!("program {prog_name} missing"))?
+            .try_into()?;
+        if prog.fd().is_err() {
+            prog.load()
+                .with_context(|| format!("loading program {prog_name}"))?;
+        }
+        let uscope = match scope {
+            Scope::Pid(pid) => UProbeScope::OneProcess(pid),
+            Scope::AllProcesses => UProbeScope::AllProcesses,
+        };
+        let point = UProbeAttachPoint {
+            location: UProbeAttachLocation::AbsoluteOffset(file_offset),
+            cookie: Some(u64::from(cookie)),
+        };
+        let link = prog.attach(point, path, uscope).with_context(|| {
+            format!(
+                "attaching {} probe at {}+{:#x} (file offset {file_offset:#x}) in {}",
+                site.hook.name(),
+                site.function,
+                site.offset,
+                path.display()
+            )
+        })?;
+        self.links.push((prog_name, link));
+        self.next_cookie += 1;
+        tracing::info!(
+            hook = site.hook.name(),
+            site = %format!("{}+{:#x}", site.function, site.offset),
+            instruction = %site.instruction,
+            emulated = site.emulated,
+            "probe attached"
+        );
+        Ok(())
+    }
+
+    /// Detaches every probe (also done on drop).
+    pub fn detach_all(&mut self) {
+        for (name, link) in self.links.drain(..) {
+            if let Some(p) = self.ebpf.program_mut(name) {
+                if let Ok(p) = <&mut UProbe>::try_from(p) {
+                    let _ = p.detach(link);
+                }
+            }
+        }
+    }
+
+    /// The configuration of a context-creation probe: where package `context`'s code is
+    /// (the creation site is the first return address outside it) and the probe's
+    /// address (for the PIE bias).
+    fn write_context_config(
+        &mut self,
+        bin: &Analysis,
+        site: &ProbeSite,
+        cookie: u32,
+    ) -> Result<()> {
+        let mut ranges = bin.context_ranges();
+        if ranges.len() > CTX_RANGES {
+            tracing::warn!(
+                runs = ranges.len(),
+                "package context's code is split in more than {CTX_RANGES} runs: \
+                 creation sites inside the others show as context functions"
+            );
+            ranges.sort_by_key(|(a, b)| std::cmp::Reverse(b - a));
+            ranges.truncate(CTX_RANGES);
+        }
+        let mut c = CtxConfig {
+            probe_addr: site.address,
+            goid_off: bin.offsets.g.goid,
+            ..CtxConfig::default()
+        };
+        for (slot, (a, b)) in c.ranges.iter_mut().zip(ranges) {
+            *slot = [a, b];
+        }
+        let mut ctx_configs: Array<_, CtxConfig> = Array::try_from(
+            self.ebpf
+                .map_mut("CTX_CONFIG")
+                .context("map CTX_CONFIG missing")?,
+        )?;
+        ctx_configs
+            .set(cookie, c, 0)
+            .context("writing CTX_CONFIG")?;
+        Ok(())
+    }
+}

@@ -1,0 +1,92 @@
+//! The kernel programs: loading them ([`Probes::load`]), attaching them at the sites
+//! chosen by [`crate::gobin`] ([`attach`]), and reading what they recorded ([`maps`];
+//! the slot tables through mmap, [`slots`]).
+//!
+//! One BPF object serves every traced binary: each attached uprobe carries a cookie that
+//! indexes its `SiteConfig` (field offsets for that Go version) in the `SITE_CONFIG`
+//! array. Dropping [`Probes`] detaches everything.
+
+mod attach;
+mod maps;
+mod slots;
+
+use std::num::NonZeroU32;
+
+use anyhow::Result;
+use aya::programs::uprobe::UProbeLinkId;
+use aya::{Ebpf, EbpfLoader};
+use goroscope_common::{CtxSlot, GSlot, CTX_SLOTS, G_SLOTS};
+
+pub use maps::{ByProcess, ContextRecords, KernelState, ProcessRecords};
+use slots::SlotTable;
+
+/// The kernel programs, built from `ebpf/goroscope-ebpf` by `agent/build.rs`.
+pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("GOROSCOPE_BPF_OBJECT"));
+
+/// Which processes a probe fires for.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope {
+    /// Only this process.
+    Pid(NonZeroU32),
+    /// Every process running the binary, present and future.
+    AllProcesses,
+}
+
+/// What to attach at a site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Program {
+    /// goroscope's programs.
+    Goroscope,
+    /// An empty program (benchmark floor).
+    Noop,
+}
+
+/// The loaded BPF object, its maps and the probes attached so far.
+pub struct Probes {
+    /// Declared before `ebpf` so they are unmapped before the maps are closed.
+    slots: SlotTable<GSlot>,
+    ctx_slots: SlotTable<CtxSlot>,
+    ebpf: Ebpf,
+    max_live: u32,
+    next_cookie: u32,
+    links: Vec<(&'static str, UProbeLinkId)>,
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+impl Probes {
+    /// Loads the BPF object (maps created, nothing attached). `max_live` bounds the
+    /// live-goroutine map.
+    pub fn load(max_live: u32) -> Result<Probes> {
+        let ebpf = EbpfLoader::new()
+            .map_max_entries("LIVE", max_live)
+            .load(BPF_OBJECT)
+            .map_err(|e| {
+                let hint = if is_root() {
+                    ""
+                } else {
+                    " (loading BPF programs needs root, or CAP_BPF and CAP_PERFMON)"
+                };
+                anyhow::anyhow!("loading the BPF programs failed: {e}{hint}")
+            })?;
+        let slots = SlotTable::map(&ebpf, "GSLOTS", G_SLOTS)?;
+        let ctx_slots = SlotTable::map(&ebpf, "CTX_SLOT_TABLE", CTX_SLOTS)?;
+        Ok(Probes {
+            slots,
+            ctx_slots,
+            ebpf,
+            max_live,
+            next_cookie: 0,
+            links: Vec::new(),
+        })
+    }
+}
+
+impl Drop for Probes {
+    fn drop(&mut self) {
+        self.detach_all();
+    }
+}

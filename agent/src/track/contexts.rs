@@ -1,0 +1,114 @@
+//! Cancelable contexts of one traced process, by creation site: how many were created
+//! and cancelled while attached, how many are still not cancelled and since when, and
+//! which of those lost their cancel func for good (the runtime twin of `go vet`'s
+//! lostcancel: the goroutine that created them has exited and nobody cancelled them).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use super::Symbols;
+use crate::intake::ContextReads;
+use crate::model::{ContextSiteView, ParentView};
+use crate::probe::ContextRecords;
+
+/// `(function, file, line)` of a context creation site (link-time return address of the
+/// call into package `context`; 0: the kernel found none).
+fn location(sym: &dyn Symbols, pc: u64) -> (String, String, u32) {
+    if pc == 0 {
+        return ("unknown".to_string(), String::new(), 0);
+    }
+    match sym.context_site(pc) {
+        Some(l) => (l.function, l.file, l.line),
+        None => (format!("{pc:#x}"), String::new(), 0),
+    }
+}
+
+fn location_string(sym: &dyn Symbols, pc: u64) -> String {
+    let (f, file, line) = location(sym, pc);
+    format!("{f} {file}:{line}")
+}
+
+/// Goroutines blocked on a context's done channel, by the context's creation site and
+/// the goroutine's own creation site. `goroutine_site(goid)` names the latter.
+pub fn waiters(
+    c: &ContextRecords,
+    reads: &ContextReads,
+    mut goroutine_site: impl FnMut(u64) -> String,
+) -> HashMap<u64, BTreeMap<String, u64>> {
+    let mut out: HashMap<u64, BTreeMap<String, u64>> = HashMap::new();
+    for (goid, ctx) in &reads.done_waiters {
+        if let Some(info) = c.live.get(ctx) {
+            *out.entry(info.site)
+                .or_default()
+                .entry(goroutine_site(*goid))
+                .or_default() += 1;
+        }
+    }
+    out
+}
+
+/// The per-site views, most uncancelled first. `live_goids` are the goroutines alive
+/// now (None when the inventory could not be read: then `lost_cancel` stays 0).
+pub fn site_views(
+    sym: &dyn Symbols,
+    now_ns: u64,
+    c: &ContextRecords,
+    live_goids: Option<&HashSet<u64>>,
+    waits: &HashMap<u64, BTreeMap<String, u64>>,
+) -> Vec<ContextSiteView> {
+    let mut by_site: HashMap<u64, (u64, u64, u64)> = HashMap::new(); // (n, oldest, lost)
+    for info in c.live.values() {
+        let e = by_site.entry(info.site).or_default();
+        e.0 += 1;
+        e.1 = e.1.max(now_ns.saturating_sub(info.created_ns));
+        if live_goids.is_some_and(|g| !g.contains(&info.goid)) {
+            e.2 += 1;
+        }
+    }
+    let mut keys: Vec<u64> = by_site.keys().copied().collect();
+    keys.extend(c.sites.keys().filter(|k| !by_site.contains_key(k)));
+    let mut out: Vec<ContextSiteView> = keys
+        .into_iter()
+        .map(|pc| {
+            let (n, oldest, lost) = by_site.get(&pc).copied().unwrap_or_default();
+            let st = c.sites.get(&pc).copied().unwrap_or_default();
+            let (function, file, line) = location(sym, pc);
+            ContextSiteView {
+                pc,
+                function,
+                file,
+                line,
+                created: st.cancelled + st.collected + n,
+                cancelled: st.cancelled,
+                uncancelled: n,
+                oldest_uncancelled_age_seconds: oldest as f64 / 1e9,
+                lost_cancel: lost,
+                collected: st.collected,
+                mean_lifetime_seconds: (st.cancelled > 0)
+                    .then(|| st.lifetime_ns_sum as f64 / 1e9 / st.cancelled as f64),
+                waiting_goroutines: waits.get(&pc).map_or(0, |w| w.values().sum()),
+                waiters: waits.get(&pc).cloned().unwrap_or_default(),
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| b.uncancelled.cmp(&a.uncancelled).then(a.pc.cmp(&b.pc)));
+    out
+}
+
+/// The parents with the most uncancelled children, named.
+pub fn parent_views(
+    sym: &dyn Symbols,
+    c: &ContextRecords,
+    reads: &ContextReads,
+) -> Vec<ParentView> {
+    reads
+        .parents
+        .iter()
+        .map(|p| ParentView {
+            parent: p.parent,
+            children_map_len: p.children_map_len,
+            parent_site: c.live.get(&p.parent).map(|i| location_string(sym, i.site)),
+            uncancelled_children: p.uncancelled_children,
+            children_site: location_string(sym, p.children_site),
+        })
+        .collect()
+}
