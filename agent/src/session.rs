@@ -154,6 +154,12 @@ impl Session {
         self.binaries.len()
     }
 
+    /// An `--exe` target with nothing to attach to yet: no file at the path here, and
+    /// no process runs a binary at that path.
+    pub fn waiting(&self) -> bool {
+        matches!(self.target, Target::Exe(_)) && self.binaries.is_empty()
+    }
+
     /// Analyses the binary at `path` (identity `ident`) and attaches its probes for all
     /// processes that run it.
     fn attach_binary(&mut self, ident: (u64, u64), path: &Path) -> Result<Arc<Analysis>> {

@@ -96,16 +96,12 @@ pub fn run(
                 ));
             }
             if tables.is_empty() {
-                frame.push_str(
-                    if matches!(session.target(), Target::Exe(_))
-                        && session.binaries_attached() == 0
-                    {
-                        "no file at that path here and no process runs a binary at that path \
+                frame.push_str(if session.waiting() {
+                    "no file at that path here and no process runs a binary at that path \
                          (yet); waiting\n"
-                    } else {
-                        "no process of the target is running\n"
-                    },
-                );
+                } else {
+                    "no process of the target is running\n"
+                });
             }
             let mut out = std::io::stdout().lock();
             if tty {

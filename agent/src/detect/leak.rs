@@ -137,7 +137,12 @@ impl LeakDetector {
     /// Adds the tables of one refresh taken at `now_ns` (CLOCK_MONOTONIC) and returns the
     /// verdict for every site of every table, by gopc. Processes absent from `tables` are
     /// forgotten.
-    pub fn observe(&mut self, now_ns: u64, tables: &[ProcessTable]) -> Vec<HashMap<u64, Verdict>> {
+    pub fn observe<'a>(
+        &mut self,
+        now_ns: u64,
+        tables: impl IntoIterator<Item = &'a ProcessTable>,
+    ) -> Vec<HashMap<u64, Verdict>> {
+        let tables: Vec<&ProcessTable> = tables.into_iter().collect();
         let keys: Vec<(u32, u64)> = tables.iter().map(|t| (t.pid, t.start_time)).collect();
         self.procs.retain(|k, _| keys.contains(k));
         let window_ns = (self.cfg.window_seconds * 1e9) as u64;
@@ -318,7 +323,7 @@ mod tests {
         for t in (0..=secs).step_by(5) {
             let (n, oldest) = f(t);
             let w = (n as f64 * waiting_share) as u64;
-            let v = d.observe(t * S, &[table(vec![site(1, n, w, oldest)])]);
+            let v = d.observe(t * S, [&table(vec![site(1, n, w, oldest)])]);
             out.push((t, v[0][&1].suspected));
         }
         out

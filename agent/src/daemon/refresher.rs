@@ -1,0 +1,259 @@
+//! The refresher thread of `goroscope run`: owns the tracing sessions (probes, kernel
+//! maps, process memory readers), refreshes every interval, judges the tables with the
+//! leak model and publishes a [`Snapshot`].
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Result;
+
+use super::config::Config;
+use crate::clock::mono_ns;
+use crate::detect::leak::LeakDetector;
+use crate::export::http::Shared;
+use crate::export::{OtherFold, ProcessReport, Snapshot, TargetStatus};
+use crate::model::MapFill;
+use crate::session::{Session, Target};
+
+/// Identity of an `exe` target's file: device, inode, size and modification time (a file
+/// still being written changes between refreshes and is tried again); None when it does
+/// not exist (or for a pid target).
+type FileIdentity = (u64, u64, u64, i64, i64);
+
+fn exe_identity(t: &Target) -> Option<FileIdentity> {
+    let Target::Exe(p) = t else { return None };
+    let m = std::fs::metadata(p).ok()?;
+    Some((m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+}
+
+/// One configured target.
+struct Traced {
+    target: Target,
+    /// None: not attached (see `error`).
+    session: Option<Session>,
+    /// For an `exe` target: identity of the file last attached to (or tried).
+    file: Option<FileIdentity>,
+    error: Option<String>,
+}
+
+impl Traced {
+    /// Attaches a target at start; an error is a configuration error.
+    fn attach(t: &Target, cfg: &Config) -> Result<Traced> {
+        let file = exe_identity(t);
+        let s = Session::attach_with(t.clone(), cfg.max_live_goroutines, cfg.contexts)
+            .map_err(|e| e.context(format!("cannot trace {t}")))?;
+        if s.waiting() {
+            tracing::warn!(traced = %t, "executable not found: its probes are attached when it appears (here, or in a process's own mount namespace)");
+        } else {
+            tracing::info!(traced = %t, "probes attached");
+        }
+        Ok(Traced {
+            target: t.clone(),
+            session: Some(s),
+            file,
+            error: None,
+        })
+    }
+
+    /// For an `exe` target: a new session when its file appears, is replaced (a deploy
+    /// installs a new binary: new inode, the old probes no longer fire for the processes
+    /// that run it) or is removed. A file that cannot be traced is tried once per version.
+    fn follow_exe(&mut self, cfg: &Config, retired_failures: &mut u64) {
+        if !matches!(self.target, Target::Exe(_)) {
+            return;
+        }
+        let now = exe_identity(&self.target);
+        if now == self.file {
+            return;
+        }
+        self.file = now;
+        if let Some(old) = self.session.take() {
+            *retired_failures += old.attach_failures;
+            // Dropping the old session detaches its probes.
+        }
+        match Session::attach_with(self.target.clone(), cfg.max_live_goroutines, cfg.contexts) {
+            Ok(s) => {
+                if now.is_some() {
+                    tracing::info!(traced = %self.target, "executable appeared or replaced: probes attached");
+                } else {
+                    tracing::warn!(traced = %self.target, "executable removed: probes detached; attached again when it reappears");
+                }
+                self.session = Some(s);
+                self.error = None;
+            }
+            Err(e) => {
+                tracing::warn!(traced = %self.target, "cannot trace: {e:#}");
+                self.error = Some(format!("{e:#}"));
+            }
+        }
+    }
+
+    fn status(&self) -> TargetStatus {
+        TargetStatus {
+            target: self.target.to_string(),
+            attached: self.session.as_ref().is_some_and(|s| !s.waiting()),
+            waiting: self.session.as_ref().is_some_and(Session::waiting),
+            error: self.error.clone(),
+        }
+    }
+}
+
+/// Everything the refresher keeps between refreshes.
+struct Refresher {
+    cfg: Config,
+    targets: Vec<Traced>,
+    detector: LeakDetector,
+    /// Suspected sites by (pid, gopc), to log changes.
+    suspected: HashMap<(u32, u64), String>,
+    /// Attach failures of sessions that were dropped.
+    retired_failures: u64,
+    /// Per process (pid, start time): what its `site="other"` series has accumulated.
+    folds: HashMap<(u32, u64), OtherFold>,
+}
+
+impl Refresher {
+    fn start(cfg: Config) -> Result<Refresher> {
+        let targets = cfg
+            .targets
+            .iter()
+            .map(|t| Traced::attach(t, &cfg))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Refresher {
+            detector: LeakDetector::new(cfg.leak.clone()),
+            cfg,
+            targets,
+            suspected: HashMap::new(),
+            retired_failures: 0,
+            folds: HashMap::new(),
+        })
+    }
+
+    /// Refreshes every target and judges the tables.
+    fn refresh(&mut self) -> Snapshot {
+        let t0 = Instant::now();
+        let (mut reports, fill, failures) = self.collect();
+        let verdicts = self
+            .detector
+            .observe(mono_ns(), reports.iter().map(|r| &r.table));
+        for (r, v) in reports.iter_mut().zip(verdicts) {
+            r.verdicts = v;
+            let fold = self
+                .folds
+                .entry((r.table.pid, r.table.start_time))
+                .or_default();
+            r.other = Some(fold.update(r, self.cfg.top_sites));
+        }
+        self.folds.retain(|(pid, start), _| {
+            reports
+                .iter()
+                .any(|r| r.table.pid == *pid && r.table.start_time == *start)
+        });
+        log_changes(&reports, &mut self.suspected);
+        Snapshot {
+            processes: reports,
+            targets: self.targets.iter().map(Traced::status).collect(),
+            attach_failures: failures,
+            fill,
+            refresh_seconds: t0.elapsed().as_secs_f64(),
+            refreshed_at_unix: unix_now(),
+            top_sites: self.cfg.top_sites,
+        }
+    }
+
+    /// The tables of every traced process, the fullest map fill and the attach failures.
+    fn collect(&mut self) -> (Vec<ProcessReport>, MapFill, u64) {
+        let mut reports = Vec::new();
+        let mut fill = MapFill::default();
+        let mut failures = self.retired_failures;
+        for tr in self.targets.iter_mut() {
+            tr.follow_exe(&self.cfg, &mut self.retired_failures);
+            let target = &tr.target;
+            let Some(s) = tr.session.as_mut() else {
+                continue;
+            };
+            match s.refresh() {
+                Ok(tables) => reports.extend(tables.into_iter().map(|table| ProcessReport {
+                    table,
+                    ..Default::default()
+                })),
+                Err(e) => tracing::warn!(traced = %target, "refresh failed: {e:#}"),
+            }
+            if let Some(Ok(f)) = s.map_fill() {
+                fill = fill.max(f);
+            }
+            failures += s.attach_failures;
+            if s.finished() {
+                tracing::warn!(traced = %target, "the traced process exited; probes detached");
+                self.retired_failures += s.attach_failures;
+                tr.session = None;
+                tr.error = Some("process exited".into());
+            }
+        }
+        (reports, fill, failures)
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The refresher thread: attaches every target (the result goes to `started`: a target
+/// that cannot be traced at start stops the daemon), then refreshes and publishes every
+/// interval until `stop`. Dropping the sessions at the end detaches the probes.
+pub(super) fn run(
+    cfg: Config,
+    shared: Arc<Shared>,
+    started: mpsc::Sender<Result<()>>,
+    stop: mpsc::Receiver<()>,
+) {
+    let interval = cfg.interval;
+    let mut r = match Refresher::start(cfg) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = started.send(Err(e));
+            return;
+        }
+    };
+    let _ = started.send(Ok(()));
+    loop {
+        let t0 = Instant::now();
+        shared.publish(r.refresh());
+        let wait = interval.saturating_sub(t0.elapsed());
+        match stop.recv_timeout(wait.max(Duration::from_millis(10))) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            _ => break,
+        }
+    }
+}
+
+/// Logs sites that became suspected and those that stopped being suspected.
+fn log_changes(reports: &[ProcessReport], suspected: &mut HashMap<(u32, u64), String>) {
+    let mut now = HashMap::new();
+    for s in reports.iter().flat_map(ProcessReport::suspicions) {
+        let key = (s.pid, s.gopc);
+        if !suspected.contains_key(&key) {
+            tracing::warn!(
+                pid = s.pid,
+                exe = %s.exe,
+                site = %s.site,
+                live = s.live,
+                growth_per_minute = format!("{:.1}", s.growth_per_minute),
+                oldest_age_seconds = format!("{:.0}", s.oldest_age_seconds),
+                wait_reason = %s.dominant_wait_reason,
+                "goroutine leak suspected"
+            );
+        }
+        now.insert(key, s.site);
+    }
+    for (key, site) in suspected.iter() {
+        if !now.contains_key(key) {
+            tracing::info!(pid = key.0, site = %site, "leak suspicion cleared");
+        }
+    }
+    *suspected = now;
+}
