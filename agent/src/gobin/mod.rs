@@ -103,58 +103,10 @@ pub fn analyze_bytes(path: &Path, data: &[u8]) -> Result<Analysis, BinaryError> 
     let pcln_section = elf
         .section(".gopclntab")
         .or_else(|| elf.section(".data.rel.ro.gopclntab"));
-    let bi_section = elf.section(".go.buildinfo").map(|(_, d)| d);
-    let Some(bi_off) = buildinfo::locate(bi_section, data) else {
-        return Err(if pcln_section.is_some() {
-            corrupt(Malformed::new("no .go.buildinfo"))
-        } else {
-            BinaryError::NotGo(p())
-        });
-    };
-    let info = match buildinfo::parse(&data[bi_off..]) {
-        Ok(i) => i,
-        Err(buildinfo::BuildInfoError::PointerFormat) => {
-            return Err(BinaryError::UnsupportedGoVersion {
-                path: p(),
-                found: "older than go1.18 (pre-1.18 buildinfo format)".into(),
-            })
-        }
-        Err(buildinfo::BuildInfoError::Malformed(m)) => return Err(corrupt(m)),
-    };
-    let version = GoVersion::parse(&info.go_version).ok_or_else(|| BinaryError::Unsupported {
-        path: p(),
-        what: format!("unrecognized Go version {:?}", info.go_version),
-    })?;
-    if !version.is_supported() {
-        return Err(BinaryError::UnsupportedGoVersion {
-            path: p(),
-            found: info.go_version,
-        });
-    }
-
+    let (info, version) = go_version(path, &elf, data, pcln_section.is_some())?;
     let (pcln_addr, pcln_data) =
         pcln_section.ok_or_else(|| corrupt(Malformed::new("no .gopclntab section")))?;
-    let text_section = elf.section(".text").map(|(a, _)| a);
-    let mut pclntab = Pclntab::parse(pcln_data, |header| {
-        if header != 0 {
-            header
-        } else if let Some(v) = elf.relative_reloc_at(pcln_addr + 24) {
-            v
-        } else {
-            text_section.unwrap_or(0)
-        }
-    })
-    .map_err(corrupt)?;
-    if pclntab.by_name("runtime.main").next().is_none() {
-        return Err(corrupt(Malformed::new("pclntab has no runtime.main")));
-    }
-    // FUNCDATA (inline trees) for naming inlined functions; without it, a site inside an
-    // inlined call is named after the function it was inlined into.
-    if let Some(g) = moduledata::gofunc(&elf, pcln_addr, pclntab.funcnametab_offset()) {
-        if let Some((start, data)) = elf.section_containing(g) {
-            pclntab.set_gofunc(data[(g - start) as usize..].to_vec());
-        }
-    }
+    let pclntab = read_pclntab(&elf, pcln_addr, pcln_data).map_err(corrupt)?;
 
     let facts = dwarf::read(&elf).map_err(corrupt)?;
     let (offsets, offsets_source) = choose_offsets(path, version, facts.as_ref())?;
@@ -187,6 +139,75 @@ pub fn analyze_bytes(path: &Path, data: &[u8]) -> Result<Analysis, BinaryError> 
         go_wrappers,
         pclntab,
     })
+}
+
+/// The build info and Go version of a supported Go binary; `has_pclntab`: whether it
+/// looks like Go without a build info (then it is corrupt, not "not Go").
+fn go_version(
+    path: &Path,
+    elf: &elf::Elf<'_>,
+    data: &[u8],
+    has_pclntab: bool,
+) -> Result<(buildinfo::BuildInfo, GoVersion), BinaryError> {
+    let p = || path.to_path_buf();
+    let corrupt = |m: Malformed| BinaryError::Corrupt {
+        path: p(),
+        what: m.0,
+    };
+    let bi_section = elf.section(".go.buildinfo").map(|(_, d)| d);
+    let Some(bi_off) = buildinfo::locate(bi_section, data) else {
+        return Err(if has_pclntab {
+            corrupt(Malformed::new("no .go.buildinfo"))
+        } else {
+            BinaryError::NotGo(p())
+        });
+    };
+    let info = match buildinfo::parse(&data[bi_off..]) {
+        Ok(i) => i,
+        Err(buildinfo::BuildInfoError::PointerFormat) => {
+            return Err(BinaryError::UnsupportedGoVersion {
+                path: p(),
+                found: "older than go1.18 (pre-1.18 buildinfo format)".into(),
+            })
+        }
+        Err(buildinfo::BuildInfoError::Malformed(m)) => return Err(corrupt(m)),
+    };
+    let version = GoVersion::parse(&info.go_version).ok_or_else(|| BinaryError::Unsupported {
+        path: p(),
+        what: format!("unrecognized Go version {:?}", info.go_version),
+    })?;
+    if !version.is_supported() {
+        return Err(BinaryError::UnsupportedGoVersion {
+            path: p(),
+            found: info.go_version,
+        });
+    }
+    Ok((info, version))
+}
+
+/// The pclntab at link-time address `addr`, with the inline trees when they are found.
+fn read_pclntab(elf: &elf::Elf<'_>, addr: u64, data: &[u8]) -> Result<Pclntab, Malformed> {
+    let text_section = elf.section(".text").map(|(a, _)| a);
+    let mut pclntab = Pclntab::parse(data, |header| {
+        if header != 0 {
+            header
+        } else if let Some(v) = elf.relative_reloc_at(addr + 24) {
+            v
+        } else {
+            text_section.unwrap_or(0)
+        }
+    })?;
+    if pclntab.by_name("runtime.main").next().is_none() {
+        return Err(Malformed::new("pclntab has no runtime.main"));
+    }
+    // FUNCDATA (inline trees) for naming inlined functions; without it, a site inside an
+    // inlined call is named after the function it was inlined into.
+    if let Some(g) = moduledata::gofunc(elf, addr, pclntab.funcnametab_offset()) {
+        if let Some((start, data)) = elf.section_containing(g) {
+            pclntab.set_gofunc(data[(g - start) as usize..].to_vec());
+        }
+    }
+    Ok(pclntab)
 }
 
 impl Analysis {
