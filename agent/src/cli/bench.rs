@@ -42,7 +42,6 @@ pub enum Hooks {
 }
 
 pub fn run(pid: u32, mode: Mode, hooks: Hooks) -> Result<()> {
-    let nz = process::nonzero_pid(pid)?;
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     std::thread::spawn(move || {
         for _ in std::io::stdin().lock().lines() {}
@@ -71,40 +70,7 @@ pub fn run(pid: u32, mode: Mode, hooks: Hooks) -> Result<()> {
             t.counters.unwrap_or_default()
         }
         Mode::Floor | Mode::Entry => {
-            let exe = process::exe_link(pid);
-            let bin = gobin::analyze(&exe)?;
-            let mut p = Probes::load(goroscope_common::DEFAULT_MAX_LIVE)?;
-            let hook_set: &[Hook] = match hooks {
-                Hooks::Goroutines => &[Hook::GoroutineCreate, Hook::GoroutineExit],
-                Hooks::Contexts => &[Hook::ContextCreate, Hook::ContextCancel],
-                Hooks::All => &[
-                    Hook::GoroutineCreate,
-                    Hook::GoroutineExit,
-                    Hook::ContextCreate,
-                    Hook::ContextCancel,
-                ],
-            };
-            for &hook in hook_set {
-                for site in bin.sites_for(hook) {
-                    let off = match mode {
-                        Mode::Entry => {
-                            let entry = match hook {
-                                Hook::GoroutineCreate => {
-                                    bin.pclntab
-                                        .by_name("runtime.newproc1")
-                                        .last()
-                                        .context("entry function")?
-                                        .entry
-                                }
-                                _ => site.function_entry,
-                            };
-                            site.file_offset - site.address + entry
-                        }
-                        _ => site.file_offset,
-                    };
-                    p.attach_at(&bin, &exe, site, off, Scope::Pid(nz), Program::Noop)?;
-                }
-            }
+            let _probes = attach_empty(pid, mode, hooks)?;
             println!("attached");
             let _ = rx.recv();
             Default::default()
@@ -125,4 +91,45 @@ pub fn run(pid: u32, mode: Mode, hooks: Hooks) -> Result<()> {
         })
     );
     Ok(())
+}
+
+/// Empty programs at goroscope's sites (`Floor`) or at the entries of the functions
+/// holding them (`Entry`: the usual way), for `hooks`; detached when dropped.
+fn attach_empty(pid: u32, mode: Mode, hooks: Hooks) -> Result<Probes> {
+    let nz = process::nonzero_pid(pid)?;
+    let exe = process::exe_link(pid);
+    let bin = gobin::analyze(&exe)?;
+    let mut p = Probes::load(goroscope_common::DEFAULT_MAX_LIVE)?;
+    let hook_set: &[Hook] = match hooks {
+        Hooks::Goroutines => &[Hook::GoroutineCreate, Hook::GoroutineExit],
+        Hooks::Contexts => &[Hook::ContextCreate, Hook::ContextCancel],
+        Hooks::All => &[
+            Hook::GoroutineCreate,
+            Hook::GoroutineExit,
+            Hook::ContextCreate,
+            Hook::ContextCancel,
+        ],
+    };
+    for &hook in hook_set {
+        for site in bin.sites_for(hook) {
+            let off = match mode {
+                Mode::Entry => {
+                    let entry = match hook {
+                        Hook::GoroutineCreate => {
+                            bin.pclntab
+                                .by_name("runtime.newproc1")
+                                .last()
+                                .context("entry function")?
+                                .entry
+                        }
+                        _ => site.function_entry,
+                    };
+                    site.file_offset - site.address + entry
+                }
+                _ => site.file_offset,
+            };
+            p.attach_at(&bin, &exe, site, off, Scope::Pid(nz), Program::Noop)?;
+        }
+    }
+    Ok(p)
 }

@@ -90,6 +90,12 @@ pub fn render(a: &Analysis) -> String {
         addr(a.runtime_vars.allglen),
         a.runtime_vars.source
     );
+    probe_sites(&mut s, a);
+    s
+}
+
+/// The probe sites section: where each hook sits, and what could not be placed.
+fn probe_sites(s: &mut String, a: &Analysis) {
     let _ = writeln!(s, "probe sites:");
     for p in &a.probe_sites {
         let values: Vec<String> = p
@@ -127,5 +133,4 @@ pub fn render(a: &Analysis) -> String {
     for m in &a.missing_sites {
         let _ = writeln!(s, "  not placed: {m}");
     }
-    s
 }

@@ -180,6 +180,13 @@ pub fn snapshot(t: &ProcessTable, observed: bool) -> String {
         );
         return s;
     }
+    observed_contexts(&mut s, t, &window);
+    s
+}
+
+/// The contexts an observation window saw created and nobody cancelled, with their
+/// waiters and parents.
+fn observed_contexts(s: &mut String, t: &ProcessTable, window: &str) {
     let open: Vec<_> = t.contexts.iter().filter(|c| c.uncancelled > 0).collect();
     let _ = writeln!(
         s,
@@ -225,7 +232,6 @@ pub fn snapshot(t: &ProcessTable, observed: bool) -> String {
             let _ = writeln!(s, "#\tparent created at {site}");
         }
     }
-    s
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Result;
 use crossterm::{cursor, event, execute, terminal};
 
+use crate::model::ProcessTable;
 use crate::session::{Session, Target};
 
 /// Restores the terminal however `top` ends.
@@ -78,31 +79,7 @@ pub fn run(
                 _ = term.recv() => break,
             }
             let tables = session.refresh()?;
-            let rows = terminal::size()
-                .map_or(40, |(_, h)| h as usize)
-                .saturating_sub(6)
-                .max(5);
-            let mut frame = format!(
-                "goroscope top — {} — refresh {:.1}s{}\n",
-                session.target(),
-                interval.as_secs_f64(),
-                if tty { " — q quits" } else { "" }
-            );
-            for t in &tables {
-                frame.push_str(&super::render::top_frame(
-                    t,
-                    all,
-                    rows / tables.len().max(1),
-                ));
-            }
-            if tables.is_empty() {
-                frame.push_str(if session.waiting() {
-                    "no file at that path here and no process runs a binary at that path \
-                         (yet); waiting\n"
-                } else {
-                    "no process of the target is running\n"
-                });
-            }
+            let frame = frame(&session, &tables, interval, tty, all);
             let mut out = std::io::stdout().lock();
             if tty {
                 execute!(
@@ -126,4 +103,41 @@ pub fn run(
         }
         Ok(())
     })
+}
+
+/// One screen: a header, each process's table (rows shared between them), or why there
+/// is nothing to show.
+fn frame(
+    session: &Session,
+    tables: &[ProcessTable],
+    interval: Duration,
+    tty: bool,
+    all: bool,
+) -> String {
+    let rows = terminal::size()
+        .map_or(40, |(_, h)| h as usize)
+        .saturating_sub(6)
+        .max(5);
+    let mut frame = format!(
+        "goroscope top — {} — refresh {:.1}s{}\n",
+        session.target(),
+        interval.as_secs_f64(),
+        if tty { " — q quits" } else { "" }
+    );
+    for t in tables {
+        frame.push_str(&super::render::top_frame(
+            t,
+            all,
+            rows / tables.len().max(1),
+        ));
+    }
+    if tables.is_empty() {
+        frame.push_str(if session.waiting() {
+            "no file at that path here and no process runs a binary at that path (yet); \
+             waiting\n"
+        } else {
+            "no process of the target is running\n"
+        });
+    }
+    frame
 }

@@ -128,6 +128,50 @@ pub struct Config {
     pub leak: LeakConfig,
 }
 
+impl RunArgs {
+    /// The leak model's thresholds: the file's (or the defaults), overridden by flags.
+    fn leak(&self, mut leak: LeakConfig) -> Result<LeakConfig> {
+        if let Some(v) = self.leak_window_seconds {
+            leak.window_seconds = v;
+        }
+        if let Some(v) = self.leak_min_growth {
+            leak.min_growth = v;
+        }
+        if let Some(v) = self.leak_min_age_seconds {
+            leak.min_age_seconds = v;
+        }
+        if let Some(v) = self.leak_min_waiting_ratio {
+            leak.min_waiting_ratio = v;
+        }
+        leak.validate()?;
+        Ok(leak)
+    }
+
+    /// The file's targets and the flags', without duplicates; at least one.
+    fn targets(&self, file: &[TargetEntry]) -> Result<Vec<Target>> {
+        let mut targets = Vec::new();
+        for (i, t) in file.iter().enumerate() {
+            targets.push(match (t.pid, &t.exe) {
+                (Some(0), None) => bail!("targets[{i}].pid must not be 0"),
+                (Some(p), None) => Target::Pid(p),
+                (None, Some(e)) => Target::Exe(e.clone()),
+                _ => bail!("targets[{i}] needs exactly one of `pid` and `exe`"),
+            });
+        }
+        targets.extend(self.pid.iter().map(|p| Target::Pid(*p)));
+        targets.extend(self.exe.iter().cloned().map(Target::Exe));
+        if targets.is_empty() {
+            bail!(
+                "nothing to trace: give --pid PID or --exe PATH (repeatable), or [[targets]] in \
+                 the config file"
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        targets.retain(|t| seen.insert(t.clone()));
+        Ok(targets)
+    }
+}
+
 impl FileConfig {
     pub fn load(path: &Path) -> Result<FileConfig> {
         let text = std::fs::read_to_string(path)
@@ -177,45 +221,14 @@ impl Config {
         if !(1024..=16 << 20).contains(&max_live) {
             bail!("max_live_goroutines must be between 1024 and 16777216, not {max_live}");
         }
-        let mut leak = file.leak.unwrap_or_default();
-        if let Some(v) = args.leak_window_seconds {
-            leak.window_seconds = v;
-        }
-        if let Some(v) = args.leak_min_growth {
-            leak.min_growth = v;
-        }
-        if let Some(v) = args.leak_min_age_seconds {
-            leak.min_age_seconds = v;
-        }
-        if let Some(v) = args.leak_min_waiting_ratio {
-            leak.min_waiting_ratio = v;
-        }
-        leak.validate()?;
+        let leak = args.leak(file.leak.unwrap_or_default())?;
         if leak.window_seconds < 2.0 * interval {
             bail!(
                 "leak.window_seconds ({}) must be at least twice interval_seconds ({interval})",
                 leak.window_seconds
             );
         }
-        let mut targets = Vec::new();
-        for (i, t) in file.targets.iter().enumerate() {
-            targets.push(match (t.pid, &t.exe) {
-                (Some(0), None) => bail!("targets[{i}].pid must not be 0"),
-                (Some(p), None) => Target::Pid(p),
-                (None, Some(e)) => Target::Exe(e.clone()),
-                _ => bail!("targets[{i}] needs exactly one of `pid` and `exe`"),
-            });
-        }
-        targets.extend(args.pid.iter().map(|p| Target::Pid(*p)));
-        targets.extend(args.exe.iter().cloned().map(Target::Exe));
-        if targets.is_empty() {
-            bail!(
-                "nothing to trace: give --pid PID or --exe PATH (repeatable), or [[targets]] in \
-                 the config file"
-            );
-        }
-        let mut seen = std::collections::HashSet::new();
-        targets.retain(|t| seen.insert(t.clone()));
+        let targets = args.targets(&file.targets)?;
         Ok(Config {
             listen,
             interval: Duration::from_secs_f64(interval),
