@@ -305,31 +305,44 @@ impl HttpResponse {
     }
 }
 
-/// A plain HTTP/1.0 GET (no chunked bodies), enough for goroscope's and Prometheus' APIs.
+/// A GET of `http://ADDR/PATH` (with `Accept: ACCEPT` if given); any status is a
+/// response, only a failed exchange is an error. Plain HTTP, no proxy, no connection
+/// kept between calls, at most 30 s of silence per read.
 pub fn http_get(addr: &str, path: &str, accept: Option<&str>) -> std::io::Result<HttpResponse> {
-    use std::io::Read;
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let accept = accept.map_or(String::new(), |a| format!("Accept: {a}\r\n"));
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{accept}\r\n")?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+    static HTTP: std::sync::OnceLock<ureq::Agent> = std::sync::OnceLock::new();
+    let http = HTTP.get_or_init(|| {
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .proxy(None)
+            .max_idle_connections(0)
+            .timeout_per_read(Some(Duration::from_secs(30)))
+            .build()
+            .new_agent()
+    });
+    let mut request = http.get(format!("http://{addr}{path}"));
+    if let Some(accept) = accept {
+        request = request.header("Accept", accept);
+    }
+    let mut response = request.call().map_err(ureq::Error::into_io)?;
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(n, v)| {
+            let v = String::from_utf8_lossy(v.as_bytes());
+            (n.as_str().to_ascii_lowercase(), v.trim().to_string())
+        })
         .collect();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(u64::MAX)
+        .lossy_utf8(true)
+        .read_to_string()
+        .map_err(ureq::Error::into_io)?;
     Ok(HttpResponse {
-        status,
+        status: response.status().as_u16(),
         headers,
-        body: body.to_string(),
+        body,
     })
 }
 

