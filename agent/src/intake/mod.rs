@@ -73,16 +73,12 @@ impl ProcessReader {
         &self.analysis
     }
 
-    /// The goroutines alive now.
-    pub fn inventory(&self) -> Result<Vec<G>> {
-        goroutines::read(&self.mem, &self.analysis, self.bias)
-    }
-
     /// Observes the process now; `kernel` is its share of the kernel's records (None
     /// without probes).
     pub fn observe(&mut self, kernel: Option<ProcessRecords>) -> Observation {
         let now_ns = mono_ns();
-        let inventory = self.inventory().map_err(|e| format!("{e:#}"));
+        let inventory =
+            goroutines::read(&self.mem, &self.analysis, self.bias).map_err(|e| format!("{e:#}"));
         let kernel = kernel.map(|k| rebase(k, self.bias));
         let contexts = kernel.as_ref().and_then(|k| k.contexts.as_ref()).map(|c| {
             self.contexts.read(

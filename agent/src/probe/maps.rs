@@ -51,7 +51,7 @@ impl ProcessKey for CtxKey {
 }
 
 /// Entries by process, then by address.
-pub type ByProcess<V> = HashMap<u32, HashMap<u64, V>>;
+type ByProcess<V> = HashMap<u32, HashMap<u64, V>>;
 
 /// What the kernel recorded about one process, addresses as the kernel saw them
 /// (runtime addresses of the `go` statements; context sites are link-time already).

@@ -17,7 +17,7 @@ use aya::programs::uprobe::UProbeLinkId;
 use aya::{Ebpf, EbpfLoader};
 use goroscope_common::{CtxSlot, GSlot, CTX_SLOTS, G_SLOTS};
 
-pub use maps::{ByProcess, ContextRecords, KernelState, ProcessRecords};
+pub use maps::{ContextRecords, KernelState, ProcessRecords};
 use slots::SlotTable;
 
 /// The kernel programs, built from `ebpf/goroscope-ebpf` by `agent/build.rs`.
