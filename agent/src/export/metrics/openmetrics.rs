@@ -4,6 +4,7 @@
 //! (see [`Kind::Info`]) is of type `info` and named without `_info`, and the text ends
 //! with `# EOF`.
 
+use std::collections::HashMap;
 use std::fmt::Write;
 
 use prometheus::proto::{LabelPair, Metric, MetricFamily, MetricType};
@@ -11,6 +12,8 @@ use prometheus::proto::{LabelPair, Metric, MetricFamily, MetricType};
 use super::{header, type_name, Kind};
 
 pub(super) fn encode(families: &[MetricFamily], out: &mut String) {
+    // Upper bounds as written, by their bits: every histogram has the same ones.
+    let mut les: HashMap<u64, String> = HashMap::new();
     for f in families {
         let name = f.name();
         let t = f.get_field_type();
@@ -20,11 +23,16 @@ pub(super) fn encode(families: &[MetricFamily], out: &mut String) {
             _ => (name, type_name(t)),
         };
         header(out, family, type_name, f.help());
+        let mut labels = String::new();
         for m in f.get_metric() {
+            labels.clear();
+            label_set(&mut labels, m.get_label());
             match t {
-                MetricType::COUNTER => sample(out, name, m, None, m.get_counter().get_value()),
-                MetricType::HISTOGRAM => histogram(out, name, m),
-                _ => sample(out, name, m, None, m.get_gauge().get_value()),
+                MetricType::COUNTER => {
+                    sample(out, name, "", &labels, None, m.get_counter().get_value())
+                }
+                MetricType::HISTOGRAM => histogram(out, name, &labels, m, &mut les),
+                _ => sample(out, name, "", &labels, None, m.get_gauge().get_value()),
             }
         }
     }
@@ -33,47 +41,61 @@ pub(super) fn encode(families: &[MetricFamily], out: &mut String) {
 
 /// `_bucket` samples (with `+Inf`, whether or not it is among the buckets), `_sum` and
 /// `_count`.
-fn histogram(out: &mut String, name: &str, m: &Metric) {
+fn histogram(
+    out: &mut String,
+    name: &str,
+    labels: &str,
+    m: &Metric,
+    les: &mut HashMap<u64, String>,
+) {
     let h = m.get_histogram();
-    let bucket = format!("{name}_bucket");
     let mut inf_seen = false;
     for b in h.get_bucket() {
         let le = b.upper_bound();
         inf_seen |= le == f64::INFINITY;
-        sample(out, &bucket, m, Some(le), b.cumulative_count() as f64);
+        let le = les.entry(le.to_bits()).or_insert_with(|| {
+            let mut s = String::new();
+            number(&mut s, le);
+            s
+        });
+        let count = b.cumulative_count() as f64;
+        sample(out, name, "_bucket", labels, Some(le), count);
     }
-    if !inf_seen {
-        sample(
-            out,
-            &bucket,
-            m,
-            Some(f64::INFINITY),
-            h.get_sample_count() as f64,
-        );
-    }
-    sample(out, &format!("{name}_sum"), m, None, h.get_sample_sum());
     let count = h.get_sample_count() as f64;
-    sample(out, &format!("{name}_count"), m, None, count);
+    if !inf_seen {
+        sample(out, name, "_bucket", labels, Some("+Inf"), count);
+    }
+    sample(out, name, "_sum", labels, None, h.get_sample_sum());
+    sample(out, name, "_count", labels, None, count);
 }
 
-/// One sample line: `name{labels,le="…"} value`.
-fn sample(out: &mut String, name: &str, m: &Metric, le: Option<f64>, v: f64) {
-    out.push_str(name);
-    let labels: &[LabelPair] = m.get_label();
-    if !labels.is_empty() || le.is_some() {
-        let mut sep = '{';
-        for l in labels {
-            out.push(sep);
-            out.push_str(l.name());
-            out.push_str("=\"");
-            escape_into(out, l.value());
-            out.push('"');
-            sep = ',';
+/// `k="v",…`, values escaped.
+fn label_set(out: &mut String, labels: &[LabelPair]) {
+    for (i, l) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
         }
+        out.push_str(l.name());
+        out.push_str("=\"");
+        escape_into(out, l.value());
+        out.push('"');
+    }
+}
+
+/// One sample line: `name_suffix{labels,le="…"} value` (`labels` already written as
+/// `k="v",…`).
+fn sample(out: &mut String, name: &str, suffix: &str, labels: &str, le: Option<&str>, v: f64) {
+    out.push_str(name);
+    out.push_str(suffix);
+    if !labels.is_empty() || le.is_some() {
+        out.push('{');
+        out.push_str(labels);
         if let Some(le) = le {
-            out.push(sep);
+            if !labels.is_empty() {
+                out.push(',');
+            }
             out.push_str("le=\"");
-            number(out, le);
+            out.push_str(le);
             out.push('"');
         }
         out.push('}');
@@ -85,6 +107,10 @@ fn sample(out: &mut String, name: &str, m: &Metric, le: Option<f64>, v: f64) {
 
 /// A label value with `\`, `"` and newlines escaped.
 fn escape_into(out: &mut String, v: &str) {
+    if !v.contains(['\\', '"', '\n']) {
+        out.push_str(v);
+        return;
+    }
     for c in v.chars() {
         match c {
             '\\' => out.push_str("\\\\"),

@@ -243,3 +243,75 @@ fn same_bytes_as_the_hand_written_renderer() {
         }
     }
 }
+
+/// TEMPORARY timing: 20 processes × 105 sites, like `cargo xtask bench scrape`.
+#[test]
+#[ignore]
+fn timing() {
+    use crate::export::legacy_render as old;
+    use std::time::Instant;
+    let mut snap = small_snapshot();
+    snap.top_sites = 120;
+    let base = snap.processes[0].clone();
+    snap.processes.clear();
+    for p in 0..20u32 {
+        let mut r = base.clone();
+        r.table.pid = 1000 + p;
+        r.table.exe = "/work/wt-export/target/fixtures/go1.26.6/sites-default".into();
+        r.table.contexts.clear();
+        r.table.sites = (0..105u64)
+            .map(|g| {
+                let mut s = base.table.sites[0].clone();
+                s.gopc = g;
+                s.line = g as u32;
+                s.function = format!("main.spawn{g}");
+                s.file = "/work/wt-export/tests/fixtures/go/sites/main.go".into();
+                s.live = 5;
+                s.oldest_age_seconds = 12.345678 + g as f64;
+                s
+            })
+            .collect();
+        snap.processes.push(r);
+    }
+    let time = |what: &str, f: &dyn Fn() -> usize| {
+        let mut v: Vec<f64> = (0..30)
+            .map(|_| {
+                let t = Instant::now();
+                std::hint::black_box(f());
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        v.sort_by(f64::total_cmp);
+        eprintln!("{what}: median {:.2} ms", v[v.len() / 2]);
+    };
+    let c = SnapshotCollector {
+        snapshot: &snap,
+        scrape_seconds: 0.0,
+    };
+    time("collect", &|| c.collect().len());
+    let fams = c.collect();
+    time("text encode", &|| {
+        let mut out = String::new();
+        for f in fams.iter().filter(|f| !f.get_metric().is_empty()) {
+            TextEncoder::new()
+                .encode_utf8(slice::from_ref(f), &mut out)
+                .unwrap();
+        }
+        out.len()
+    });
+    time("om encode", &|| {
+        let mut out = String::new();
+        openmetrics::encode(&fams, &mut out);
+        out.len()
+    });
+    time("new text", &|| {
+        render(&snap, Format::Prometheus, 0.0).unwrap().len()
+    });
+    time("old text", &|| {
+        old::render(&snap, old::Format::Prometheus, 0.0).len()
+    });
+    eprintln!(
+        "bytes {}",
+        render(&snap, Format::Prometheus, 0.0).unwrap().len()
+    );
+}
