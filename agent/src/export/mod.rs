@@ -13,9 +13,6 @@ pub mod fold;
 pub mod http;
 pub mod metrics;
 
-#[cfg(test)]
-mod legacy_render;
-
 use std::collections::HashMap;
 
 use serde::Serialize;

@@ -7,7 +7,9 @@
 //! (per traced process), [`sites`] (per goroutine site), [`contexts`] (per context
 //! site). The Prometheus text format is the crate's `TextEncoder`; the crate has no
 //! OpenMetrics encoder, so [`openmetrics`] writes the same families in OpenMetrics
-//! (counter families named without `_total`, `info` families, `# EOF`).
+//! (counter families named without `_total`, `info` families, `# EOF`). Both write the
+//! same samples; numbers differ only where no exported value goes (the crate writes
+//! infinities as `inf` and minus zero as `-0`).
 //!
 //! The collector is not put in a crate `Registry`: gathering there sorts each family's
 //! series by label values (this exporter keeps them by process, then site) and drops

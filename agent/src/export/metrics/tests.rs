@@ -4,7 +4,7 @@ use goroscope_common::{Loss, ProcCounters, LIFETIME_BUCKETS};
 
 use super::*;
 use crate::detect::leak::Verdict;
-use crate::export::{OtherFold, TargetStatus};
+use crate::export::TargetStatus;
 use crate::model::{
     bucket_upper_seconds, ContextSiteView, GoroutineView, Lifetime, Losses, MapFill, ParentView,
     ProcessTable, SiteView, Totals,
@@ -55,9 +55,9 @@ fn collector_builds_every_family_of_the_table_in_order() {
     assert_eq!(c.desc().len(), METRICS.len());
 }
 
-/// One process, one site of its own and one folded into `other` (top 1), one context
-/// site: the exact text of both formats.
-fn small_snapshot() -> Snapshot {
+/// A process with two goroutine sites (sharing a lifetime histogram), one goroutine,
+/// lost events, and one context site whose parent holds 9 children.
+fn small_table() -> ProcessTable {
     let mut lifetime = Lifetime {
         count: 3,
         sum_seconds: 0.5,
@@ -82,7 +82,7 @@ fn small_snapshot() -> Snapshot {
     };
     let mut lost = ProcCounters::default();
     lost.lost[Loss::LiveMapFull as usize] = 4;
-    let table = ProcessTable {
+    ProcessTable {
         pid: 42,
         exe: "/srv/a b".into(),
         go_version: "go1.27.3".into(),
@@ -123,10 +123,15 @@ fn small_snapshot() -> Snapshot {
             children_site: "main.serve /src/ctx.go:7".into(),
         }],
         ..Default::default()
-    };
+    }
+}
+
+/// One process, one site of its own and one folded into `other` (top 1), one context
+/// site: the exact text of both formats.
+fn small_snapshot() -> Snapshot {
     Snapshot {
         processes: vec![ProcessReport {
-            table,
+            table: small_table(),
             verdicts: HashMap::from([(
                 10,
                 Verdict {
@@ -168,150 +173,5 @@ fn small_snapshot_exact_text() {
     assert_eq!(
         render_ok(&s, Format::OpenMetrics),
         SMALL_OPENMETRICS.replace("VERSION", version)
-    );
-}
-
-/// TEMPORARY: the collector and its encoders write what the hand-written renderer wrote,
-/// byte for byte, for varied snapshots.
-#[test]
-fn same_bytes_as_the_hand_written_renderer() {
-    use crate::export::legacy_render as old;
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move |n: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % n
-    };
-    for round in 0..60 {
-        let mut snap = small_snapshot();
-        snap.top_sites = next(6) as usize;
-        snap.attach_failures = next(3);
-        snap.fill.goroutine_slots = next(1000) as f64 / 7.0;
-        snap.targets.push(TargetStatus {
-            target: "/usr/bin/x\\y".into(),
-            attached: false,
-            waiting: next(2) == 0,
-            error: Some("e".into()),
-        });
-        let mut fold = OtherFold::default();
-        for p in 0..1 + next(3) {
-            let mut r = snap.processes[0].clone();
-            r.table.pid = 100 + p as u32;
-            for g in 0..next(8) {
-                let mut s = r.table.sites[0].clone();
-                s.gopc = 1000 + g;
-                s.line = next(50) as u32;
-                s.live = next(20);
-                s.created = (next(4) > 0).then(|| next(100));
-                s.oldest_age_seconds = next(1000) as f64 / 3.0;
-                if next(5) == 0 {
-                    s.file.clear();
-                }
-                if next(3) == 0 {
-                    s.lifetime = None;
-                }
-                r.verdicts.insert(
-                    s.gopc,
-                    Verdict {
-                        suspected: next(4) == 0,
-                        growth_per_second: next(100) as f64 / 9.0 - 5.0,
-                        ..Default::default()
-                    },
-                );
-                r.table.sites.push(s);
-            }
-            for c in 0..next(5) {
-                let mut x = r.table.contexts[0].clone();
-                x.pc = 50 + c;
-                x.line = next(30) as u32;
-                x.uncancelled = next(9);
-                x.created = next(90);
-                r.table.contexts.push(x);
-            }
-            if round % 2 == 0 {
-                r.other = Some(fold.update(&r, snap.top_sites));
-            }
-            snap.processes.push(r);
-        }
-        for (f, of) in [
-            (Format::Prometheus, old::Format::Prometheus),
-            (Format::OpenMetrics, old::Format::OpenMetrics),
-        ] {
-            let new = render(&snap, f, 0.0123).unwrap();
-            assert_eq!(new, old::render(&snap, of, 0.0123), "round {round} {f:?}");
-        }
-    }
-}
-
-/// TEMPORARY timing: 20 processes × 105 sites, like `cargo xtask bench scrape`.
-#[test]
-#[ignore]
-fn timing() {
-    use crate::export::legacy_render as old;
-    use std::time::Instant;
-    let mut snap = small_snapshot();
-    snap.top_sites = 120;
-    let base = snap.processes[0].clone();
-    snap.processes.clear();
-    for p in 0..20u32 {
-        let mut r = base.clone();
-        r.table.pid = 1000 + p;
-        r.table.exe = "/work/wt-export/target/fixtures/go1.26.6/sites-default".into();
-        r.table.contexts.clear();
-        r.table.sites = (0..105u64)
-            .map(|g| {
-                let mut s = base.table.sites[0].clone();
-                s.gopc = g;
-                s.line = g as u32;
-                s.function = format!("main.spawn{g}");
-                s.file = "/work/wt-export/tests/fixtures/go/sites/main.go".into();
-                s.live = 5;
-                s.oldest_age_seconds = 12.345678 + g as f64;
-                s
-            })
-            .collect();
-        snap.processes.push(r);
-    }
-    let time = |what: &str, f: &dyn Fn() -> usize| {
-        let mut v: Vec<f64> = (0..30)
-            .map(|_| {
-                let t = Instant::now();
-                std::hint::black_box(f());
-                t.elapsed().as_secs_f64() * 1e3
-            })
-            .collect();
-        v.sort_by(f64::total_cmp);
-        eprintln!("{what}: median {:.2} ms", v[v.len() / 2]);
-    };
-    let c = SnapshotCollector {
-        snapshot: &snap,
-        scrape_seconds: 0.0,
-    };
-    time("collect", &|| c.collect().len());
-    let fams = c.collect();
-    time("text encode", &|| {
-        let mut out = String::new();
-        for f in fams.iter().filter(|f| !f.get_metric().is_empty()) {
-            TextEncoder::new()
-                .encode_utf8(slice::from_ref(f), &mut out)
-                .unwrap();
-        }
-        out.len()
-    });
-    time("om encode", &|| {
-        let mut out = String::new();
-        openmetrics::encode(&fams, &mut out);
-        out.len()
-    });
-    time("new text", &|| {
-        render(&snap, Format::Prometheus, 0.0).unwrap().len()
-    });
-    time("old text", &|| {
-        old::render(&snap, old::Format::Prometheus, 0.0).len()
-    });
-    eprintln!(
-        "bytes {}",
-        render(&snap, Format::Prometheus, 0.0).unwrap().len()
     );
 }
