@@ -1,21 +1,19 @@
-//! The HTTP server: `/metrics`, `/healthz`, `/readyz`, `/debug/goroutines`.
+//! The HTTP server: its routes (`/metrics`, `/healthz`, `/readyz`, `/debug/goroutines`)
+//! and the state the refresher shares with them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use super::api::DebugProcess;
+use super::metrics::{self, Format};
+use super::Snapshot;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Serialize;
-
-use super::metrics::{self, Format};
-use super::{ProcessReport, Snapshot};
-use crate::detect::leak::{Suspicion, Verdict};
-use crate::model::{ContextSiteView, ParentView, Totals};
 
 /// State shared by the refresher and the HTTP handlers.
 pub struct Shared {
@@ -74,7 +72,13 @@ async fn metrics_handler(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Re
     let start = Instant::now();
     let snap = s.snapshot();
     let previous = f64::from_bits(s.scrape_seconds.load(Ordering::Relaxed));
-    let body = metrics::render(&snap, format, previous);
+    let body = match metrics::render(&snap, format, previous) {
+        Ok(body) => body,
+        Err(e) => {
+            tracing::error!("cannot encode the metrics: {e}");
+            return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response();
+        }
+    };
     s.scrape_seconds
         .store(start.elapsed().as_secs_f64().to_bits(), Ordering::Relaxed);
     ([(header::CONTENT_TYPE, format.content_type())], body).into_response()
@@ -120,84 +124,13 @@ async fn readyz(State(s): State<Arc<Shared>>) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, why).into_response()
 }
 
-#[derive(Serialize)]
-struct DebugSite {
-    site: String,
-    function: String,
-    file: String,
-    line: u32,
-    start_function: String,
-    live: u64,
-    waiting: u64,
-    created: Option<u64>,
-    exited: Option<u64>,
-    oldest_age_seconds: f64,
-    oldest_age_is_lower_bound: bool,
-    states: BTreeMap<String, u64>,
-    dominant_state: String,
-    sample_goids: Vec<u64>,
-    leak: Verdict,
-}
-
-#[derive(Serialize)]
-struct DebugProcess {
-    pid: u32,
-    exe: String,
-    go_version: String,
-    attached_seconds: f64,
-    live: u64,
-    counters: Option<Totals>,
-    inventory_error: Option<String>,
-    suspected_leaks: Vec<Suspicion>,
-    sites: Vec<DebugSite>,
-    contexts: Vec<ContextSiteView>,
-    context_parents: Vec<ParentView>,
-}
-
-fn debug_process(p: &ProcessReport) -> DebugProcess {
-    let t = &p.table;
-    DebugProcess {
-        pid: t.pid,
-        exe: t.exe.clone(),
-        go_version: t.go_version.clone(),
-        attached_seconds: t.attached_seconds,
-        live: t.live,
-        counters: t.counters.clone(),
-        inventory_error: t.inventory_error.clone(),
-        suspected_leaks: p.suspicions(),
-        contexts: t.contexts.clone(),
-        context_parents: t.context_parents.clone(),
-        sites: t
-            .sites
-            .iter()
-            .map(|s| DebugSite {
-                site: s.location(),
-                function: s.function.clone(),
-                file: s.file.clone(),
-                line: s.line,
-                start_function: s.start_function.clone(),
-                live: s.live,
-                waiting: s.waiting,
-                created: s.created,
-                exited: s.exited,
-                oldest_age_seconds: s.oldest_age_seconds,
-                oldest_age_is_lower_bound: s.oldest_age_is_lower_bound,
-                states: s.states.clone(),
-                dominant_state: s.dominant_state.clone(),
-                sample_goids: s.sample_goids.clone(),
-                leak: p.verdict(s),
-            })
-            .collect(),
-    }
-}
-
 async fn debug_goroutines(
     State(s): State<Arc<Shared>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let snap = s.snapshot();
     let Some(pid) = q.get("pid") else {
-        let all: Vec<DebugProcess> = snap.processes.iter().map(debug_process).collect();
+        let all: Vec<DebugProcess> = snap.processes.iter().map(DebugProcess::of).collect();
         return Json(all).into_response();
     };
     let Ok(pid) = pid.parse::<u32>() else {
@@ -208,7 +141,7 @@ async fn debug_goroutines(
             .into_response();
     };
     match snap.processes.iter().find(|p| p.table.pid == pid) {
-        Some(p) => Json(debug_process(p)).into_response(),
+        Some(p) => Json(DebugProcess::of(p)).into_response(),
         None => (
             StatusCode::NOT_FOUND,
             format!("pid {pid} is not traced by this agent\n"),

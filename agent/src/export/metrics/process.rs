@@ -1,0 +1,61 @@
+//! Per traced process: who it is, its live goroutines (in all and by state), and the
+//! probe events the kernel could not record for it.
+
+use std::collections::BTreeMap;
+
+use goroscope_common::Loss;
+use prometheus::proto::MetricFamily;
+
+use super::{family, labels};
+use crate::export::Snapshot;
+
+pub(super) fn families(snap: &Snapshot, out: &mut Vec<MetricFamily>) {
+    let processes: Vec<_> = snap
+        .processes
+        .iter()
+        .map(|r| (r.table.pid.to_string(), &r.table))
+        .collect();
+    out.push(family(
+        "goroscope_process_info",
+        processes.iter().map(|(pid, t)| {
+            let go_version = &t.go_version;
+            (
+                labels(&[("pid", pid), ("exe", &t.exe), ("go_version", go_version)]),
+                1.0,
+            )
+        }),
+    ));
+    out.push(family(
+        "goroscope_process_goroutines",
+        processes
+            .iter()
+            .map(|(pid, t)| (labels(&[("pid", pid), ("exe", &t.exe)]), t.live as f64)),
+    ));
+    out.push(family(
+        "goroscope_process_goroutines_by_state",
+        processes.iter().flat_map(|(pid, t)| {
+            let mut states: BTreeMap<&str, u64> = BTreeMap::new();
+            for g in &t.goroutines {
+                *states.entry(g.state.as_str()).or_default() += 1;
+            }
+            states.into_iter().map(move |(state, n)| {
+                (
+                    labels(&[("pid", pid), ("exe", &t.exe), ("state", state)]),
+                    n as f64,
+                )
+            })
+        }),
+    ));
+    out.push(family(
+        "goroscope_process_lost_events_total",
+        processes.iter().flat_map(|(pid, t)| {
+            let lost = t.counters.as_ref().map(|c| c.lost).unwrap_or_default();
+            Loss::ALL.into_iter().map(move |reason| {
+                (
+                    labels(&[("pid", pid), ("exe", &t.exe), ("reason", reason.name())]),
+                    lost.get(reason) as f64,
+                )
+            })
+        }),
+    ));
+}
