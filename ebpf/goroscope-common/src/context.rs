@@ -1,0 +1,105 @@
+//! Context tracking: the context-probe configuration, the slot table and live-context map
+//! filled at creation, and the per-site counters updated at cancellation.
+
+use crate::{pod, slot_hash};
+
+/// Default bound of the live (not yet cancelled) context map.
+pub const DEFAULT_MAX_CONTEXTS: u32 = 65_536;
+/// Ranges of package `context` code in [`CtxConfig`].
+pub const CTX_RANGES: usize = 4;
+/// Frames walked up from `propagateCancel` to find the first caller outside `context`.
+pub const CTX_FRAMES: usize = 6;
+
+/// Configuration of a context probe, indexed by its attach cookie in `CTX_CONFIG`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtxConfig {
+    /// Link-time address of the probed instruction: `ip - probe_addr`, rounded down to a
+    /// page, is the load bias of the process (0 unless PIE).
+    pub probe_addr: u64,
+    /// Link-time `[start, end)` ranges of package `context`'s code (unused ranges are
+    /// `[0, 0)`): the creation site is the first return address outside them.
+    pub ranges: [[u64; 2]; CTX_RANGES],
+    /// Offset of `runtime.g.goid` (R14 holds the current `*g`).
+    pub goid_off: u32,
+    pub _pad: u32,
+}
+
+/// Key of the live-context map: a context (`*cancelCtx`) in one process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtxKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub ctx: u64,
+}
+
+/// A cancelable context created while attached and not cancelled yet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtxInfo {
+    /// `bpf_ktime_get_ns()` at creation.
+    pub created_ns: u64,
+    /// Link-time return address of the call into package `context` (0: not found).
+    pub site: u64,
+    /// Goroutine that created it.
+    pub goid: u64,
+    /// Parent context (interface data pointer; a `*cancelCtx` when the parent is one).
+    pub parent: u64,
+    /// The parent's itab (interface type word): tells a `*cancelCtx` parent apart.
+    pub parent_itab: u64,
+}
+
+/// Slots of the context slot table (see [`CtxSlot`]).
+pub const CTX_SLOTS: u32 = 1 << 17;
+
+/// A context created while attached and not cancelled yet, in the context slot table: an
+/// array indexed by a hash of (process, context pointer), claimed with compare-and-swap
+/// on `ctx` (0 = free, [`SLOT_BUSY`](crate::SLOT_BUSY) = being written); a context whose
+/// slot is taken goes to the `CTX_LIVE` hash map instead.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtxSlot {
+    pub ctx: u64,
+    pub tgid: u32,
+    pub _pad: u32,
+    pub info: CtxInfo,
+}
+
+/// Slot of a context in the [`CTX_SLOTS`] table (see [`slot_hash`]).
+#[inline(always)]
+pub fn ctx_slot_index(tgid: u32, ctx: u64) -> u32 {
+    slot_hash(tgid, ctx, CTX_SLOTS)
+}
+
+/// Per (process, context creation site) counters (keyed by [`crate::SiteKey`]), updated
+/// with atomic adds at cancellation only: contexts created while attached = cancelled +
+/// collected + those still live, so creation touches no per-site state.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtxSiteStats {
+    pub cancelled: u64,
+    /// Sum of created→cancelled times of the cancelled ones, in ns.
+    pub lifetime_ns_sum: u64,
+    /// Contexts never cancelled whose memory was reused for a new context (they were
+    /// garbage collected: their parent did not hold them).
+    pub collected: u64,
+}
+
+pod!(CtxConfig, CtxKey, CtxInfo, CtxSlot, CtxSiteStats);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ctx_slot_indexes_are_in_range() {
+        for i in 0..10_000u64 {
+            assert!(ctx_slot_index(42, 0x00c0_0000_0000 + i * 48) < CTX_SLOTS);
+        }
+        assert_ne!(
+            ctx_slot_index(1, 0xc000_1000),
+            ctx_slot_index(2, 0xc000_1000)
+        );
+    }
+}

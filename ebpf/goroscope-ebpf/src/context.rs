@@ -1,0 +1,232 @@
+//! Context programs: creation of a cancelable context records it (creation site, creating
+//! goroutine, parent) in the `CTX_SLOT_TABLE` slot table (or the `CTX_LIVE` overflow
+//! map); cancellation frees it and counts it for its creation site in `CTX_SITES`.
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_F_MMAPABLE, BPF_NOEXIST},
+    macros::{map, uprobe},
+    maps::{Array, HashMap},
+    programs::ProbeContext,
+};
+use aya_log_ebpf::warn;
+use goroscope_common::{
+    ctx_slot_index, CtxConfig, CtxInfo, CtxKey, CtxSiteStats, CtxSlot, Loss, SiteKey, CTX_FRAMES,
+    CTX_SLOTS, DEFAULT_MAX_CONTEXTS, MAX_SITES, MAX_SITE_CONFIGS, SLOT_BUSY,
+};
+
+use crate::shared::{atomic_add, cas, cookie, current_tgid, lost, now_ns, read, site_entry};
+
+/// Per context-probe configuration, indexed by the uprobe attach cookie.
+#[map]
+static CTX_CONFIG: Array<CtxConfig> = Array::with_max_entries(MAX_SITE_CONFIGS, 0);
+
+/// Cancelable contexts created while attached, until they are cancelled: the fast path
+/// (see `CtxSlot`).
+#[map]
+static CTX_SLOT_TABLE: Array<CtxSlot> = Array::with_max_entries(CTX_SLOTS, BPF_F_MMAPABLE);
+
+/// Cancelable contexts created while attached whose slot was taken, until cancelled.
+#[map]
+static CTX_LIVE: HashMap<CtxKey, CtxInfo> = HashMap::with_max_entries(DEFAULT_MAX_CONTEXTS, 0);
+
+/// Per context-creation-site counters (atomic adds).
+#[map]
+static CTX_SITES: HashMap<SiteKey, CtxSiteStats> = HashMap::with_max_entries(MAX_SITES, 0);
+
+/// Contexts whose creation site was not found, over all processes (global data, only to
+/// space out their log lines).
+static mut SITES_NOT_FOUND: u64 = 0;
+
+/// The counters of a context creation site, created at its first cancel (or collection).
+#[inline(always)]
+fn ctx_site(tgid: u32, site: u64) -> Option<*mut CtxSiteStats> {
+    let zero = CtxSiteStats::default();
+    site_entry(&CTX_SITES, tgid, site, || Some(&zero))
+}
+
+/// Key of a context in `CTX_LIVE`.
+#[inline(always)]
+fn ctx_key(tgid: u32, c: u64) -> CtxKey {
+    CtxKey {
+        tgid,
+        _pad: 0,
+        ctx: c,
+    }
+}
+
+#[inline(always)]
+fn in_context_pkg(cfg: &CtxConfig, pc: u64) -> bool {
+    cfg.ranges.iter().any(|r| pc >= r[0] && pc < r[1])
+}
+
+/// The creation site of a context: the first return address outside package `context`
+/// (link-time), found by walking frame pointers up from `propagateCancel` (`rsp`, `rbp`
+/// and `ip` at its `push rbp`); 0 if not found within [`CTX_FRAMES`] frames.
+#[inline(always)]
+fn creation_site(cfg: &CtxConfig, rsp: u64, rbp: u64, ip: u64) -> u64 {
+    let bias = ip.wrapping_sub(cfg.probe_addr) & !0xfff;
+    let mut pc = read::<u64>(rsp).unwrap_or(0);
+    let mut fp = rbp;
+    for _ in 0..CTX_FRAMES {
+        if pc == 0 {
+            break;
+        }
+        let link = pc.wrapping_sub(bias);
+        if !in_context_pkg(cfg, link) {
+            return link;
+        }
+        let Ok(frame) = read::<[u64; 2]>(fp) else {
+            break;
+        };
+        fp = frame[0];
+        pc = frame[1];
+    }
+    0
+}
+
+/// Logs a context whose creation site was not found (it is tracked under site 0): the
+/// 1st, 2nd, 4th, 8th… such context since load, so a recurring cause logs ~log2(n) lines.
+#[inline(never)]
+fn log_site_not_found(ctx: &ProbeContext, tgid: u32) {
+    // SAFETY: global data (an array map value), valid for the program's duration. Not
+    // atomic (the BPF v1 instruction set returns nothing from an atomic add): concurrent
+    // CPUs may miss a count, which only shifts which line is written.
+    let n = unsafe {
+        let p = &raw mut SITES_NOT_FOUND;
+        *p += 1;
+        *p
+    };
+    if n.is_power_of_two() {
+        warn!(
+            ctx,
+            "pid {}: creation site of a context not found within {} frames (no frame \
+             pointers?): it counts under site 0 ({} such contexts since load)",
+            tgid,
+            CTX_FRAMES,
+            n
+        );
+    }
+}
+
+/// A cancelable context was created: at `push rbp` of `(*cancelCtx).propagateCancel`,
+/// RAX = the new context, RBX/RCX = the parent (itab, data), R14 = the current `*g`, and
+/// `[rsp]` the return address into the caller.
+#[uprobe]
+pub fn context_create_rax(ctx: ProbeContext) -> u32 {
+    // SAFETY: the uprobe context is the task's `pt_regs`; constant-offset loads.
+    let (c, parent_itab, parent, rsp, rbp, g, ip) = unsafe {
+        let r = &*ctx.regs;
+        (r.rax, r.rbx, r.rcx, r.rsp, r.rbp, r.r14, r.rip)
+    };
+    let Some(cfg) = CTX_CONFIG.get(cookie(&ctx)) else {
+        return 0;
+    };
+    let tgid = current_tgid();
+    let site = creation_site(cfg, rsp, rbp, ip);
+    if site == 0 {
+        log_site_not_found(&ctx, tgid);
+    }
+    let goid = read::<u64>(g + cfg.goid_off as u64).unwrap_or(0);
+    let info = CtxInfo {
+        created_ns: now_ns(),
+        site,
+        goid,
+        parent,
+        parent_itab,
+    };
+    record_context(&ctx, tgid, c, &info);
+    0
+}
+
+/// Records a created context in its slot, or else in `CTX_LIVE`.
+#[inline(always)]
+fn record_context(ctx: &ProbeContext, tgid: u32, c: u64, info: &CtxInfo) {
+    if let Some(slot) = CTX_SLOT_TABLE.get_ptr_mut(ctx_slot_index(tgid, c)) {
+        // SAFETY: `slot` points into an array map value valid for the program's duration;
+        // it is claimed with compare-and-swap before any other field is written.
+        unsafe {
+            let ctx_p = &raw mut (*slot).ctx;
+            let prev = *ctx_p;
+            let again = prev == c && (*slot).tgid == tgid;
+            if (prev == 0 || again) && cas(ctx_p, prev, SLOT_BUSY) {
+                if again {
+                    // The same address again without a cancel in between: the old
+                    // context was garbage collected without ever being cancelled.
+                    collected(ctx, tgid, (*slot).info.site);
+                }
+                (*slot).tgid = tgid;
+                (*slot).info = *info;
+                *ctx_p = c;
+                return;
+            }
+        }
+    }
+    let key = ctx_key(tgid, c);
+    if CTX_LIVE.insert(&key, info, BPF_NOEXIST as u64).is_err() {
+        // SAFETY: the value is copied out at once.
+        match unsafe { CTX_LIVE.get(&key) }.copied() {
+            Some(old) => {
+                collected(ctx, tgid, old.site);
+                let _ = CTX_LIVE.insert(&key, info, BPF_ANY as u64);
+            }
+            None => lost(ctx, tgid, Loss::ContextMapFull),
+        }
+    }
+}
+
+/// Counts a context never cancelled whose memory was reused (rare path).
+#[inline(always)]
+fn collected(ctx: &ProbeContext, tgid: u32, site: u64) {
+    match ctx_site(tgid, site) {
+        // SAFETY: `st` points into a map value.
+        Some(st) => atomic_add(unsafe { &raw mut (*st).collected }, 1),
+        None => lost(ctx, tgid, Loss::ContextSiteMapFull),
+    }
+}
+
+/// Takes the record of a context being cancelled out of its slot or `CTX_LIVE`; `None`
+/// if it is not tracked (cancelled already, or created before attach).
+#[inline(always)]
+fn take_context(tgid: u32, c: u64) -> Option<CtxInfo> {
+    if let Some(slot) = CTX_SLOT_TABLE.get_ptr_mut(ctx_slot_index(tgid, c)) {
+        // SAFETY: as in `record_context`; only the CPU whose compare-and-swap frees the
+        // slot takes the record, so concurrent cancels of one context count once.
+        unsafe {
+            let ctx_p = &raw mut (*slot).ctx;
+            if *ctx_p == c && (*slot).tgid == tgid {
+                let info = (*slot).info;
+                if cas(ctx_p, c, 0) {
+                    return Some(info);
+                }
+            }
+        }
+    }
+    let key = ctx_key(tgid, c);
+    // SAFETY: the value is copied out before the entry is deleted.
+    unsafe { CTX_LIVE.get(&key) }
+        .copied()
+        .filter(|_| CTX_LIVE.remove(&key).is_ok())
+}
+
+/// A context is being cancelled: at `push rbp` of `(*cancelCtx).cancel`, RAX = the
+/// context. Repeated cancels (and cancels of contexts created before attach) find no
+/// entry and cost one lookup.
+#[uprobe]
+pub fn context_cancel_rax(ctx: ProbeContext) -> u32 {
+    // SAFETY: as above.
+    let c = unsafe { (*ctx.regs).rax };
+    let tgid = current_tgid();
+    let Some(info) = take_context(tgid, c) else {
+        return 0;
+    };
+    let lifetime = now_ns().saturating_sub(info.created_ns);
+    match ctx_site(tgid, info.site) {
+        // SAFETY: `st` points into a map value.
+        Some(st) => unsafe {
+            atomic_add(&raw mut (*st).cancelled, 1);
+            atomic_add(&raw mut (*st).lifetime_ns_sum, lifetime);
+        },
+        None => lost(&ctx, tgid, Loss::ContextSiteMapFull),
+    }
+    0
+}
