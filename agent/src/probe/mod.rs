@@ -1,12 +1,14 @@
 //! The kernel programs: loading them ([`Probes::load`]), attaching them at the sites
 //! chosen by [`crate::gobin`] ([`attach`]), and reading what they recorded ([`maps`];
-//! the slot tables through mmap, [`slots`]).
+//! the slot tables through mmap, [`slots`]); the programs' rare log lines reach the
+//! agent's log through [`kernel_log`].
 //!
 //! One BPF object serves every traced binary: each attached uprobe carries a cookie that
 //! indexes its `SiteConfig` (field offsets for that Go version) in the `SITE_CONFIG`
 //! array. Dropping [`Probes`] detaches everything.
 
 mod attach;
+mod kernel_log;
 mod maps;
 mod slots;
 
@@ -50,6 +52,8 @@ pub struct Probes {
     max_live: u32,
     next_cookie: u32,
     links: Vec<(&'static str, UProbeLinkId)>,
+    /// Forwards the kernel's log lines; holds their ring buffer as long as `ebpf`.
+    _kernel_log: Option<kernel_log::KernelLog>,
 }
 
 fn is_root() -> bool {
@@ -61,7 +65,7 @@ impl Probes {
     /// Loads the BPF object (maps created, nothing attached). `max_live` bounds the
     /// live-goroutine map.
     pub fn load(max_live: u32) -> Result<Probes> {
-        let ebpf = EbpfLoader::new()
+        let mut ebpf = EbpfLoader::new()
             .map_max_entries("LIVE", max_live)
             .load(BPF_OBJECT)
             .map_err(|e| {
@@ -72,6 +76,7 @@ impl Probes {
                 };
                 anyhow::anyhow!("loading the BPF programs failed: {e}{hint}")
             })?;
+        let _kernel_log = kernel_log::start(&mut ebpf);
         let slots = SlotTable::map(&ebpf, "GSLOTS", G_SLOTS)?;
         let ctx_slots = SlotTable::map(&ebpf, "CTX_SLOT_TABLE", CTX_SLOTS)?;
         Ok(Probes {
@@ -81,6 +86,7 @@ impl Probes {
             max_live,
             next_cookie: 0,
             links: Vec::new(),
+            _kernel_log,
         })
     }
 }
