@@ -44,6 +44,8 @@ fn counts(c: &ContextSiteView) -> (u64, u64, u64, u64, u64) {
     )
 }
 
+/// Every context scenario of one fixture process, in the order the fixture runs them (one
+/// process and one session, which take seconds to start): hence its length.
 fn scenarios(minor: u32, variant: &str) {
     let what = format!("Go 1.{minor} {variant}");
     let f = fixture(minor, "contexts", variant);
@@ -210,6 +212,7 @@ fn long_lived_parent_accumulates_children() {
 
 /// `goroscope snapshot --observe`: the probes attached for a few seconds, then the same
 /// context sites and counts as the live table, in the JSON and in the text.
+/// (One scenario, step after step: hence its length.)
 fn snapshot_observe(minor: u32) {
     let what = format!("Go 1.{minor}");
     let f = fixture(minor, "contexts", "default");

@@ -93,6 +93,8 @@ fn families(text: &str, samples: &Samples) -> BTreeSet<String> {
     out
 }
 
+/// One scenario against one daemon and one fixture, step after step (each step needs the
+/// state the previous one left, and starting them costs seconds): hence its length.
 #[test]
 fn daemon_serves_exact_metrics_and_stops_cleanly() {
     if !bpf_allowed("daemon_serves_exact_metrics_and_stops_cleanly") {
@@ -478,6 +480,7 @@ fn daemon_refuses_a_dead_pid_and_a_taken_port() {
 /// An `exe` target that does not exist yet (a DaemonSet runs on nodes where the service
 /// may not): the daemon starts, is ready, reports the target not attached, and attaches
 /// when the executable appears; a replaced executable (a deploy) is attached again.
+/// One scenario, step after step (appear, then replace): hence its length.
 #[test]
 fn exe_target_is_attached_when_it_appears_and_again_when_replaced() {
     if !bpf_allowed("exe_target_is_attached_when_it_appears_and_again_when_replaced") {

@@ -132,6 +132,8 @@ fn encode(s: &str) -> String {
         .collect()
 }
 
+/// One scenario with one Prometheus, one agent and four fixtures, which take a minute to
+/// run: every check is made on that one run, hence its length.
 #[test]
 fn real_prometheus_sees_the_leak_and_fires_the_alert_only_for_the_leaky_programs() {
     if !bpf_allowed("real_prometheus_sees_the_leak_and_fires_the_alert_only_for_the_leaky_programs")

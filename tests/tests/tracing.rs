@@ -37,6 +37,7 @@ const FINISH: &str = "// blockers: finishing site";
 
 /// K goroutines blocked forever at one `go` statement (7 of them before attach, 5 after)
 /// and M = 30 that finish at another.
+/// (One scenario against one process, step after step: hence its length.)
 fn blockers(minor: u32, variant: &str) {
     let f = fixture(minor, "blockers", variant);
     let what = format!("Go 1.{minor} {variant}");
