@@ -70,10 +70,10 @@ fn table_row(goroscope: &Path, version: &str) -> Result<String> {
     let mut row = String::new();
     writeln!(
         row,
-        "    (({major}, {minor}), RuntimeOffsets {{\n        \
-         g: GOffsets {{ atomicstatus: {}, goid: {}, waitsince: {}, waitreason: {}, parent_goid: {}, gopc: {}, startpc: {}, labels: {}, waiting: {} }},\n        \
-         sudog: SudogOffsets {{ c: {}, waitlink: {} }},\n        \
-         cancel_ctx: Some(CancelCtxOffsets {{ context: {}, done: {}, children: {}, err: {} }}),\n    }}),",
+        "    (({major}, {minor}), RuntimeOffsets {{ \
+         g: GOffsets {{ atomicstatus: {}, goid: {}, waitsince: {}, waitreason: {}, parent_goid: {}, gopc: {}, startpc: {}, labels: {}, waiting: {} }}, \
+         sudog: SudogOffsets {{ c: {}, waitlink: {} }}, \
+         cancel_ctx: Some(CancelCtxOffsets {{ context: {}, done: {}, children: {}, err: {} }}) }}),",
         num(g, "atomicstatus")?, num(g, "goid")?, num(g, "waitsince")?, num(g, "waitreason")?,
         num(g, "parent_goid")?, num(g, "gopc")?, num(g, "startpc")?, num(g, "labels")?,
         num(g, "waiting")?, num(&o["sudog"], "c")?, num(&o["sudog"], "waitlink")?,

@@ -4,39 +4,11 @@ use super::offsets::{CancelCtxOffsets, GOffsets, RuntimeOffsets, SudogOffsets};
 /// Runtime struct offsets per Go release line, for binaries without DWARF.
 #[rustfmt::skip]
 pub const TABLE: &[((u32, u32), RuntimeOffsets)] = &[
-    ((1, 21), RuntimeOffsets {
-        g: GOffsets { atomicstatus: 144, goid: 152, waitsince: 168, waitreason: 176, parent_goid: 272, gopc: 280, startpc: 296, labels: 344, waiting: 312 },
-        sudog: SudogOffsets { c: 80, waitlink: 64 },
-        cancel_ctx: Some(CancelCtxOffsets { context: 0, done: 24, children: 40, err: 48 }),
-    }),
-    ((1, 22), RuntimeOffsets {
-        g: GOffsets { atomicstatus: 144, goid: 152, waitsince: 168, waitreason: 176, parent_goid: 272, gopc: 280, startpc: 296, labels: 344, waiting: 312 },
-        sudog: SudogOffsets { c: 80, waitlink: 64 },
-        cancel_ctx: Some(CancelCtxOffsets { context: 0, done: 24, children: 40, err: 48 }),
-    }),
-    ((1, 23), RuntimeOffsets {
-        g: GOffsets { atomicstatus: 152, goid: 160, waitsince: 176, waitreason: 184, parent_goid: 280, gopc: 288, startpc: 304, labels: 352, waiting: 320 },
-        sudog: SudogOffsets { c: 80, waitlink: 64 },
-        cancel_ctx: Some(CancelCtxOffsets { context: 0, done: 24, children: 40, err: 48 }),
-    }),
-    ((1, 24), RuntimeOffsets {
-        g: GOffsets { atomicstatus: 152, goid: 160, waitsince: 176, waitreason: 184, parent_goid: 280, gopc: 288, startpc: 304, labels: 352, waiting: 320 },
-        sudog: SudogOffsets { c: 80, waitlink: 64 },
-        cancel_ctx: Some(CancelCtxOffsets { context: 0, done: 24, children: 40, err: 48 }),
-    }),
-    ((1, 25), RuntimeOffsets {
-        g: GOffsets { atomicstatus: 144, goid: 152, waitsince: 168, waitreason: 176, parent_goid: 272, gopc: 280, startpc: 296, labels: 344, waiting: 312 },
-        sudog: SudogOffsets { c: 80, waitlink: 64 },
-        cancel_ctx: Some(CancelCtxOffsets { context: 0, done: 24, children: 40, err: 48 }),
-    }),
-    ((1, 26), RuntimeOffsets {
-        g: GOffsets { atomicstatus: 144, goid: 152, waitsince: 168, waitreason: 176, parent_goid: 280, gopc: 288, startpc: 304, labels: 352, waiting: 320 },
-        sudog: SudogOffsets { c: 88, waitlink: 72 },
-        cancel_ctx: Some(CancelCtxOffsets { context: 0, done: 24, children: 40, err: 48 }),
-    }),
-    ((1, 27), RuntimeOffsets {
-        g: GOffsets { atomicstatus: 144, goid: 152, waitsince: 168, waitreason: 176, parent_goid: 280, gopc: 288, startpc: 304, labels: 352, waiting: 320 },
-        sudog: SudogOffsets { c: 88, waitlink: 72 },
-        cancel_ctx: Some(CancelCtxOffsets { context: 0, done: 24, children: 40, err: 48 }),
-    }),
+    ((1, 21), RuntimeOffsets { g: GOffsets { atomicstatus: 144, goid: 152, waitsince: 168, waitreason: 176, parent_goid: 272, gopc: 280, startpc: 296, labels: 344, waiting: 312 }, sudog: SudogOffsets { c: 80, waitlink: 64 }, cancel_ctx: Some(CancelCtxOffsets { context: 0, done: 24, children: 40, err: 48 }) }),
+    ((1, 22), RuntimeOffsets { g: GOffsets { atomicstatus: 144, goid: 152, waitsince: 168, waitreason: 176, parent_goid: 272, gopc: 280, startpc: 296, labels: 344, waiting: 312 }, sudog: SudogOffsets { c: 80, waitlink: 64 }, cancel_ctx: Some(CancelCtxOffsets { context: 0, done: 24, children: 40, err: 48 }) }),
+    ((1, 23), RuntimeOffsets { g: GOffsets { atomicstatus: 152, goid: 160, waitsince: 176, waitreason: 184, parent_goid: 280, gopc: 288, startpc: 304, labels: 352, waiting: 320 }, sudog: SudogOffsets { c: 80, waitlink: 64 }, cancel_ctx: Some(CancelCtxOffsets { context: 0, done: 24, children: 40, err: 48 }) }),
+    ((1, 24), RuntimeOffsets { g: GOffsets { atomicstatus: 152, goid: 160, waitsince: 176, waitreason: 184, parent_goid: 280, gopc: 288, startpc: 304, labels: 352, waiting: 320 }, sudog: SudogOffsets { c: 80, waitlink: 64 }, cancel_ctx: Some(CancelCtxOffsets { context: 0, done: 24, children: 40, err: 48 }) }),
+    ((1, 25), RuntimeOffsets { g: GOffsets { atomicstatus: 144, goid: 152, waitsince: 168, waitreason: 176, parent_goid: 272, gopc: 280, startpc: 296, labels: 344, waiting: 312 }, sudog: SudogOffsets { c: 80, waitlink: 64 }, cancel_ctx: Some(CancelCtxOffsets { context: 0, done: 24, children: 40, err: 48 }) }),
+    ((1, 26), RuntimeOffsets { g: GOffsets { atomicstatus: 144, goid: 152, waitsince: 168, waitreason: 176, parent_goid: 280, gopc: 288, startpc: 304, labels: 352, waiting: 320 }, sudog: SudogOffsets { c: 88, waitlink: 72 }, cancel_ctx: Some(CancelCtxOffsets { context: 0, done: 24, children: 40, err: 48 }) }),
+    ((1, 27), RuntimeOffsets { g: GOffsets { atomicstatus: 144, goid: 152, waitsince: 168, waitreason: 176, parent_goid: 280, gopc: 288, startpc: 304, labels: 352, waiting: 320 }, sudog: SudogOffsets { c: 88, waitlink: 72 }, cancel_ctx: Some(CancelCtxOffsets { context: 0, done: 24, children: 40, err: 48 }) }),
 ];

@@ -35,6 +35,7 @@ pub struct G {
 
 pub const STATUS_IDLE: u32 = 0;
 pub const STATUS_RUNNABLE: u32 = 1;
+pub const STATUS_RUNNING: u32 = 2;
 pub const STATUS_WAITING: u32 = 4;
 pub const STATUS_DEAD: u32 = 6;
 
@@ -43,7 +44,7 @@ pub fn state_name(g: &G, wait_reasons: &[String]) -> String {
     match g.status {
         0 => "idle".into(),
         STATUS_RUNNABLE => "runnable".into(),
-        2 => "running".into(),
+        STATUS_RUNNING => "running".into(),
         3 => "syscall".into(),
         STATUS_WAITING => match wait_reasons.get(g.wait_reason as usize) {
             Some(r) if !r.is_empty() => r.clone(),

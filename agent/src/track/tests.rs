@@ -6,6 +6,7 @@ use goroscope_common::{lifetime_bucket, CtxInfo, CtxSiteStats, GoroutineInfo, Lo
 
 use super::{ProcessMeta, Symbols, Tracker};
 use crate::gobin::SourceLoc;
+use crate::intake::goroutines::{STATUS_RUNNING, STATUS_WAITING};
 use crate::intake::{ContextReads, Observation, ParentRecord, G};
 use crate::model::{ProcessTable, SiteView};
 use crate::probe::{ContextRecords, ProcessRecords};
@@ -17,8 +18,6 @@ const S: u64 = 1_000_000_000;
 const SITE_A: u64 = 0x10;
 const SITE_B: u64 = 0x20;
 const RUNTIME_SITE: u64 = 0x1000;
-const STATUS_RUNNING: u32 = 2;
-const STATUS_WAITING: u32 = 4;
 /// Wait reason index of "chan receive" in the fake binary.
 const CHAN_RECEIVE: u8 = 2;
 
