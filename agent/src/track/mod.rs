@@ -21,7 +21,7 @@ use goroscope_common::Loss;
 
 use crate::gobin::{Analysis, SourceLoc};
 use crate::intake::goroutines::{self, G, STATUS_RUNNABLE, STATUS_WAITING};
-use crate::intake::Observation;
+use crate::intake::{ContextReads, Observation};
 use crate::model::{GoroutineView, ProcessTable};
 use crate::process::ProcessId;
 use sites::{History, KernelSites, SiteName};
@@ -238,12 +238,13 @@ impl Tracker {
         let Some(c) = obs.kernel.as_ref().and_then(|k| k.contexts.as_ref()) else {
             return Default::default();
         };
-        let reads = obs.contexts.clone().unwrap_or_default();
+        let none = ContextReads::default();
+        let reads = obs.contexts.as_ref().unwrap_or(&none);
         let gs: HashMap<u64, &G> = match &obs.inventory {
             Ok(gs) => gs.iter().map(|g| (g.goid, g)).collect(),
             Err(_) => HashMap::new(),
         };
-        let waits = contexts::waiters(c, &reads, |goid| {
+        let waits = contexts::waiters(c, reads, |goid| {
             gs.get(&goid)
                 .and_then(|g| self.sites.get(sym, g.gopc))
                 .map_or_else(|| "unknown".to_string(), |l| l.to_string())
@@ -252,7 +253,7 @@ impl Tracker {
             obs.inventory.is_ok().then(|| gs.keys().copied().collect());
         (
             contexts::site_views(sym, obs.now_ns, c, live_goids.as_ref(), &waits),
-            contexts::parent_views(sym, c, &reads),
+            contexts::parent_views(sym, c, reads),
         )
     }
 }
