@@ -135,8 +135,9 @@ impl Losses {
     }
 
     /// `(reason, count)` for every reason, in the order of [`Loss::ALL`].
-    pub fn iter(&self) -> impl Iterator<Item = (Loss, u64)> + '_ {
-        Loss::ALL.into_iter().map(|r| (r, self.get(r)))
+    pub fn iter(&self) -> impl Iterator<Item = (Loss, u64)> {
+        let counts = self.0;
+        Loss::ALL.into_iter().map(move |r| (r, counts.get(r)))
     }
 
     /// Events lost for any reason.

@@ -72,7 +72,13 @@ async fn metrics_handler(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Re
     let start = Instant::now();
     let snap = s.snapshot();
     let previous = f64::from_bits(s.scrape_seconds.load(Ordering::Relaxed));
-    let body = match metrics::render(&snap, format, previous) {
+    // Rendering is CPU work of tens of ms at scale: off the async workers, so health
+    // checks and debug requests are not held up behind it.
+    let rendered = tokio::task::spawn_blocking(move || metrics::render(&snap, format, previous))
+        .await
+        .map_err(|e| prometheus::Error::Msg(format!("the render task failed: {e}")))
+        .and_then(|r| r);
+    let body = match rendered {
         Ok(body) => body,
         Err(e) => {
             tracing::error!("cannot encode the metrics: {e}");

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use goroscope_common::Loss;
 use prometheus::proto::MetricFamily;
 
 use super::{family, labels};
@@ -50,10 +49,10 @@ pub(super) fn families(snap: &Snapshot, out: &mut Vec<MetricFamily>) {
         "goroscope_process_lost_events_total",
         processes.iter().flat_map(|(pid, t)| {
             let lost = t.counters.as_ref().map(|c| c.lost).unwrap_or_default();
-            Loss::ALL.into_iter().map(move |reason| {
+            lost.iter().map(move |(reason, n)| {
                 (
                     labels(&[("pid", pid), ("exe", &t.exe), ("reason", reason.name())]),
-                    lost.get(reason) as f64,
+                    n as f64,
                 )
             })
         }),
