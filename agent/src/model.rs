@@ -176,7 +176,13 @@ pub struct ProcessTable {
     pub exe: String,
     pub go_version: String,
     pub attached_seconds: f64,
+    /// Live goroutines: those tracked (in `goroutines`) plus `untracked`.
     pub live: u64,
+    /// Live goroutines beyond the budget of tracked goroutines (see the `[limits]`
+    /// config): counted, not attributed to sites.
+    pub untracked: u64,
+    /// The container and pod of the process (empty on a plain host).
+    pub identity: Identity,
     pub sites: Vec<SiteView>,
     pub goroutines: Vec<GoroutineView>,
     /// Kernel counters (None without probes).
@@ -188,6 +194,21 @@ pub struct ProcessTable {
     pub contexts: Vec<ContextSiteView>,
     /// Parents with the most uncancelled children.
     pub context_parents: Vec<ParentView>,
+}
+
+/// Where a process runs: its container and Kubernetes pod, as far as known (empty
+/// strings otherwise). Set by discovery, after tracking.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Identity {
+    /// Container id (64 hex digits) from the process's cgroup.
+    pub container_id: String,
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    pub pod_uid: String,
+    /// The pod's labels (not exported as series labels; see `goroscope_pod_info`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_labels: BTreeMap<String, String>,
 }
 
 /// Fill ratio (0..1) of the kernel maps.

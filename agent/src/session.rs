@@ -1,6 +1,10 @@
 //! A tracing session: which processes are traced, the probes attached for them, and
 //! their goroutine tables.
 //!
+//! With no target (`Target::Node`), every Go process of the host that the selectors
+//! admit, found by [`discover`]: one shared set of probes per distinct binary, attached
+//! when its first process is found and detached when its last process exits.
+//!
 //! `--pid N` traces one process (probes scoped to it). `--exe PATH` traces every process
 //! running that binary, present and future, with one shared set of probes per binary: the
 //! file at PATH, and any other binary that a process sees at PATH in its own mount
@@ -15,10 +19,13 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
-use crate::discover;
+use crate::discover::container::ContainerRef;
+use crate::discover::cri::PodResolver;
+use crate::discover::select::{Decision, Selector, Workload};
+use crate::discover::{self, Candidate, NodeScanner};
 use crate::gobin::{self, Analysis, Hook};
 use crate::intake::ProcessReader;
-use crate::model::{MapFill, ProcessTable};
+use crate::model::{Identity, MapFill, ProcessTable};
 use crate::probe::{Probes, Program, Scope};
 use crate::process::{self, ProcessId};
 use crate::track::{ProcessMeta, Tracker};
@@ -28,6 +35,8 @@ use crate::track::{ProcessMeta, Tracker};
 pub enum Target {
     Pid(u32),
     Exe(PathBuf),
+    /// Every Go process of the host (discovery).
+    Node,
 }
 
 impl std::fmt::Display for Target {
@@ -35,20 +44,73 @@ impl std::fmt::Display for Target {
         match self {
             Target::Pid(p) => write!(f, "pid {p}"),
             Target::Exe(e) => write!(f, "{}", e.display()),
+            Target::Node => write!(f, "node"),
         }
     }
+}
+
+/// How many goroutines may still be tracked: per process, and left for the whole node
+/// (shared by every process refreshed with it, in order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    pub per_process: usize,
+    pub node_left: usize,
+}
+
+impl Budget {
+    pub const UNLIMITED: Budget = Budget {
+        per_process: usize::MAX,
+        node_left: usize::MAX,
+    };
+
+    /// The goroutines the next process may track.
+    fn allowance(&self) -> usize {
+        self.per_process.min(self.node_left)
+    }
+
+    fn spend(&mut self, n: usize) {
+        self.node_left = self.node_left.saturating_sub(n);
+    }
+}
+
+/// Discovery of every Go process of the host (`Target::Node`).
+pub struct NodeDiscovery {
+    pub scanner: NodeScanner,
+    pub selector: Selector,
+    /// Pod identity (also decorates the processes of other targets).
+    pub pods: Option<Arc<PodResolver>>,
+    /// How long to wait for the pod of a containerised process before deciding without
+    /// it (the selectors need it and the runtime has not listed the container yet).
+    pub pod_wait: std::time::Duration,
+}
+
+/// A binary with probes attached.
+struct Binary {
+    analysis: Arc<Analysis>,
+    /// Tag of its probes (see `Probes::attach_group`).
+    group: u64,
 }
 
 pub struct Session {
     target: Target,
     probes: Option<Probes>,
-    /// For `--exe`: every binary whose probes are attached, by (device, inode), each
-    /// analysed once and shared by all its processes.
-    binaries: HashMap<(u64, u64), Arc<Analysis>>,
+    /// For `--exe` and node discovery: every binary whose probes are attached, by
+    /// (device, inode), each analysed once and shared by all its processes.
+    binaries: HashMap<(u64, u64), Binary>,
+    next_group: u64,
+    node: Option<NodeDiscovery>,
+    /// Processes found by discovery waiting for their pod (since when).
+    pod_pending: HashMap<ProcessId, std::time::Instant>,
+    /// Processes the selectors turned down (not looked at again).
+    skipped: HashSet<ProcessId>,
     /// Binaries seen at the target path that cannot be traced (tried once).
     rejected: HashSet<(u64, u64)>,
     /// Whether context probes are wanted.
     want_contexts: bool,
+    /// Pod identity for `--pid`/`--exe` targets.
+    pods: Option<Arc<PodResolver>>,
+    /// Bound of the goroutines kept from a process's attach-time inventory.
+    attach_max: usize,
     procs: BTreeMap<u32, Traced>,
     /// Processes of the target that could not be traced (e.g. not permitted).
     pub attach_failures: u64,
@@ -60,6 +122,9 @@ pub struct Session {
 struct Traced {
     reader: ProcessReader,
     tracker: Tracker,
+    /// The binary it runs (for `--exe` and discovery).
+    ident: Option<(u64, u64)>,
+    container: Option<ContainerRef>,
 }
 
 const HOOKS: [Hook; 2] = [Hook::GoroutineCreate, Hook::GoroutineExit];
@@ -70,18 +135,26 @@ const CONTEXT_HOOKS: [Hook; 2] = [Hook::ContextCreate, Hook::ContextCancel];
 /// are traced.
 fn attach_all(
     probes: &mut Probes,
+    group: u64,
     analysis: &Analysis,
     path: &Path,
     scope: Scope,
     contexts: bool,
 ) -> Result<bool> {
-    probes.attach(analysis, path, &HOOKS, scope, Program::Goroscope)?;
+    probes.attach_group(group, analysis, path, &HOOKS, scope, Program::Goroscope)?;
     if !contexts {
         tracing::info!(binary = %analysis.path.display(), "contexts not traced: disabled by configuration");
         return Ok(false);
     }
     if analysis.has_sites(&CONTEXT_HOOKS) {
-        probes.attach(analysis, path, &CONTEXT_HOOKS, scope, Program::Goroscope)?;
+        probes.attach_group(
+            group,
+            analysis,
+            path,
+            &CONTEXT_HOOKS,
+            scope,
+            Program::Goroscope,
+        )?;
         Ok(true)
     } else {
         tracing::info!(
@@ -101,17 +174,31 @@ impl Session {
 
     /// As [`Session::attach`]; `contexts: false` attaches the goroutine probes only.
     pub fn attach_with(target: Target, max_live: u32, contexts: bool) -> Result<Session> {
+        Session::attach_limited(target, max_live, contexts, usize::MAX)
+    }
+
+    /// As [`Session::attach_with`]; each process's attach-time inventory keeps at most
+    /// `max_goroutines` goroutines (the rest are counted).
+    pub fn attach_limited(
+        target: Target,
+        max_live: u32,
+        contexts: bool,
+        max_goroutines: usize,
+    ) -> Result<Session> {
         let mut probes = Probes::load(max_live)?;
         let mut s = Session::empty(target.clone(), contexts);
+        s.attach_max = max_goroutines;
         match &target {
             Target::Pid(pid) => {
                 let id = process::check_pid(*pid)?;
                 let analysis = Arc::new(gobin::analyze(&id.exe_link())?);
                 let scope = Scope::Pid(process::nonzero_pid(*pid)?);
-                s.contexts = attach_all(&mut probes, &analysis, &id.exe_link(), scope, contexts)?;
+                s.contexts =
+                    attach_all(&mut probes, 0, &analysis, &id.exe_link(), scope, contexts)?;
                 s.probes = Some(probes);
-                s.add(id, analysis)?;
+                s.add(id, analysis, None, None)?;
             }
+            Target::Node => s.probes = Some(probes),
             Target::Exe(path) => {
                 s.probes = Some(probes);
                 // The file on this filesystem, if there is one; processes that see a
@@ -131,8 +218,34 @@ impl Session {
         let id = process::check_pid(pid)?;
         let analysis = Arc::new(gobin::analyze(&id.exe_link())?);
         let mut s = Session::empty(Target::Pid(pid), false);
-        s.add(id, analysis)?;
+        s.add(id, analysis, None, None)?;
         Ok(s)
+    }
+
+    /// Every Go process of the host that `node`'s selectors admit, present and future.
+    pub fn attach_node(
+        node: NodeDiscovery,
+        max_live: u32,
+        contexts: bool,
+        max_goroutines: usize,
+    ) -> Result<Session> {
+        let mut s = Session::attach_limited(Target::Node, max_live, contexts, max_goroutines)?;
+        s.node = Some(node);
+        s.discover();
+        Ok(s)
+    }
+
+    /// Pod identity for the processes of a `--pid`/`--exe` target (discovery has its own).
+    pub fn set_pods(&mut self, pods: Arc<PodResolver>) {
+        match self.node.as_mut() {
+            Some(n) => n.pods = Some(pods),
+            None => self.pods = Some(pods),
+        }
+    }
+
+    /// What the last discovery scan did (node discovery only).
+    pub fn scan_stats(&self) -> Option<discover::ScanStats> {
+        self.node.as_ref().map(|n| n.scanner.stats())
     }
 
     fn empty(target: Target, want_contexts: bool) -> Session {
@@ -140,6 +253,12 @@ impl Session {
             target,
             probes: None,
             binaries: HashMap::new(),
+            next_group: 1,
+            attach_max: usize::MAX,
+            node: None,
+            pod_pending: HashMap::new(),
+            skipped: HashSet::new(),
+            pods: None,
             rejected: HashSet::new(),
             want_contexts,
             procs: BTreeMap::new(),
@@ -165,16 +284,38 @@ impl Session {
     fn attach_binary(&mut self, ident: (u64, u64), path: &Path) -> Result<Arc<Analysis>> {
         let a = Arc::new(gobin::analyze(path)?);
         let probes = self.probes.as_mut().context("probes not loaded")?;
-        self.contexts |= attach_all(probes, &a, path, Scope::AllProcesses, self.want_contexts)?;
-        self.binaries.insert(ident, a.clone());
+        let group = self.next_group;
+        self.next_group += 1;
+        match attach_all(
+            probes,
+            group,
+            &a,
+            path,
+            Scope::AllProcesses,
+            self.want_contexts,
+        ) {
+            Ok(c) => self.contexts |= c,
+            Err(e) => {
+                // Some hooks may be attached: none stays.
+                probes.detach_group(group);
+                return Err(e);
+            }
+        }
+        self.binaries.insert(
+            ident,
+            Binary {
+                analysis: a.clone(),
+                group,
+            },
+        );
         Ok(a)
     }
 
     /// The analysis of the binary with this identity, analysing it and attaching its
     /// probes (through `/proc/PID/exe` of a process running it) the first time.
     fn binary(&mut self, ident: (u64, u64), pid: u32) -> Option<Arc<Analysis>> {
-        if let Some(a) = self.binaries.get(&ident) {
-            return Some(a.clone());
+        if let Some(b) = self.binaries.get(&ident) {
+            return Some(b.analysis.clone());
         }
         if self.rejected.contains(&ident) {
             return None;
@@ -195,7 +336,13 @@ impl Session {
 
     /// Starts tracing a process: its attach-time inventory is taken now (the probes are
     /// attached already), so every goroutine alive now counts as older than the attach.
-    fn add(&mut self, id: ProcessId, analysis: Arc<Analysis>) -> Result<()> {
+    fn add(
+        &mut self,
+        id: ProcessId,
+        analysis: Arc<Analysis>,
+        ident: Option<(u64, u64)>,
+        container: Option<ContainerRef>,
+    ) -> Result<()> {
         let mut reader = ProcessReader::new(id, analysis.clone())?;
         let meta = ProcessMeta {
             id,
@@ -205,13 +352,22 @@ impl Session {
                 .to_string(),
             go_version: analysis.go_version.clone(),
         };
-        let tracker = Tracker::new(meta, &reader.observe(None), &*analysis);
-        tracing::info!(pid = id.pid, "tracing process");
-        self.procs.insert(id.pid, Traced { reader, tracker });
+        let tracker = Tracker::new(meta, &reader.observe(None, self.attach_max), &*analysis);
+        tracing::info!(pid = id.pid, exe = %tracker.meta().exe, container = container.as_ref().map_or("", |c| c.id.as_str()), "tracing process");
+        self.procs.insert(
+            id.pid,
+            Traced {
+                reader,
+                tracker,
+                ident,
+                container,
+            },
+        );
         Ok(())
     }
 
-    /// Finds new processes of the target binary and drops those that exited.
+    /// Finds new processes of the target and drops those that exited; with node
+    /// discovery, detaches the probes of binaries whose last process exited.
     fn discover(&mut self) {
         let gone: Vec<u32> = self
             .procs
@@ -228,20 +384,108 @@ impl Session {
                 }
             }
         }
-        if let Target::Exe(path) = self.target.clone() {
-            for (pid, ident) in discover::pids_running(&path) {
-                if self.procs.contains_key(&pid) {
-                    continue;
-                }
-                let Some(analysis) = self.binary(ident, pid) else {
-                    continue;
-                };
-                let Ok(id) = ProcessId::of(pid) else { continue };
-                if let Err(e) = self.add(id, analysis) {
-                    self.attach_failures += 1;
-                    tracing::warn!(pid, "cannot trace process: {e:#}");
+        match self.target.clone() {
+            Target::Exe(path) => {
+                for (pid, ident) in discover::pids_running(&path) {
+                    if self.procs.contains_key(&pid) {
+                        continue;
+                    }
+                    let Some(analysis) = self.binary(ident, pid) else {
+                        continue;
+                    };
+                    let Ok(id) = ProcessId::of(pid) else { continue };
+                    let container = discover::container::of_pid(pid);
+                    if let Err(e) = self.add(id, analysis, Some(ident), container) {
+                        self.attach_failures += 1;
+                        tracing::warn!(pid, "cannot trace process: {e:#}");
+                    }
                 }
             }
+            Target::Node => self.discover_node(),
+            Target::Pid(_) => {}
+        }
+    }
+
+    /// Node discovery: new Go processes the selectors admit; binaries without a
+    /// process left lose their probes.
+    fn discover_node(&mut self) {
+        let Some(mut node) = self.node.take() else {
+            return;
+        };
+        let procs = &self.procs;
+        let skipped = &self.skipped;
+        let found: Vec<Candidate> = node.scanner.scan(|id| {
+            procs.get(&id.pid).is_some_and(|t| t.reader.id() == id) || skipped.contains(&id)
+        });
+        let alive: HashSet<ProcessId> = found.iter().map(|c| c.id).collect();
+        self.skipped.retain(ProcessId::is_alive);
+        self.pod_pending.retain(|id, _| alive.contains(id));
+        for c in found {
+            let identity = match (&c.container, &node.pods) {
+                (Some(ct), Some(pods)) => pods.lookup(&ct.id),
+                _ => None,
+            };
+            let waited = self
+                .pod_pending
+                .get(&c.id)
+                .map(|t| t.elapsed())
+                .unwrap_or_default();
+            let pending = c.container.is_some()
+                && node
+                    .pods
+                    .as_ref()
+                    .is_some_and(|p| p.status().socket.is_some())
+                && waited < node.pod_wait;
+            let exe = c.exe.to_string_lossy();
+            let workload = identity.as_ref().map(|p| Workload {
+                namespace: &p.namespace,
+                container: &p.container,
+                labels: &p.labels,
+            });
+            match node.selector.decide(&exe, workload, pending) {
+                Decision::Skip => {
+                    tracing::debug!(pid = c.id.pid, exe = %exe, "not traced: excluded by the discovery selectors");
+                    self.pod_pending.remove(&c.id);
+                    self.skipped.insert(c.id);
+                }
+                Decision::Wait => {
+                    self.pod_pending
+                        .entry(c.id)
+                        .or_insert_with(std::time::Instant::now);
+                }
+                Decision::Trace => {
+                    self.pod_pending.remove(&c.id);
+                    let Some(analysis) = self.binary(c.ident, c.id.pid) else {
+                        // Not traceable (e.g. unsupported Go version): said once per binary.
+                        self.skipped.insert(c.id);
+                        continue;
+                    };
+                    if let Err(e) = self.add(c.id, analysis, Some(c.ident), c.container) {
+                        self.attach_failures += 1;
+                        self.skipped.insert(c.id);
+                        tracing::warn!(pid = c.id.pid, "cannot trace process: {e:#}");
+                    }
+                }
+            }
+        }
+        self.node = Some(node);
+        // Binaries whose last process exited.
+        let used: HashSet<(u64, u64)> = self.procs.values().filter_map(|t| t.ident).collect();
+        let unused: Vec<(u64, u64)> = self
+            .binaries
+            .keys()
+            .filter(|k| !used.contains(*k))
+            .copied()
+            .collect();
+        for ident in unused {
+            if let (Some(b), Some(p)) = (self.binaries.remove(&ident), self.probes.as_mut()) {
+                let n = p.detach_group(b.group);
+                tracing::info!(binary = %b.analysis.path.display(), probes = n, "last process of the binary exited: probes detached");
+            }
+        }
+        // Rejected binaries are remembered while a process runs them.
+        if let Some(node) = &self.node {
+            self.rejected.retain(|r| node.scanner.running(*r));
         }
     }
 
@@ -259,20 +503,57 @@ impl Session {
         self.probes.as_ref().map(Probes::map_fill)
     }
 
-    /// Current goroutine tables of every traced process: the kernel's maps are read
-    /// once, then each process is observed (intake) and its table built (track).
+    /// Current goroutine tables of every traced process, with no bound on the goroutines
+    /// tracked.
     pub fn refresh(&mut self) -> Result<Vec<ProcessTable>> {
+        self.refresh_within(&mut { Budget::UNLIMITED })
+    }
+
+    /// Current goroutine tables of every traced process: the kernel's maps are read
+    /// once, then each process is observed (intake, within `budget`), its table built
+    /// (track) and decorated with its container and pod (discovery).
+    pub fn refresh_within(&mut self, budget: &mut Budget) -> Result<Vec<ProcessTable>> {
         self.discover();
         let mut kernel = match &self.probes {
             Some(p) => Some(p.read(self.contexts)?),
             None => None,
         };
         let mut out = Vec::with_capacity(self.procs.len());
+        let pods = self
+            .node
+            .as_ref()
+            .and_then(|n| n.pods.as_ref())
+            .or(self.pods.as_ref());
         for (pid, t) in self.procs.iter_mut() {
             let records = kernel.as_mut().map(|k| k.take(*pid));
-            let obs = t.reader.observe(records);
-            out.push(t.tracker.update(&obs, &**t.reader.analysis()));
+            let obs = t.reader.observe(records, budget.allowance());
+            if let Ok(gs) = &obs.inventory {
+                budget.spend(gs.len());
+            }
+            let mut table = t.tracker.update(&obs, &**t.reader.analysis());
+            table.identity = identity(t.container.as_ref(), pods);
+            out.push(table);
         }
         Ok(out)
+    }
+}
+
+/// A process's container and pod, as far as known now.
+fn identity(container: Option<&ContainerRef>, pods: Option<&Arc<PodResolver>>) -> Identity {
+    let Some(c) = container else {
+        return Identity::default();
+    };
+    let pod = pods.and_then(|p| p.lookup(&c.id)).unwrap_or_default();
+    Identity {
+        container_id: c.id.clone(),
+        namespace: pod.namespace,
+        pod: pod.pod,
+        container: pod.container,
+        pod_uid: if pod.pod_uid.is_empty() {
+            c.pod_uid.clone().unwrap_or_default()
+        } else {
+            pod.pod_uid
+        },
+        pod_labels: pod.labels,
     }
 }

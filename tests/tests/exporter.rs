@@ -264,6 +264,25 @@ fn daemon_serves_exact_metrics_and_stops_cleanly() {
         .map(str::to_string)
         .collect();
     let got = families(&text, &samples);
+    // Families without samples here (pods, discovery: this agent traces pids on a plain
+    // host) must still be declared, and nothing undeclared may appear.
+    let typed: BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+        .collect();
+    let pinned_names: BTreeSet<&str> = pinned.iter().filter_map(|l| l.split(' ').next()).collect();
+    assert_eq!(
+        typed,
+        pinned_names,
+        "declared families differ from {}",
+        pinned_path.display()
+    );
+    let sampled: BTreeSet<&str> = got.iter().filter_map(|l| l.split(' ').next()).collect();
+    let pinned: BTreeSet<String> = pinned
+        .iter()
+        .filter(|l| l.split(' ').next().is_some_and(|n| sampled.contains(n)))
+        .cloned()
+        .collect();
     assert!(
         got == pinned,
         "metric families differ from {}; update it if the change is deliberate. Now:\n{}",

@@ -10,10 +10,30 @@
 //! log_format = "json"
 //! contexts = true      # false: goroutines only, no context probes (cheaper)
 //!
+//! # No [[targets]]: every Go process of the host (discovery), selected by [discovery].
 //! [[targets]]
 //! exe = "/usr/local/bin/myservice"
 //! [[targets]]
 //! pid = 4242
+//!
+//! [discovery]
+//! min_process_age_seconds = 5
+//! exe_include = []            # globs; empty: all
+//! exe_exclude = []
+//! namespace_include = []      # Kubernetes namespaces (globs)
+//! namespace_exclude = []
+//! container_include = []      # container names (globs)
+//! container_exclude = []
+//! pod_selector = ""           # e.g. "app in (api,web),tier!=batch"
+//!
+//! [runtime]
+//! cri_socket = ""             # empty: the usual paths
+//! pod_cache_seconds = 30
+//! pod_labels = []             # pod labels copied into goroscope_pod_info
+//!
+//! [limits]
+//! max_goroutines_per_process = 100000
+//! max_goroutines_per_node = 250000
 //!
 //! [leak]
 //! window_seconds = 30
@@ -32,6 +52,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::detect::leak::LeakConfig;
+use crate::discover::select::{Selector, SelectorConfig};
 use crate::session::Target;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9750";
@@ -65,7 +86,32 @@ pub struct FileConfig {
     #[serde(default)]
     pub targets: Vec<TargetEntry>,
     pub leak: Option<LeakConfig>,
+    pub discovery: Option<SelectorConfig>,
+    pub runtime: Option<RuntimeConfig>,
+    pub limits: Option<LimitsConfig>,
 }
+
+/// `[runtime]`: the node's container runtime, for pod identity.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// CRI socket; empty: found at the usual paths.
+    pub cri_socket: Option<PathBuf>,
+    pub pod_cache_seconds: Option<f64>,
+    /// Pod labels copied into `goroscope_pod_info` (never onto every series).
+    pub pod_labels: Option<Vec<String>>,
+}
+
+/// `[limits]`: the agent's memory is bounded by these, not by the traced services.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_goroutines_per_process: Option<usize>,
+    pub max_goroutines_per_node: Option<usize>,
+}
+
+pub const DEFAULT_MAX_GOROUTINES_PER_PROCESS: usize = 100_000;
+pub const DEFAULT_MAX_GOROUTINES_PER_NODE: usize = 250_000;
 
 /// Flags and environment variables of `goroscope run` (all optional: they override the
 /// file).
@@ -78,8 +124,37 @@ pub struct RunArgs {
     #[arg(long)]
     pub pid: Vec<u32>,
     /// Trace every process running this Go executable, present and future (repeatable).
+    /// Without --pid, --exe or [[targets]]: every Go process of the host.
     #[arg(long)]
     pub exe: Vec<PathBuf>,
+    /// Discovery: trace only executables matching these globs (repeatable).
+    #[arg(long, env = "GOROSCOPE_EXE_INCLUDE", value_delimiter = ',')]
+    pub exe_include: Vec<String>,
+    /// Discovery: never trace executables matching these globs (repeatable).
+    #[arg(long, env = "GOROSCOPE_EXE_EXCLUDE", value_delimiter = ',')]
+    pub exe_exclude: Vec<String>,
+    /// Discovery: trace only pods in these Kubernetes namespaces (repeatable).
+    #[arg(long, env = "GOROSCOPE_NAMESPACE_INCLUDE", value_delimiter = ',')]
+    pub namespace_include: Vec<String>,
+    /// Discovery: never trace pods in these Kubernetes namespaces (repeatable).
+    #[arg(long, env = "GOROSCOPE_NAMESPACE_EXCLUDE", value_delimiter = ',')]
+    pub namespace_exclude: Vec<String>,
+    /// Discovery: pod label selector, e.g. "app in (api,web),tier!=batch".
+    #[arg(long, env = "GOROSCOPE_POD_SELECTOR")]
+    pub pod_selector: Option<String>,
+    /// Discovery: processes younger than this are not traced yet [default: 5].
+    #[arg(long, env = "GOROSCOPE_MIN_PROCESS_AGE_SECONDS")]
+    pub min_process_age_seconds: Option<f64>,
+    /// CRI socket of the node's container runtime, for pod identity [default: the
+    /// usual paths of containerd and CRI-O].
+    #[arg(long, env = "GOROSCOPE_CRI_SOCKET")]
+    pub cri_socket: Option<PathBuf>,
+    /// Goroutines tracked per process; beyond, they are counted only [default: 100000].
+    #[arg(long, env = "GOROSCOPE_MAX_GOROUTINES_PER_PROCESS")]
+    pub max_goroutines_per_process: Option<usize>,
+    /// Goroutines tracked on the node, all processes together [default: 250000].
+    #[arg(long, env = "GOROSCOPE_MAX_GOROUTINES_PER_NODE")]
+    pub max_goroutines_per_node: Option<usize>,
     /// Address of the HTTP server (/metrics, /healthz, /readyz, /debug/goroutines)
     /// [default: 0.0.0.0:9750].
     #[arg(long, env = "GOROSCOPE_LISTEN")]
@@ -126,6 +201,14 @@ pub struct Config {
     pub contexts: bool,
     pub targets: Vec<Target>,
     pub leak: LeakConfig,
+    /// Selectors of node discovery (when `targets` is `[Target::Node]`).
+    pub discovery: SelectorConfig,
+    pub min_process_age: Duration,
+    pub cri_socket: Option<PathBuf>,
+    pub pod_cache: Duration,
+    pub pod_labels: Vec<String>,
+    pub max_goroutines_per_process: usize,
+    pub max_goroutines_per_node: usize,
 }
 
 impl RunArgs {
@@ -147,7 +230,28 @@ impl RunArgs {
         Ok(leak)
     }
 
-    /// The file's targets and the flags', without duplicates; at least one.
+    /// The file's `[discovery]` with the flags over it, checked (globs, label selector).
+    fn discovery(&self, mut d: SelectorConfig) -> Result<SelectorConfig> {
+        let over = |v: &mut Vec<String>, flag: &Vec<String>| {
+            if !flag.is_empty() {
+                *v = flag.clone();
+            }
+        };
+        over(&mut d.exe_include, &self.exe_include);
+        over(&mut d.exe_exclude, &self.exe_exclude);
+        over(&mut d.namespace_include, &self.namespace_include);
+        over(&mut d.namespace_exclude, &self.namespace_exclude);
+        if let Some(s) = &self.pod_selector {
+            d.pod_selector = s.clone();
+        }
+        if let Some(a) = self.min_process_age_seconds {
+            d.min_process_age_seconds = Some(a);
+        }
+        Selector::new(&d)?;
+        Ok(d)
+    }
+
+    /// The file's targets and the flags', without duplicates; none: the whole node.
     fn targets(&self, file: &[TargetEntry]) -> Result<Vec<Target>> {
         let mut targets = Vec::new();
         for (i, t) in file.iter().enumerate() {
@@ -161,10 +265,8 @@ impl RunArgs {
         targets.extend(self.pid.iter().map(|p| Target::Pid(*p)));
         targets.extend(self.exe.iter().cloned().map(Target::Exe));
         if targets.is_empty() {
-            bail!(
-                "nothing to trace: give --pid PID or --exe PATH (repeatable), or [[targets]] in \
-                 the config file"
-            );
+            // Nothing named: every Go process of the host.
+            targets.push(Target::Node);
         }
         let mut seen = std::collections::HashSet::new();
         targets.retain(|t| seen.insert(t.clone()));
@@ -229,6 +331,39 @@ impl Config {
             );
         }
         let targets = args.targets(&file.targets)?;
+        let discovery = args.discovery(file.discovery.unwrap_or_default())?;
+        let min_age = discovery.min_process_age_seconds.unwrap_or(5.0);
+        if !(0.0..=86400.0).contains(&min_age) {
+            bail!("discovery.min_process_age_seconds must be between 0 and 86400, not {min_age}");
+        }
+        let runtime = file.runtime.unwrap_or_default();
+        let cri_socket = args
+            .cri_socket
+            .clone()
+            .or(runtime.cri_socket)
+            .filter(|p| !p.as_os_str().is_empty());
+        let pod_cache = runtime.pod_cache_seconds.unwrap_or(30.0);
+        if !(1.0..=3600.0).contains(&pod_cache) {
+            bail!("runtime.pod_cache_seconds must be between 1 and 3600, not {pod_cache}");
+        }
+        let pod_labels = runtime.pod_labels.unwrap_or_default();
+        for l in &pod_labels {
+            if l.is_empty() || l.len() > 317 || l.contains(char::is_whitespace) {
+                bail!("runtime.pod_labels: {l:?} is not a Kubernetes label key");
+            }
+        }
+        let limits = file.limits.unwrap_or_default();
+        let per_process = args
+            .max_goroutines_per_process
+            .or(limits.max_goroutines_per_process)
+            .unwrap_or(DEFAULT_MAX_GOROUTINES_PER_PROCESS);
+        let per_node = args
+            .max_goroutines_per_node
+            .or(limits.max_goroutines_per_node)
+            .unwrap_or(DEFAULT_MAX_GOROUTINES_PER_NODE);
+        if per_process == 0 || per_node == 0 {
+            bail!("limits.max_goroutines_per_process and limits.max_goroutines_per_node must be at least 1");
+        }
         Ok(Config {
             listen,
             interval: Duration::from_secs_f64(interval),
@@ -238,6 +373,13 @@ impl Config {
             contexts: args.contexts.or(file.contexts).unwrap_or(true),
             targets,
             leak,
+            discovery,
+            min_process_age: Duration::from_secs_f64(min_age),
+            cri_socket,
+            pod_cache: Duration::from_secs_f64(pod_cache),
+            pod_labels,
+            max_goroutines_per_process: per_process,
+            max_goroutines_per_node: per_node,
         })
     }
 }
@@ -330,8 +472,14 @@ mod tests {
         assert_eq!(c.top_sites, 20);
         assert!(c.contexts);
         assert_eq!(c.leak, LeakConfig::default());
-        let none = format!("{:#}", Config::resolve(&RunArgs::default()).unwrap_err());
-        assert!(none.contains("nothing to trace"), "{none}");
+        assert_eq!(c.max_goroutines_per_process, 100_000);
+        assert_eq!(c.max_goroutines_per_node, 250_000);
+        // Nothing named: the whole node.
+        let node = Config::resolve(&RunArgs::default()).unwrap();
+        assert_eq!(node.targets, vec![Target::Node]);
+        assert_eq!(node.min_process_age, Duration::from_secs(5));
+        assert_eq!(node.cri_socket, None);
+        assert_eq!(node.pod_cache, Duration::from_secs(30));
     }
 
     #[test]
@@ -364,6 +512,29 @@ mod tests {
                 "max_live_goroutines",
             ),
             ("this is not toml", "goroscope.toml"),
+            (
+                "[discovery]\nexe_include = [\"[\"]\n",
+                "discovery.exe_include",
+            ),
+            (
+                "[discovery]\npod_selector = \"app in (a\"\n",
+                "discovery.pod_selector",
+            ),
+            (
+                "[discovery]\nmin_process_age_seconds = -1\n",
+                "discovery.min_process_age_seconds",
+            ),
+            ("[discovery]\nnamespaces = []\n", "namespaces"),
+            (
+                "[runtime]\npod_cache_seconds = 0\n",
+                "runtime.pod_cache_seconds",
+            ),
+            ("[runtime]\npod_labels = [\"a b\"]\n", "runtime.pod_labels"),
+            (
+                "[limits]\nmax_goroutines_per_node = 0\n",
+                "limits.max_goroutines_per_node",
+            ),
+            ("[limits]\nmax_goroutines = 5\n", "max_goroutines"),
         ];
         for (text, key) in cases {
             let e = err(text);

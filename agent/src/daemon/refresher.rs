@@ -13,10 +13,13 @@ use anyhow::Result;
 use super::config::Config;
 use crate::clock::mono_ns;
 use crate::detect::leak::LeakDetector;
+use crate::discover::cri::PodResolver;
+use crate::discover::select::Selector;
+use crate::discover::NodeScanner;
 use crate::export::http::Shared;
 use crate::export::{OtherFold, ProcessReport, Snapshot, TargetStatus};
 use crate::model::MapFill;
-use crate::session::{Session, Target};
+use crate::session::{Budget, NodeDiscovery, Session, Target};
 
 /// Identity of an `exe` target's file: device, inode, size and modification time (a file
 /// still being written changes between refreshes and is tried again); None when it does
@@ -41,11 +44,12 @@ struct Traced {
 
 impl Traced {
     /// Attaches a target at start; an error is a configuration error.
-    fn attach(t: &Target, cfg: &Config) -> Result<Traced> {
+    fn attach(t: &Target, cfg: &Config, pods: &Arc<PodResolver>) -> Result<Traced> {
         let file = exe_identity(t);
-        let s = Session::attach_with(t.clone(), cfg.max_live_goroutines, cfg.contexts)
-            .map_err(|e| e.context(format!("cannot trace {t}")))?;
-        if s.waiting() {
+        let s = session(t, cfg, pods).map_err(|e| e.context(format!("cannot trace {t}")))?;
+        if *t == Target::Node {
+            tracing::info!("tracing every Go process of the host (no target named)");
+        } else if s.waiting() {
             tracing::warn!(traced = %t, "executable not found: its probes are attached when it appears (here, or in a process's own mount namespace)");
         } else {
             tracing::info!(traced = %t, "probes attached");
@@ -61,7 +65,7 @@ impl Traced {
     /// For an `exe` target: a new session when its file appears, is replaced (a deploy
     /// installs a new binary: new inode, the old probes no longer fire for the processes
     /// that run it) or is removed. A file that cannot be traced is tried once per version.
-    fn follow_exe(&mut self, cfg: &Config, retired_failures: &mut u64) {
+    fn follow_exe(&mut self, cfg: &Config, pods: &Arc<PodResolver>, retired_failures: &mut u64) {
         if !matches!(self.target, Target::Exe(_)) {
             return;
         }
@@ -74,7 +78,7 @@ impl Traced {
             *retired_failures += old.attach_failures;
             // Dropping the old session detaches its probes.
         }
-        match Session::attach_with(self.target.clone(), cfg.max_live_goroutines, cfg.contexts) {
+        match session(&self.target, cfg, pods) {
             Ok(s) => {
                 if now.is_some() {
                     tracing::info!(traced = %self.target, "executable appeared or replaced: probes attached");
@@ -101,9 +105,37 @@ impl Traced {
     }
 }
 
+/// A session for target `t`: node discovery for [`Target::Node`].
+fn session(t: &Target, cfg: &Config, pods: &Arc<PodResolver>) -> Result<Session> {
+    if *t == Target::Node {
+        let node = NodeDiscovery {
+            scanner: NodeScanner::new(cfg.min_process_age),
+            selector: Selector::new(&cfg.discovery)?,
+            pods: Some(pods.clone()),
+            // Two listings of the runtime.
+            pod_wait: cfg.pod_cache * 2,
+        };
+        return Session::attach_node(
+            node,
+            cfg.max_live_goroutines,
+            cfg.contexts,
+            cfg.max_goroutines_per_process,
+        );
+    }
+    let mut s = Session::attach_limited(
+        t.clone(),
+        cfg.max_live_goroutines,
+        cfg.contexts,
+        cfg.max_goroutines_per_process,
+    )?;
+    s.set_pods(pods.clone());
+    Ok(s)
+}
+
 /// Everything the refresher keeps between refreshes.
 struct Refresher {
     cfg: Config,
+    pods: Arc<PodResolver>,
     targets: Vec<Traced>,
     detector: LeakDetector,
     /// Suspected sites by (pid, gopc), to log changes.
@@ -112,22 +144,27 @@ struct Refresher {
     retired_failures: u64,
     /// Per process (pid, start time): what its `site="other"` series has accumulated.
     folds: HashMap<(u32, u64), OtherFold>,
+    /// Processes over the goroutine budget (pid, start time), to log changes.
+    over_budget: std::collections::HashSet<(u32, u64)>,
 }
 
 impl Refresher {
     fn start(cfg: Config) -> Result<Refresher> {
+        let pods = Arc::new(PodResolver::start(cfg.cri_socket.clone(), cfg.pod_cache));
         let targets = cfg
             .targets
             .iter()
-            .map(|t| Traced::attach(t, &cfg))
+            .map(|t| Traced::attach(t, &cfg, &pods))
             .collect::<Result<Vec<_>>>()?;
         Ok(Refresher {
+            pods,
             detector: LeakDetector::new(cfg.leak.clone()),
             cfg,
             targets,
             suspected: HashMap::new(),
             retired_failures: 0,
             folds: HashMap::new(),
+            over_budget: Default::default(),
         })
     }
 
@@ -135,6 +172,7 @@ impl Refresher {
     fn refresh(&mut self) -> Snapshot {
         let t0 = Instant::now();
         let (mut reports, fill, failures) = self.collect();
+        log_untracked(&reports, &mut self.over_budget);
         let verdicts = self
             .detector
             .observe(mono_ns(), reports.iter().map(|r| &r.table));
@@ -160,6 +198,12 @@ impl Refresher {
             refresh_seconds: t0.elapsed().as_secs_f64(),
             refreshed_at_unix: unix_now(),
             top_sites: self.cfg.top_sites,
+            discovery: self
+                .targets
+                .iter()
+                .find_map(|t| t.session.as_ref().and_then(Session::scan_stats)),
+            cri_connected: self.pods.status().connected,
+            pod_labels: self.cfg.pod_labels.clone(),
         }
     }
 
@@ -168,13 +212,17 @@ impl Refresher {
         let mut reports = Vec::new();
         let mut fill = MapFill::default();
         let mut failures = self.retired_failures;
+        let mut budget = Budget {
+            per_process: self.cfg.max_goroutines_per_process,
+            node_left: self.cfg.max_goroutines_per_node,
+        };
         for tr in self.targets.iter_mut() {
-            tr.follow_exe(&self.cfg, &mut self.retired_failures);
+            tr.follow_exe(&self.cfg, &self.pods, &mut self.retired_failures);
             let target = &tr.target;
             let Some(s) = tr.session.as_mut() else {
                 continue;
             };
-            match s.refresh() {
+            match s.refresh_within(&mut budget) {
                 Ok(tables) => reports.extend(tables.into_iter().map(|table| ProcessReport {
                     table,
                     ..Default::default()
@@ -229,6 +277,25 @@ pub(super) fn run(
             _ => break,
         }
     }
+}
+
+/// Logs processes that went over the goroutine budget, and back under it.
+fn log_untracked(reports: &[ProcessReport], over: &mut std::collections::HashSet<(u32, u64)>) {
+    let mut now = std::collections::HashSet::new();
+    for r in reports.iter().filter(|r| r.table.untracked > 0) {
+        let key = (r.table.pid, r.table.start_time);
+        if !over.contains(&key) {
+            tracing::warn!(
+                pid = r.table.pid,
+                exe = %r.table.exe,
+                live = r.table.live,
+                untracked = r.table.untracked,
+                "goroutine limit reached: goroutines beyond it are counted (goroscope_process_goroutines_untracked), not attributed to sites; see [limits]"
+            );
+        }
+        now.insert(key);
+    }
+    *over = now;
 }
 
 /// Logs sites that became suspected and those that stopped being suspected.

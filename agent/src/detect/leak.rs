@@ -306,6 +306,7 @@ mod tests {
             inventory_error: None,
             contexts: vec![],
             context_parents: vec![],
+            ..Default::default()
         }
     }
 

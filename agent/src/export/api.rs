@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::ProcessReport;
 use crate::detect::leak::{Suspicion, Verdict};
-use crate::model::{ContextSiteView, ParentView, SiteView, Totals};
+use crate::model::{ContextSiteView, Identity, ParentView, SiteView, Totals};
 
 /// A goroutine creation site with the leak model's verdict on it: the site's view with
 /// its `function file:line`.
@@ -27,6 +27,10 @@ pub struct DebugProcess<'a> {
     pub go_version: &'a str,
     pub attached_seconds: f64,
     pub live: u64,
+    /// Live goroutines beyond the tracking limit (counted, not in `sites`).
+    pub untracked: u64,
+    /// Container and pod (empty strings on a plain host).
+    pub identity: &'a Identity,
     pub counters: Option<&'a Totals>,
     pub inventory_error: Option<&'a str>,
     pub suspected_leaks: Vec<Suspicion>,
@@ -54,6 +58,8 @@ impl<'a> DebugProcess<'a> {
             go_version: &t.go_version,
             attached_seconds: t.attached_seconds,
             live: t.live,
+            untracked: t.untracked,
+            identity: &t.identity,
             counters: t.counters.as_ref(),
             inventory_error: t.inventory_error.as_deref(),
             suspected_leaks: p.suspicions(),

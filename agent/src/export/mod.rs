@@ -83,6 +83,12 @@ pub struct Snapshot {
     pub refreshed_at_unix: f64,
     /// Sites per process with their own series.
     pub top_sites: usize,
+    /// What the last discovery scan saw (None without node discovery).
+    pub discovery: Option<crate::discover::ScanStats>,
+    /// Whether the container runtime answered (pod identity).
+    pub cri_connected: bool,
+    /// Pod labels copied into `goroscope_pod_info`.
+    pub pod_labels: Vec<String>,
 }
 
 impl Snapshot {

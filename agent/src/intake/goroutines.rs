@@ -58,9 +58,23 @@ pub fn state_name(g: &G, wait_reasons: &[String]) -> String {
     }
 }
 
-/// Reads every live goroutine (not idle, not dead) of the process. `bias` is the load
-/// bias (PIE); code addresses in the result are link-time addresses.
-pub fn read(mem: &ProcMem, a: &Analysis, bias: u64) -> Result<Vec<G>> {
+/// Goroutines whose words are read per batch of `process_vm_readv` calls: bounds the
+/// buffer (a few hundred bytes each) whatever the number of goroutines.
+const BATCH: usize = 4096;
+
+/// The live goroutines (not idle, not dead) of a process, at most `max` of them (the
+/// first in `allgs` order), and how many more are alive beyond that bound.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inventory {
+    pub goroutines: Vec<G>,
+    /// Live goroutines not kept because of `max` (counted, not read further).
+    pub untracked: u64,
+}
+
+/// Reads the live goroutines of the process, keeping at most `max`. `bias` is the load
+/// bias (PIE); code addresses in the result are link-time addresses. Memory is bounded
+/// by `max` (the goroutines kept) plus one batch buffer, not by the process's size.
+pub fn read(mem: &ProcMem, a: &Analysis, bias: u64, max: usize) -> Result<Inventory> {
     let (Some(allgs), Some(allglen)) = (a.runtime_vars.allgs, a.runtime_vars.allglen) else {
         bail!("runtime.allgs not found in the binary: goroutines that existed before attach are not visible");
     };
@@ -75,11 +89,6 @@ pub fn read(mem: &ProcMem, a: &Analysis, bias: u64) -> Result<Vec<G>> {
     let n = len.min(glen);
     if n > MAX_GOROUTINES {
         bail!("runtime.allglen is {n}: not a plausible goroutine count");
-    }
-    let mut ptrs = vec![0u8; n as usize * 8];
-    if n > 0 {
-        mem.read(ptr, &mut ptrs)
-            .context("reading the allgs array")?;
     }
     let o = &a.offsets.g;
     let size = [
@@ -96,40 +105,60 @@ pub fn read(mem: &ProcMem, a: &Analysis, bias: u64) -> Result<Vec<G>> {
     .max()
     .unwrap_or(0) as usize
         + 8;
-    let gptrs: Vec<u64> = ptrs
-        .chunks_exact(8)
-        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
-        .filter(|&p| p != 0)
-        .collect();
-    let mut blocks = vec![vec![0u8; size]; gptrs.len()];
-    let mut reads: Vec<(u64, &mut [u8])> = gptrs
-        .iter()
-        .zip(blocks.iter_mut())
-        .map(|(p, b)| (*p, b.as_mut_slice()))
-        .collect();
-    mem.read_many(&mut reads).context("reading goroutines")?;
-    let mut out = Vec::with_capacity(blocks.len());
-    for b in &blocks {
-        let status = (u64_at(b, o.atomicstatus) as u32) & !G_SCAN;
-        if status == STATUS_IDLE || status == STATUS_DEAD {
-            continue;
+    let mut inv = Inventory::default();
+    let mut ptrs = vec![0u8; BATCH * 8];
+    let mut words = vec![0u8; BATCH * size];
+    let mut start = 0u64;
+    while start < n {
+        let count = (n - start).min(BATCH as u64) as usize;
+        let ptrs = &mut ptrs[..count * 8];
+        mem.read(ptr.wrapping_add(start * 8), ptrs)
+            .context("reading the allgs array")?;
+        start += count as u64;
+        let gptrs: Vec<u64> = ptrs
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .filter(|&p| p != 0)
+            .collect();
+        // Past the bound only the status word is needed, to count the live ones.
+        let full = inv.goroutines.len() < max;
+        let each = if full {
+            size
+        } else {
+            o.atomicstatus as usize + 8
+        };
+        let mut reads: Vec<(u64, &mut [u8])> = gptrs
+            .iter()
+            .zip(words.chunks_exact_mut(size))
+            .map(|(p, b)| (*p, &mut b[..each]))
+            .collect();
+        mem.read_many(&mut reads).context("reading goroutines")?;
+        for b in words.chunks_exact(size).take(gptrs.len()) {
+            let status = (u64_at(b, o.atomicstatus) as u32) & !G_SCAN;
+            if status == STATUS_IDLE || status == STATUS_DEAD {
+                continue;
+            }
+            if inv.goroutines.len() >= max {
+                inv.untracked += 1;
+                continue;
+            }
+            inv.goroutines.push(G {
+                goid: u64_at(b, o.goid),
+                status,
+                wait_reason: b[o.waitreason as usize],
+                wait_since: u64_at(b, o.waitsince) as i64,
+                gopc: u64_at(b, o.gopc).wrapping_sub(bias),
+                startpc: u64_at(b, o.startpc).wrapping_sub(bias),
+                parent_goid: u64_at(b, o.parent_goid),
+                waiting: if status == STATUS_WAITING {
+                    u64_at(b, o.waiting)
+                } else {
+                    0
+                },
+            });
         }
-        out.push(G {
-            goid: u64_at(b, o.goid),
-            status,
-            wait_reason: b[o.waitreason as usize],
-            wait_since: u64_at(b, o.waitsince) as i64,
-            gopc: u64_at(b, o.gopc).wrapping_sub(bias),
-            startpc: u64_at(b, o.startpc).wrapping_sub(bias),
-            parent_goid: u64_at(b, o.parent_goid),
-            waiting: if status == STATUS_WAITING {
-                u64_at(b, o.waiting)
-            } else {
-                0
-            },
-        });
     }
-    Ok(out)
+    Ok(inv)
 }
 
 /// Sudogs followed per goroutine (a `select` has one per case).

@@ -32,6 +32,9 @@ pub struct Observation {
     pub now_ns: u64,
     /// The goroutines alive now (from `runtime.allgs`), or why they could not be read.
     pub inventory: Result<Vec<G>, String>,
+    /// Live goroutines beyond the budget of goroutines tracked per process: counted,
+    /// not in `inventory`.
+    pub untracked: u64,
     /// What the kernel recorded (None without probes).
     pub kernel: Option<ProcessRecords>,
     /// What was read about the contexts in `kernel` (None when contexts are not traced).
@@ -74,11 +77,18 @@ impl ProcessReader {
     }
 
     /// Observes the process now; `kernel` is its share of the kernel's records (None
-    /// without probes).
-    pub fn observe(&mut self, kernel: Option<ProcessRecords>) -> Observation {
+    /// without probes). At most `max_goroutines` are read into the inventory.
+    pub fn observe(
+        &mut self,
+        kernel: Option<ProcessRecords>,
+        max_goroutines: usize,
+    ) -> Observation {
         let now_ns = mono_ns();
-        let inventory =
-            goroutines::read(&self.mem, &self.analysis, self.bias).map_err(|e| format!("{e:#}"));
+        let (inventory, untracked) =
+            match goroutines::read(&self.mem, &self.analysis, self.bias, max_goroutines) {
+                Ok(inv) => (Ok(inv.goroutines), inv.untracked),
+                Err(e) => (Err(format!("{e:#}")), 0),
+            };
         let kernel = kernel.map(|k| rebase(k, self.bias));
         let contexts = kernel.as_ref().and_then(|k| k.contexts.as_ref()).map(|c| {
             self.contexts.read(
@@ -92,6 +102,7 @@ impl ProcessReader {
             process: self.id,
             now_ns,
             inventory,
+            untracked,
             kernel,
             contexts,
         }

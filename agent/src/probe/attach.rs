@@ -9,7 +9,7 @@ use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope
 use aya::programs::UProbe;
 use goroscope_common::{CtxConfig, SiteConfig, CTX_RANGES, MAX_SITE_CONFIGS};
 
-use super::{Probes, Program, Scope};
+use super::{Attached, Probes, Program, Scope};
 use crate::gobin::{Analysis, Hook, ProbeSite};
 
 /// The kernel program for a hook whose `*g` is in register `base_reg`.
@@ -36,6 +36,20 @@ impl Probes {
         scope: Scope,
         program: Program,
     ) -> Result<Vec<ProbeSite>> {
+        self.attach_group(0, bin, path, hooks, scope, program)
+    }
+
+    /// As [`Probes::attach`], the probes tagged with `group` (e.g. one per binary) so
+    /// that [`Probes::detach_group`] removes them together.
+    pub fn attach_group(
+        &mut self,
+        group: u64,
+        bin: &Analysis,
+        path: &Path,
+        hooks: &[Hook],
+        scope: Scope,
+        program: Program,
+    ) -> Result<Vec<ProbeSite>> {
         let mut attached = Vec::new();
         for &hook in hooks {
             let sites: Vec<&ProbeSite> = bin.sites_for(hook).collect();
@@ -48,7 +62,7 @@ impl Probes {
                 );
             }
             for site in sites {
-                self.attach_at(bin, path, site, site.file_offset, scope, program)?;
+                self.attach_in(group, bin, path, site, site.file_offset, scope, program)?;
                 attached.push(site.clone());
             }
         }
@@ -66,6 +80,20 @@ impl Probes {
         scope: Scope,
         program: Program,
     ) -> Result<()> {
+        self.attach_in(0, bin, path, site, file_offset, scope, program)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attach_in(
+        &mut self,
+        group: u64,
+        bin: &Analysis,
+        path: &Path,
+        site: &ProbeSite,
+        file_offset: u64,
+        scope: Scope,
+        program: Program,
+    ) -> Result<()> {
         let prog_name = match program {
             Program::Noop => "noop",
             Program::Goroscope => program_name(site.hook, site.base_reg).with_context(|| {
@@ -76,10 +104,15 @@ impl Probes {
                 )
             })?,
         };
-        let cookie = self.next_cookie;
-        if cookie >= MAX_SITE_CONFIGS {
-            bail!("too many probe sites (limit {MAX_SITE_CONFIGS})");
-        }
+        // A cookie freed by a detached group, or the next unused one.
+        let cookie = match self.free_cookies.last() {
+            Some(&c) => c,
+            None if self.next_cookie < MAX_SITE_CONFIGS => self.next_cookie,
+            None => bail!(
+                "too many probe sites attached at once (limit {MAX_SITE_CONFIGS}, about {} binaries)",
+                MAX_SITE_CONFIGS / 4
+            ),
+        };
         let g = &bin.offsets.g;
         let cfg = SiteConfig::new(g.goid, g.parent_goid, g.gopc, g.startpc).with_context(|| {
             format!(
@@ -127,8 +160,17 @@ impl Probes {
                 path.display()
             )
         })?;
-        self.links.push((prog_name, link));
-        self.next_cookie += 1;
+        self.links.push(Attached {
+            program: prog_name,
+            link,
+            cookie,
+            group,
+        });
+        if self.free_cookies.last() == Some(&cookie) {
+            self.free_cookies.pop();
+        } else {
+            self.next_cookie += 1;
+        }
         tracing::info!(
             hook = site.hook.name(),
             site = %format!("{}+{:#x}", site.function, site.offset),
@@ -141,10 +183,28 @@ impl Probes {
 
     /// Detaches every probe (also done on drop).
     pub fn detach_all(&mut self) {
-        for (name, link) in self.links.drain(..) {
-            if let Some(p) = self.ebpf.program_mut(name) {
+        let all: Vec<Attached> = self.links.drain(..).collect();
+        self.detach(all);
+    }
+
+    /// Detaches the probes attached with [`Probes::attach_group`] for `group`; their
+    /// cookies (configuration slots) are reused by later attachments. Returns how many
+    /// probes were detached.
+    pub fn detach_group(&mut self, group: u64) -> usize {
+        let (gone, kept): (Vec<Attached>, Vec<Attached>) =
+            self.links.drain(..).partition(|a| a.group == group);
+        self.links = kept;
+        let n = gone.len();
+        self.free_cookies.extend(gone.iter().map(|a| a.cookie));
+        self.detach(gone);
+        n
+    }
+
+    fn detach(&mut self, links: Vec<Attached>) {
+        for a in links {
+            if let Some(p) = self.ebpf.program_mut(a.program) {
                 if let Ok(p) = <&mut UProbe>::try_from(p) {
-                    let _ = p.detach(link);
+                    let _ = p.detach(a.link);
                 }
             }
         }

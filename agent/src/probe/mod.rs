@@ -43,6 +43,16 @@ pub enum Program {
     Noop,
 }
 
+/// One attached probe.
+struct Attached {
+    program: &'static str,
+    link: UProbeLinkId,
+    /// Index of its configuration in SITE_CONFIG / CTX_CONFIG.
+    cookie: u32,
+    /// What it was attached for (see [`Probes::attach_group`]).
+    group: u64,
+}
+
 /// The loaded BPF object, its maps and the probes attached so far.
 pub struct Probes {
     /// Declared before `ebpf` so they are unmapped before the maps are closed.
@@ -50,8 +60,11 @@ pub struct Probes {
     ctx_slots: SlotTable<CtxSlot>,
     ebpf: Ebpf,
     max_live: u32,
+    /// The next never-used attach cookie (index of the site's configuration).
     next_cookie: u32,
-    links: Vec<(&'static str, UProbeLinkId)>,
+    /// Cookies of detached probes, reused first.
+    free_cookies: Vec<u32>,
+    links: Vec<Attached>,
     /// Forwards the kernel's log lines; holds their ring buffer as long as `ebpf`.
     _kernel_log: Option<kernel_log::KernelLog>,
 }
@@ -85,6 +98,7 @@ impl Probes {
             ebpf,
             max_live,
             next_cookie: 0,
+            free_cookies: Vec::new(),
             links: Vec::new(),
             _kernel_log,
         })

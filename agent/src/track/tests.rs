@@ -91,6 +91,7 @@ fn obs(secs: u64, inventory: Vec<G>, kernel: Option<ProcessRecords>) -> Observat
         process: PROC,
         now_ns: secs * S,
         inventory: Ok(inventory),
+        untracked: 0,
         kernel,
         contexts: None,
     }

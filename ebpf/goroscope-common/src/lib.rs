@@ -39,7 +39,7 @@ pub mod reg {
 }
 
 /// Maximum number of probe-site configurations (one per attached binary and hook).
-pub const MAX_SITE_CONFIGS: u32 = 256;
+pub const MAX_SITE_CONFIGS: u32 = 1024;
 /// Bound of the per-(process, creation site) statistics maps (goroutines and contexts).
 pub const MAX_SITES: u32 = 16_384;
 /// Bound of the per-process counters map.

@@ -18,6 +18,7 @@
 mod agent;
 mod contexts;
 mod openmetrics;
+mod pods;
 mod process;
 mod sites;
 
@@ -32,6 +33,7 @@ use prometheus::TextEncoder;
 
 use super::fold::SeriesLabels;
 use super::{ProcessReport, Snapshot};
+use crate::model::ProcessTable;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -94,25 +96,30 @@ pub const METRICS: &[(&str, Kind, &[&str], &str)] = &[
     ("goroscope_refresh_duration_seconds", Kind::Gauge, &[], "Time the last refresh of the goroutine tables took."),
     ("goroscope_last_refresh_timestamp_seconds", Kind::Gauge, &[], "Unix time of the last refresh of the goroutine tables."),
     ("goroscope_scrape_duration_seconds", Kind::Gauge, &[], "Time rendering the previous /metrics response took."),
-    ("goroscope_process_info", Kind::Info, &["pid", "exe", "go_version"], "A traced process."),
-    ("goroscope_process_goroutines", Kind::Gauge, &["pid", "exe"], "Live goroutines of a traced process."),
-    ("goroscope_process_goroutines_by_state", Kind::Gauge, &["pid", "exe", "state"], "Live goroutines by state (running, runnable, syscall, or the wait reason)."),
-    ("goroscope_process_lost_events_total", Kind::Counter, &["pid", "exe", "reason"], "Probe events not recorded: read_error (goroutine unreadable), live_map_full, site_map_full, context_map_full, context_site_map_full."),
-    ("goroscope_site_goroutines", Kind::Gauge, &["pid", "exe", "site", "function"], "Live goroutines created at a `go` statement (site = file:line)."),
-    ("goroscope_site_goroutines_waiting", Kind::Gauge, &["pid", "exe", "site", "function"], "Live goroutines created at the site that are blocked (channel, select, sleep, IO, lock)."),
-    ("goroscope_site_goroutines_created_total", Kind::Counter, &["pid", "exe", "site", "function"], "Goroutines created at the site since goroscope attached."),
-    ("goroscope_site_goroutines_exited_total", Kind::Counter, &["pid", "exe", "site", "function"], "Goroutines created at the site that exited since goroscope attached."),
-    ("goroscope_site_oldest_goroutine_age_seconds", Kind::Gauge, &["pid", "exe", "site", "function"], "Age of the oldest live goroutine created at the site (a lower bound for goroutines older than goroscope's attach)."),
-    ("goroscope_site_goroutines_growth_per_second", Kind::Gauge, &["pid", "exe", "site", "function"], "Trend of the site's live goroutines over the leak window (least squares), goroutines per second."),
-    ("goroscope_site_leak_suspected", Kind::Gauge, &["pid", "exe", "site", "function"], "1 when the leak model suspects the site of leaking goroutines (see README, Leak model)."),
-    ("goroscope_site_goroutine_lifetime_seconds", Kind::Histogram, &["pid", "exe", "site", "function"], "Lifetime of goroutines created at the site (created while attached)."),
-    ("goroscope_context_site_created_total", Kind::Counter, &["pid", "exe", "site", "function"], "Cancelable contexts created at a call into package context (site = file:line) since goroscope attached."),
-    ("goroscope_context_site_cancelled_total", Kind::Counter, &["pid", "exe", "site", "function"], "Contexts created at the site (while attached) that were cancelled."),
-    ("goroscope_context_site_uncancelled", Kind::Gauge, &["pid", "exe", "site", "function"], "Contexts created at the site (while attached) not cancelled yet."),
-    ("goroscope_context_site_oldest_uncancelled_age_seconds", Kind::Gauge, &["pid", "exe", "site", "function"], "Age of the oldest uncancelled context created at the site."),
-    ("goroscope_context_site_lost_cancel", Kind::Gauge, &["pid", "exe", "site", "function"], "Uncancelled contexts of the site whose creating goroutine has exited (cancel func most likely lost)."),
-    ("goroscope_context_site_waiting_goroutines", Kind::Gauge, &["pid", "exe", "site", "function"], "Goroutines blocked on the done channel of an uncancelled context created at the site."),
-    ("goroscope_context_children_map_size", Kind::Gauge, &["pid", "exe", "site", "function"], "Largest children map among parent contexts whose uncancelled children were mostly created at the site."),
+    ("goroscope_discovery_processes", Kind::Gauge, &["kind"], "Processes seen by the last discovery scan of the host: kind=all (with a readable executable), kind=go."),
+    ("goroscope_discovery_scan_duration_seconds", Kind::Gauge, &[], "Time the last discovery scan of /proc took."),
+    ("goroscope_cri_connected", Kind::Gauge, &[], "1 when the container runtime's CRI socket answered the last listing (pod identity), 0 when it failed or no socket was found."),
+    ("goroscope_pod_info", Kind::Info, &["namespace", "pod", "pod_uid"], "A pod with a traced process; also carries the pod labels listed in [runtime] pod_labels, as label_<name>."),
+    ("goroscope_process_info", Kind::Info, &["pid", "exe", "namespace", "pod", "container", "go_version"], "A traced process."),
+    ("goroscope_process_goroutines", Kind::Gauge, &["pid", "exe", "namespace", "pod", "container"], "Live goroutines of a traced process."),
+    ("goroscope_process_goroutines_untracked", Kind::Gauge, &["pid", "exe", "namespace", "pod", "container"], "Live goroutines beyond the limit of tracked goroutines per process or node (counted, not attributed to sites; see [limits])."),
+    ("goroscope_process_goroutines_by_state", Kind::Gauge, &["pid", "exe", "namespace", "pod", "container", "state"], "Live goroutines by state (running, runnable, syscall, or the wait reason)."),
+    ("goroscope_process_lost_events_total", Kind::Counter, &["pid", "exe", "namespace", "pod", "container", "reason"], "Probe events not recorded: read_error (goroutine unreadable), live_map_full, site_map_full, context_map_full, context_site_map_full."),
+    ("goroscope_site_goroutines", Kind::Gauge, &["pid", "exe", "namespace", "pod", "container", "site", "function"], "Live goroutines created at a `go` statement (site = file:line)."),
+    ("goroscope_site_goroutines_waiting", Kind::Gauge, &["pid", "exe", "namespace", "pod", "container", "site", "function"], "Live goroutines created at the site that are blocked (channel, select, sleep, IO, lock)."),
+    ("goroscope_site_goroutines_created_total", Kind::Counter, &["pid", "exe", "namespace", "pod", "container", "site", "function"], "Goroutines created at the site since goroscope attached."),
+    ("goroscope_site_goroutines_exited_total", Kind::Counter, &["pid", "exe", "namespace", "pod", "container", "site", "function"], "Goroutines created at the site that exited since goroscope attached."),
+    ("goroscope_site_oldest_goroutine_age_seconds", Kind::Gauge, &["pid", "exe", "namespace", "pod", "container", "site", "function"], "Age of the oldest live goroutine created at the site (a lower bound for goroutines older than goroscope's attach)."),
+    ("goroscope_site_goroutines_growth_per_second", Kind::Gauge, &["pid", "exe", "namespace", "pod", "container", "site", "function"], "Trend of the site's live goroutines over the leak window (least squares), goroutines per second."),
+    ("goroscope_site_leak_suspected", Kind::Gauge, &["pid", "exe", "namespace", "pod", "container", "site", "function"], "1 when the leak model suspects the site of leaking goroutines (see README, Leak model)."),
+    ("goroscope_site_goroutine_lifetime_seconds", Kind::Histogram, &["pid", "exe", "namespace", "pod", "container", "site", "function"], "Lifetime of goroutines created at the site (created while attached)."),
+    ("goroscope_context_site_created_total", Kind::Counter, &["pid", "exe", "namespace", "pod", "container", "site", "function"], "Cancelable contexts created at a call into package context (site = file:line) since goroscope attached."),
+    ("goroscope_context_site_cancelled_total", Kind::Counter, &["pid", "exe", "namespace", "pod", "container", "site", "function"], "Contexts created at the site (while attached) that were cancelled."),
+    ("goroscope_context_site_uncancelled", Kind::Gauge, &["pid", "exe", "namespace", "pod", "container", "site", "function"], "Contexts created at the site (while attached) not cancelled yet."),
+    ("goroscope_context_site_oldest_uncancelled_age_seconds", Kind::Gauge, &["pid", "exe", "namespace", "pod", "container", "site", "function"], "Age of the oldest uncancelled context created at the site."),
+    ("goroscope_context_site_lost_cancel", Kind::Gauge, &["pid", "exe", "namespace", "pod", "container", "site", "function"], "Uncancelled contexts of the site whose creating goroutine has exited (cancel func most likely lost)."),
+    ("goroscope_context_site_waiting_goroutines", Kind::Gauge, &["pid", "exe", "namespace", "pod", "container", "site", "function"], "Goroutines blocked on the done channel of an uncancelled context created at the site."),
+    ("goroscope_context_children_map_size", Kind::Gauge, &["pid", "exe", "namespace", "pod", "container", "site", "function"], "Largest children map among parent contexts whose uncancelled children were mostly created at the site."),
 ];
 
 impl Kind {
@@ -159,6 +166,7 @@ impl Collector for SnapshotCollector<'_> {
     fn collect(&self) -> Vec<MetricFamily> {
         let mut out = Vec::with_capacity(METRICS.len());
         agent::families(self.snapshot, self.scrape_seconds, &mut out);
+        pods::families(self.snapshot, &mut out);
         process::families(self.snapshot, &mut out);
         sites::families(self.snapshot, &mut out);
         contexts::families(self.snapshot, &mut out);
@@ -213,6 +221,21 @@ fn type_name(t: MetricType) -> &'static str {
 }
 
 /// Label pairs, in this order.
+/// The labels of a series of process `t` (`pid` its pid as text): `pid`, `exe` and its
+/// pod (`namespace`, `pod`, `container`; empty outside Kubernetes), then `extra`.
+fn process_labels(pid: &str, t: &ProcessTable, extra: &[(&str, &str)]) -> Vec<LabelPair> {
+    let id = &t.identity;
+    let mut l = labels(&[
+        ("pid", pid),
+        ("exe", &t.exe),
+        ("namespace", &id.namespace),
+        ("pod", &id.pod),
+        ("container", &id.container),
+    ]);
+    l.extend(labels(extra));
+    l
+}
+
 fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
     pairs
         .iter()
@@ -293,12 +316,11 @@ fn labelled_series<A>(
     for r in &snap.processes {
         let pid = r.table.pid.to_string();
         for (key, series) in fold_process(r) {
-            let labels = labels(&[
-                ("pid", &pid),
-                ("exe", &r.table.exe),
-                ("site", &key.site),
-                ("function", &key.function),
-            ]);
+            let labels = process_labels(
+                &pid,
+                &r.table,
+                &[("site", &key.site), ("function", &key.function)],
+            );
             out.push((labels, series));
         }
     }

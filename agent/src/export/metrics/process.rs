@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use prometheus::proto::MetricFamily;
 
-use super::{family, labels};
+use super::{family, process_labels};
 use crate::export::Snapshot;
 
 pub(super) fn families(snap: &Snapshot, out: &mut Vec<MetricFamily>) {
@@ -18,17 +18,20 @@ pub(super) fn families(snap: &Snapshot, out: &mut Vec<MetricFamily>) {
         "goroscope_process_info",
         processes.iter().map(|(pid, t)| {
             let go_version = &t.go_version;
-            (
-                labels(&[("pid", pid), ("exe", &t.exe), ("go_version", go_version)]),
-                1.0,
-            )
+            (process_labels(pid, t, &[("go_version", go_version)]), 1.0)
         }),
     ));
     out.push(family(
         "goroscope_process_goroutines",
         processes
             .iter()
-            .map(|(pid, t)| (labels(&[("pid", pid), ("exe", &t.exe)]), t.live as f64)),
+            .map(|(pid, t)| (process_labels(pid, t, &[]), t.live as f64)),
+    ));
+    out.push(family(
+        "goroscope_process_goroutines_untracked",
+        processes
+            .iter()
+            .map(|(pid, t)| (process_labels(pid, t, &[]), t.untracked as f64)),
     ));
     out.push(family(
         "goroscope_process_goroutines_by_state",
@@ -37,12 +40,9 @@ pub(super) fn families(snap: &Snapshot, out: &mut Vec<MetricFamily>) {
             for g in &t.goroutines {
                 *states.entry(g.state.as_str()).or_default() += 1;
             }
-            states.into_iter().map(move |(state, n)| {
-                (
-                    labels(&[("pid", pid), ("exe", &t.exe), ("state", state)]),
-                    n as f64,
-                )
-            })
+            states
+                .into_iter()
+                .map(move |(state, n)| (process_labels(pid, t, &[("state", state)]), n as f64))
         }),
     ));
     out.push(family(
@@ -51,7 +51,7 @@ pub(super) fn families(snap: &Snapshot, out: &mut Vec<MetricFamily>) {
             let lost = t.counters.as_ref().map(|c| c.lost).unwrap_or_default();
             lost.iter().map(move |(reason, n)| {
                 (
-                    labels(&[("pid", pid), ("exe", &t.exe), ("reason", reason.name())]),
+                    process_labels(pid, t, &[("reason", reason.name())]),
                     n as f64,
                 )
             })

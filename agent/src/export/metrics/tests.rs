@@ -6,8 +6,8 @@ use super::*;
 use crate::detect::leak::Verdict;
 use crate::export::TargetStatus;
 use crate::model::{
-    bucket_upper_seconds, ContextSiteView, GoroutineView, Lifetime, Losses, MapFill, ParentView,
-    ProcessTable, SiteView, Totals,
+    bucket_upper_seconds, ContextSiteView, GoroutineView, Identity, Lifetime, Losses, MapFill,
+    ParentView, ProcessTable, SiteView, Totals,
 };
 
 fn render_ok(s: &Snapshot, f: Format) -> String {
@@ -122,6 +122,15 @@ fn small_table() -> ProcessTable {
             uncancelled_children: 2,
             children_site: "main.serve /src/ctx.go:7".into(),
         }],
+        untracked: 1,
+        identity: Identity {
+            container_id: "c0ffee".into(),
+            namespace: "shop".into(),
+            pod: "checkout-7d9f".into(),
+            container: "api".into(),
+            pod_uid: "5c1b2e0a-7d3f-4b8e-9a6c-1d2e3f4a5b6c".into(),
+            pod_labels: [("app.kubernetes.io/name".to_string(), "checkout".to_string())].into(),
+        },
         ..Default::default()
     }
 }
@@ -156,6 +165,14 @@ fn small_snapshot() -> Snapshot {
         refresh_seconds: 0.003,
         refreshed_at_unix: 1795398713.25,
         top_sites: 1,
+        discovery: Some(crate::discover::ScanStats {
+            processes: 200,
+            go_processes: 50,
+            binaries_examined: 60,
+            seconds: 0.0125,
+        }),
+        cri_connected: true,
+        pod_labels: vec!["app.kubernetes.io/name".into(), "missing".into()],
     }
 }
 
@@ -166,6 +183,22 @@ const SMALL_OPENMETRICS: &str = include_str!("testdata/small.om");
 fn small_snapshot_exact_text() {
     let version = env!("CARGO_PKG_VERSION");
     let s = small_snapshot();
+    if std::env::var_os("GOROSCOPE_BLESS").is_some() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/export/metrics/testdata");
+        let unversion = |t: String| t.replace(&format!("\"{version}\""), "\"VERSION\"");
+        std::fs::write(
+            dir.join("small.prom"),
+            unversion(render_ok(&s, Format::Prometheus)),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("small.om"),
+            unversion(render_ok(&s, Format::OpenMetrics)),
+        )
+        .unwrap();
+        return;
+    }
     assert_eq!(
         render_ok(&s, Format::Prometheus),
         SMALL_TEXT.replace("VERSION", version)
