@@ -84,6 +84,15 @@ pub struct NodeDiscovery {
     pub pod_wait: std::time::Duration,
 }
 
+/// Why discovery does not trace a Go process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Skipped {
+    /// Excluded by the selectors.
+    Selectors,
+    /// Its binary cannot be traced (unsupported Go version, …) or attaching failed.
+    Untraceable,
+}
+
 /// A binary with probes attached.
 struct Binary {
     analysis: Arc<Analysis>,
@@ -101,8 +110,8 @@ pub struct Session {
     node: Option<NodeDiscovery>,
     /// Processes found by discovery waiting for their pod (since when).
     pod_pending: HashMap<ProcessId, std::time::Instant>,
-    /// Processes the selectors turned down (not looked at again).
-    skipped: HashSet<ProcessId>,
+    /// Processes not traced (not looked at again), and why.
+    skipped: HashMap<ProcessId, Skipped>,
     /// Binaries seen at the target path that cannot be traced (tried once).
     rejected: HashSet<(u64, u64)>,
     /// Whether context probes are wanted.
@@ -245,7 +254,13 @@ impl Session {
 
     /// What the last discovery scan did (node discovery only).
     pub fn scan_stats(&self) -> Option<discover::ScanStats> {
-        self.node.as_ref().map(|n| n.scanner.stats())
+        let mut st = self.node.as_ref()?.scanner.stats();
+        let count = |why| self.skipped.values().filter(|s| **s == why).count();
+        st.excluded = count(Skipped::Selectors);
+        st.untraceable = count(Skipped::Untraceable);
+        st.waiting_for_pod = self.pod_pending.len();
+        st.traced = self.procs.len();
+        Some(st)
     }
 
     fn empty(target: Target, want_contexts: bool) -> Session {
@@ -257,7 +272,7 @@ impl Session {
             attach_max: usize::MAX,
             node: None,
             pod_pending: HashMap::new(),
-            skipped: HashSet::new(),
+            skipped: HashMap::new(),
             pods: None,
             rejected: HashSet::new(),
             want_contexts,
@@ -320,10 +335,18 @@ impl Session {
         if self.rejected.contains(&ident) {
             return None;
         }
+        let exe = std::fs::read_link(process::exe_link(pid)).unwrap_or_default();
         match self.attach_binary(ident, &process::exe_link(pid)) {
             Ok(a) => {
-                tracing::info!(pid, target = %self.target, "attached to the binary a process runs at the target path");
+                tracing::info!(pid, exe = %exe.display(), target = %self.target, "probes attached to the binary");
                 Some(a)
+            }
+            Err(e) if self.target == Target::Node => {
+                // Expected on a node (old Go releases, odd builds): said once per binary,
+                // counted in goroscope_discovery_processes{kind="untraceable"}.
+                tracing::info!(pid, exe = %exe.display(), "Go binary not traced: {e:#}");
+                self.rejected.insert(ident);
+                None
             }
             Err(e) => {
                 tracing::warn!(pid, target = %self.target, "cannot trace the binary at the target path: {e:#}");
@@ -415,10 +438,10 @@ impl Session {
         let procs = &self.procs;
         let skipped = &self.skipped;
         let found: Vec<Candidate> = node.scanner.scan(|id| {
-            procs.get(&id.pid).is_some_and(|t| t.reader.id() == id) || skipped.contains(&id)
+            procs.get(&id.pid).is_some_and(|t| t.reader.id() == id) || skipped.contains_key(&id)
         });
         let alive: HashSet<ProcessId> = found.iter().map(|c| c.id).collect();
-        self.skipped.retain(ProcessId::is_alive);
+        self.skipped.retain(|id, _| id.is_alive());
         self.pod_pending.retain(|id, _| alive.contains(id));
         for c in found {
             let identity = match (&c.container, &node.pods) {
@@ -446,7 +469,7 @@ impl Session {
                 Decision::Skip => {
                     tracing::debug!(pid = c.id.pid, exe = %exe, "not traced: excluded by the discovery selectors");
                     self.pod_pending.remove(&c.id);
-                    self.skipped.insert(c.id);
+                    self.skipped.insert(c.id, Skipped::Selectors);
                 }
                 Decision::Wait => {
                     self.pod_pending
@@ -457,12 +480,12 @@ impl Session {
                     self.pod_pending.remove(&c.id);
                     let Some(analysis) = self.binary(c.ident, c.id.pid) else {
                         // Not traceable (e.g. unsupported Go version): said once per binary.
-                        self.skipped.insert(c.id);
+                        self.skipped.insert(c.id, Skipped::Untraceable);
                         continue;
                     };
                     if let Err(e) = self.add(c.id, analysis, Some(c.ident), c.container) {
                         self.attach_failures += 1;
-                        self.skipped.insert(c.id);
+                        self.skipped.insert(c.id, Skipped::Untraceable);
                         tracing::warn!(pid = c.id.pid, "cannot trace process: {e:#}");
                     }
                 }

@@ -186,7 +186,20 @@ impl Churn {
     }
 
     /// Starts a fixture through `cmd` (which must end up exec'ing it, same pid).
-    pub fn start_with(mut cmd: Command) -> Churn {
+    pub fn start_with(cmd: Command) -> Churn {
+        let c = Churn::start_any(cmd);
+        let words: Vec<&str> = c.ready.split_whitespace().collect();
+        assert_eq!(
+            words[..2],
+            ["ready", &c.pid.to_string()],
+            "unexpected first line"
+        );
+        c
+    }
+
+    /// Starts a fixture through `cmd`, which may run it as a child (e.g. `unshare
+    /// --fork`): `pid` is then that of `cmd`, not of the fixture.
+    pub fn start_any(mut cmd: Command) -> Churn {
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -212,11 +225,10 @@ impl Churn {
             ready: String::new(),
         };
         c.ready = c.line();
-        let words: Vec<&str> = c.ready.split_whitespace().collect();
-        assert_eq!(
-            words[..2],
-            ["ready", &c.pid.to_string()],
-            "unexpected first line"
+        assert!(
+            c.ready.starts_with("ready "),
+            "unexpected first line {:?}",
+            c.ready
         );
         c
     }
@@ -495,4 +507,47 @@ pub fn parse_metrics(text: &str) -> Vec<Sample> {
         out.push((name.to_string(), ls, v));
     }
     out
+}
+
+/// The value of label `name` in a sample's labels.
+pub fn label<'a>(labels: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    labels
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Value of metric `name` of process `pid` for the blockers fixture's site marked
+/// `marker` (site label ends with `blockers/main.go:LINE`), with the `extra` labels.
+pub fn blockers_site_value(
+    samples: &[Sample],
+    name: &str,
+    pid: u32,
+    marker: &str,
+    extra: &[(&str, &str)],
+) -> Option<f64> {
+    let suffix = format!(
+        "tests/fixtures/go/blockers/main.go:{}",
+        line_of(&fixture_source("blockers"), marker)
+    );
+    let found: Vec<f64> = samples
+        .iter()
+        .filter(|(n, l, _)| {
+            n == name
+                && label(l, "pid") == Some(&pid.to_string())
+                && label(l, "site").is_some_and(|s| s.ends_with(&suffix))
+                && extra.iter().all(|(k, v)| label(l, k) == Some(v))
+        })
+        .map(|(_, _, v)| *v)
+        .collect();
+    assert!(found.len() <= 1, "{name} {suffix}: {found:?}");
+    found.first().copied()
+}
+
+/// One scrape of the agent's `/metrics`: the text and its samples.
+pub fn scrape(agent: &Agent) -> (String, Vec<Sample>) {
+    let r = agent.get("/metrics");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let s = parse_metrics(&r.body);
+    (r.body, s)
 }

@@ -8,55 +8,14 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use integration_tests::{
-    bpf_allowed, fixture, fixture_source, line_of, parse_metrics, wait_for, workspace_root, Agent,
-    Churn, Sample,
+    blockers_site_value as site_value, bpf_allowed, fixture, fixture_source, label, line_of,
+    scrape as metrics, wait_for, workspace_root, Agent, Churn, Sample,
 };
 
 const BLOCK: &str = "// blockers: blocking site";
 const FINISH: &str = "// blockers: finishing site";
 
 type Samples = Vec<Sample>;
-
-fn label<'a>(labels: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    labels
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-}
-
-/// Value of `name` for the blockers site marked `marker` (site label ends with
-/// `blockers/main.go:LINE`).
-fn site_value(
-    samples: &Samples,
-    name: &str,
-    pid: u32,
-    marker: &str,
-    extra: &[(&str, &str)],
-) -> Option<f64> {
-    let suffix = format!(
-        "tests/fixtures/go/blockers/main.go:{}",
-        line_of(&fixture_source("blockers"), marker)
-    );
-    let found: Vec<f64> = samples
-        .iter()
-        .filter(|(n, l, _)| {
-            n == name
-                && label(l, "pid") == Some(&pid.to_string())
-                && label(l, "site").is_some_and(|s| s.ends_with(&suffix))
-                && extra.iter().all(|(k, v)| label(l, k) == Some(v))
-        })
-        .map(|(_, _, v)| *v)
-        .collect();
-    assert!(found.len() <= 1, "{name} {suffix}: {found:?}");
-    found.first().copied()
-}
-
-fn metrics(agent: &Agent) -> (String, Samples) {
-    let r = agent.get("/metrics");
-    assert_eq!(r.status, 200, "{}", r.body);
-    let s = parse_metrics(&r.body);
-    (r.body, s)
-}
 
 /// `name type labels` of every family in the Prometheus text output.
 fn families(text: &str, samples: &Samples) -> BTreeSet<String> {

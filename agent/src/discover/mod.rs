@@ -69,6 +69,13 @@ pub struct ScanStats {
     pub go_processes: usize,
     /// Distinct binaries examined since start (each read once).
     pub binaries_examined: u64,
+    /// Go processes traced, excluded by the selectors, whose binary cannot be traced
+    /// (e.g. an unsupported Go version), waiting for their pod to be known (filled in by
+    /// the session).
+    pub traced: usize,
+    pub excluded: usize,
+    pub untraceable: usize,
+    pub waiting_for_pod: usize,
     /// Time the scan took.
     pub seconds: f64,
 }
@@ -165,6 +172,7 @@ impl NodeScanner {
             go_processes: go,
             binaries_examined: self.stats.binaries_examined,
             seconds: t0.elapsed().as_secs_f64(),
+            ..ScanStats::default()
         };
         out
     }

@@ -14,9 +14,14 @@ pub(super) fn families(snap: &Snapshot, out: &mut Vec<MetricFamily>) {
         "goroscope_discovery_processes",
         snap.discovery.iter().flat_map(|d| {
             [
-                (labels(&[("kind", "all")]), d.processes as f64),
-                (labels(&[("kind", "go")]), d.go_processes as f64),
+                ("all", d.processes),
+                ("go", d.go_processes),
+                ("traced", d.traced),
+                ("excluded", d.excluded),
+                ("untraceable", d.untraceable),
+                ("waiting_for_pod", d.waiting_for_pod),
             ]
+            .map(|(kind, n)| (labels(&[("kind", kind)]), n as f64))
         }),
     ));
     out.push(family(
