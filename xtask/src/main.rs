@@ -93,6 +93,19 @@ enum Bench {
         #[arg(long, default_value_t = 5)]
         http_seconds: u64,
     },
+    /// `goroscope run` with no target on a host with many processes: latency until a
+    /// new Go process is traced, cost of a /proc scan, agent CPU and memory.
+    Discovery {
+        /// Processes started by the benchmark (Go ones included).
+        #[arg(long, default_value_t = 200)]
+        processes: usize,
+        /// Of which Go processes (the rest: `sleep`).
+        #[arg(long, default_value_t = 50)]
+        go_processes: usize,
+        /// New Go processes whose discovery latency is measured (one at a time).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// Time of a /metrics scrape of `goroscope run` tracing many processes with many
     /// `go` sites each.
     Scrape {
@@ -129,6 +142,11 @@ fn main() {
                 http_seconds,
             } => bench::contexts::run(runs, contexts, http_seconds),
             Bench::Scrape { processes, scrapes } => bench::scrape::run(processes, scrapes),
+            Bench::Discovery {
+                processes,
+                go_processes,
+                rounds,
+            } => bench::discovery::run(processes, go_processes, rounds),
         },
     };
     if let Err(e) = result {

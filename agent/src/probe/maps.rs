@@ -200,6 +200,10 @@ impl Probes {
         )?;
         match procs.remove(&tgid) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            // A process that never hit a probe has no counters.
+            Err(MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => {
+                Ok(())
+            }
             Err(e) => Err(e).context("purging PROC_COUNTERS"),
         }
     }

@@ -28,6 +28,10 @@ impl Driven {
         Ok(Driven { child, stdin, out })
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn line(&mut self) -> Result<String> {
         self.out
             .next()

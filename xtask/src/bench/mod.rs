@@ -2,6 +2,7 @@
 //! writes its results with the shared [`report::Report`] into `target/bench/`.
 
 pub mod contexts;
+pub mod discovery;
 mod driven;
 pub mod overhead;
 mod report;
@@ -71,4 +72,12 @@ impl Samples {
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
+}
+
+/// Value of the sample whose name (and labels, if given) are exactly `series` in a
+/// Prometheus text.
+fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
 }

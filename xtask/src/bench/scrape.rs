@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 
 use super::driven::Driven;
-use super::median;
 use super::report::Report;
+use super::{median, sample};
 use crate::project::fixtures_dir;
 
 pub fn run(processes: usize, scrapes: usize) -> Result<()> {
@@ -116,13 +116,6 @@ fn report(
     );
     report.line("Goal: under 50 ms.");
     report
-}
-
-/// Value of the first sample of the unlabelled metric `name` in a Prometheus text.
-fn sample(body: &str, name: &str) -> Option<f64> {
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.parse().ok())
 }
 
 /// Scrapes the agent's /metrics like a Prometheus without keep-alive: HTTP/1.0, a new
