@@ -352,16 +352,27 @@ pub fn build_image(docker: &Docker) -> ImageBuild {
     let _ = std::fs::remove_file(&staged);
     std::fs::copy(goroscope_bin(), &staged).unwrap();
     let binary_bytes = std::fs::metadata(&staged).unwrap().len();
-    let base_tar = dir.join("base.tar");
-    let status = Command::new("sh")
+    // deploy/docker/base.sh BINARY | docker import - goroscope-base:local
+    let mut base = Command::new("sh")
         .arg("deploy/docker/base.sh")
         .arg(&staged)
         .current_dir(workspace_root())
-        .stdout(std::fs::File::create(&base_tar).unwrap())
-        .status()
+        .stdout(Stdio::piped())
+        .spawn()
         .expect("sh deploy/docker/base.sh");
+    let imported = docker
+        .command()
+        .args(["import", "-", "goroscope-base:local"])
+        .stdin(base.stdout.take().unwrap())
+        .output()
+        .expect("docker import");
+    let status = base.wait().unwrap();
     assert!(status.success(), "deploy/docker/base.sh: {status}");
-    docker.ok(&["import", base_tar.to_str().unwrap(), "goroscope-base:local"]);
+    assert!(
+        imported.status.success(),
+        "docker import: {}",
+        String::from_utf8_lossy(&imported.stderr)
+    );
     docker.ok(&[
         "build",
         "-f",
