@@ -401,3 +401,22 @@ pub fn build_image(docker: &Docker) -> ImageBuild {
         build_time,
     }
 }
+
+/// The saved image ([`image_tar`]), built first ([`build_image`] with a daemon of its own) if
+/// it is missing or older than the binary, the Dockerfile or the base script. `None`: skipped
+/// outside CI (see [`Docker::start`]).
+pub fn ensure_image_tar(test: &str) -> Option<PathBuf> {
+    let tar = image_tar();
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let inputs = [
+        goroscope_bin(),
+        workspace_root().join("deploy/Dockerfile"),
+        workspace_root().join("deploy/docker/base.sh"),
+    ];
+    let fresh = modified(&tar).is_some_and(|t| inputs.iter().all(|i| modified(i) <= Some(t)));
+    if !fresh {
+        let docker = Docker::start(test)?;
+        build_image(&docker);
+    }
+    Some(tar)
+}
