@@ -1,6 +1,8 @@
 //! Helpers for goroscope's integration tests: the Go fixture builds (made by
 //! `cargo xtask fixtures`), driving fixture processes, and the BPF privilege gate.
 
+pub mod deploy;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};

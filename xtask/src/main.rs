@@ -1,7 +1,7 @@
 //! `cargo xtask …`: everything that is not plain cargo, one module per task.
 //!
 //! - `setup`       installs what the build and tests need (Debian packages, bpf-linker, Go
-//!   toolchains for the fixtures); idempotent and quick when all is there.
+//!   toolchains for the fixtures, the deploy/ tests' tools); idempotent and quick when all is there.
 //! - `fixtures`    builds the Go test programs for every Go version of the matrix.
 //! - `test`        setup + fixtures + lint + `cargo test` (the README's test command).
 //! - `lint`        `cargo fmt --check` and `cargo clippy -- -D warnings`.
@@ -12,6 +12,7 @@
 
 mod bench;
 mod check;
+mod deploy_tools;
 mod fixtures;
 mod gen_offsets;
 mod project;

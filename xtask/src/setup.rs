@@ -1,5 +1,6 @@
 //! `cargo xtask setup`: installs what the build and tests need (Debian packages,
-//! bpf-linker, Go toolchains for the fixtures); idempotent and quick when all is there.
+//! bpf-linker, Go toolchains for the fixtures, deploy/ test tools); idempotent and quick when
+//! all is there.
 
 use std::env;
 use std::fs;
@@ -12,7 +13,8 @@ use crate::project::{cache_dir, cargo, go_bin, is_root, output, run, step, GO_MA
 
 /// Debian packages: Debian's rustc 1.96 with a prebuilt `core` for bpfel-unknown-none,
 /// LLVM 22 for bpf-linker, bpftool for debugging, Prometheus (and promtool) for the
-/// exporter and alert-rule tests.
+/// exporter and alert-rule tests; Docker (image build test) and systemd (`systemd-analyze
+/// verify` of the unit) for deploy/.
 const APT_PACKAGES: &[&str] = &[
     "rustc-web",
     "libstd-rust-web-dev-bpf",
@@ -22,6 +24,8 @@ const APT_PACKAGES: &[&str] = &[
     "bpftool",
     "golang-1.19-go",
     "prometheus",
+    "docker.io",
+    "systemd",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -29,6 +33,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 pub fn all() -> Result<()> {
     apt()?;
     bpf_linker()?;
+    crate::deploy_tools::install()?;
     go()
 }
 
