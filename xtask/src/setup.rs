@@ -13,7 +13,7 @@ use crate::project::{cache_dir, cargo, go_bin, is_root, output, run, step, GO_MA
 
 /// Debian packages: Debian's rustc 1.96 with a prebuilt `core` for bpfel-unknown-none,
 /// LLVM 22 for bpf-linker, bpftool for debugging, Prometheus (and promtool) for the
-/// exporter and alert-rule tests; Docker (image build test) and systemd (`systemd-analyze
+/// exporter and alert-rule tests, Alertmanager for the end-to-end alerting test; Docker (image build test) and systemd (`systemd-analyze
 /// verify` of the unit) for deploy/.
 const APT_PACKAGES: &[&str] = &[
     "rustc-web",
@@ -24,6 +24,7 @@ const APT_PACKAGES: &[&str] = &[
     "bpftool",
     "golang-1.19-go",
     "prometheus",
+    "prometheus-alertmanager",
     "docker.io",
     "systemd",
 ];
