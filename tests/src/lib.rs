@@ -2,6 +2,7 @@
 //! `cargo xtask fixtures`), driving fixture processes, and the BPF privilege gate.
 
 pub mod deploy;
+pub mod prometheus;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};

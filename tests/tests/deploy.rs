@@ -264,7 +264,10 @@ fn daemonset_config_file_is_valid() {
     assert!(c.contexts);
     assert_eq!(c.log_format, goroscope::daemon::config::LogFormat::Json);
     assert_eq!(c.targets, vec![goroscope::session::Target::Node]);
-    assert_eq!(c.discovery.namespace_exclude, vec!["kube-system".to_string()]);
+    assert_eq!(
+        c.discovery.namespace_exclude,
+        vec!["kube-system".to_string()]
+    );
     assert_eq!(c.min_process_age, std::time::Duration::from_secs(5));
     assert_eq!(c.cri_socket, None);
     assert_eq!(
