@@ -3,6 +3,8 @@
 //! (every Go process on the node) and container/pod identity will be stages here: they
 //! decorate and select processes, they never decide what a goroutine is.
 
+pub mod cri;
+
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
