@@ -12,7 +12,9 @@ use crate::project::{cache_dir, cargo, go_bin, is_root, output, run, step, GO_MA
 
 /// Debian packages: Debian's rustc 1.96 with a prebuilt `core` for bpfel-unknown-none,
 /// LLVM 22 for bpf-linker, bpftool for debugging, Prometheus (and promtool) for the
-/// exporter and alert-rule tests.
+/// exporter and alert-rule tests; containerd (with `ctr`, the CRI plugin), runc and the
+/// CNI plugins (loopback) for the tests that run real pods (tests/src/containerd.rs),
+/// whose pause image is a `gcc -static` binary (libc6-dev).
 const APT_PACKAGES: &[&str] = &[
     "rustc-web",
     "libstd-rust-web-dev-bpf",
@@ -22,6 +24,11 @@ const APT_PACKAGES: &[&str] = &[
     "bpftool",
     "golang-1.19-go",
     "prometheus",
+    "containerd",
+    "runc",
+    "containernetworking-plugins",
+    "gcc",
+    "libc6-dev",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

@@ -36,6 +36,9 @@ use tracing::{info, warn};
 use runtime_v1::runtime_service_client::RuntimeServiceClient;
 use runtime_v1::{Container, ListContainersRequest, ListPodSandboxRequest, PodSandbox};
 
+/// The generated CRI runtime client over a tonic channel (see [`connect`]).
+pub type CriClient = RuntimeServiceClient<Channel>;
+
 /// Where container runtimes put their CRI socket: containerd, k3s's containerd, CRI-O.
 /// [`candidate_sockets`] also looks for each under `/host` (a DaemonSet mounting the
 /// host's `/run` at `/host/run`) and under `/proc/1/root` (a container with `hostPID`).
@@ -300,7 +303,7 @@ struct Worker {
     configured: Option<PathBuf>,
     ttl: Duration,
     /// The socket in use and its client (connected lazily, reconnected by tonic).
-    client: Option<(PathBuf, RuntimeServiceClient<Channel>)>,
+    client: Option<(PathBuf, CriClient)>,
     /// A warning was logged for the current run of failures.
     failing: bool,
 }
@@ -351,7 +354,7 @@ impl Worker {
             return;
         };
         if self.client.as_ref().is_none_or(|(s, _)| *s != socket) {
-            match client(&socket) {
+            match connect(&socket, CALL_TIMEOUT) {
                 Ok(c) => self.client = Some((socket.clone(), c)),
                 Err(e) => {
                     self.fail(&socket, e);
@@ -440,23 +443,23 @@ impl Worker {
     }
 }
 
-/// A client of the socket at `socket`, connecting on first use (inside a runtime).
-fn client(socket: &Path) -> Result<RuntimeServiceClient<Channel>, String> {
+/// A CRI runtime client of the socket at `socket`, connecting on first use and again
+/// after the connection broke; every call (connecting included) times out after
+/// `timeout`. Must be called inside a tokio runtime.
+pub fn connect(socket: &Path, timeout: Duration) -> Result<CriClient, String> {
     let path = socket
         .to_str()
         .ok_or_else(|| format!("{}: not a UTF-8 path", socket.display()))?;
     let endpoint = Endpoint::from_shared(format!("unix://{path}"))
         .map_err(|e| format!("{path}: {e}"))?
-        .connect_timeout(CALL_TIMEOUT)
-        .timeout(CALL_TIMEOUT);
+        .connect_timeout(timeout)
+        .timeout(timeout);
     Ok(RuntimeServiceClient::new(endpoint.connect_lazy()).max_decoding_message_size(MAX_MESSAGE))
 }
 
 /// `ListContainers` and `ListPodSandbox` (every container and sandbox, no filter), each
 /// bounded by [`CALL_TIMEOUT`]; the error on one line.
-async fn list(
-    client: &mut RuntimeServiceClient<Channel>,
-) -> Result<(Vec<Container>, Vec<PodSandbox>), String> {
+async fn list(client: &mut CriClient) -> Result<(Vec<Container>, Vec<PodSandbox>), String> {
     let containers = tokio::time::timeout(
         CALL_TIMEOUT,
         client.list_containers(ListContainersRequest::default()),
