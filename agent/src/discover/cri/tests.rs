@@ -229,3 +229,59 @@ fn hung_runtime_times_out_without_blocking_lookups() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn resolver_is_send_and_sync() {
+    fn shared<T: Send + Sync>() {}
+    shared::<PodResolver>();
+}
+
+#[test]
+fn misses_are_debounced_to_one_refresh_a_second() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    // A runtime that hangs up on every connection: each refresh connects once.
+    let dir = std::env::temp_dir().join(format!("goroscope-cri-debounce-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("hangup.sock");
+    let _ = std::fs::remove_file(&socket);
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            counter.fetch_add(1, Ordering::Relaxed);
+            drop(stream);
+        }
+    });
+    let r = PodResolver::start(Some(socket.clone()), Duration::from_secs(60));
+    wait_error(&r);
+    std::thread::sleep(Duration::from_millis(300));
+    let first = accepted.load(Ordering::Relaxed);
+    assert!(first >= 1, "the first refresh did not connect");
+    // 3 s of lookups of ever new ids, and of the same ones again: at most one refresh
+    // a second (plus one in flight).
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < Duration::from_secs(3) {
+        n += 1;
+        assert_eq!(r.lookup(&format!("{n:064x}")), None);
+        assert_eq!(r.lookup(&format!("{:064x}", n / 2)), None);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let during = accepted.load(Ordering::Relaxed) - first;
+    eprintln!("{n} missed ids in 3 s: {during} refreshes after the first {first}");
+    assert!((2..=4).contains(&during), "{during} refreshes in 3 s");
+    // Without misses, nothing until the ttl (after the refresh asked for by the last
+    // misses, at most two gaps later).
+    std::thread::sleep(Duration::from_millis(2500));
+    let settled = accepted.load(Ordering::Relaxed);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        accepted.load(Ordering::Relaxed),
+        settled,
+        "refreshes without misses"
+    );
+    drop(r);
+    let _ = std::fs::remove_dir_all(&dir);
+}
