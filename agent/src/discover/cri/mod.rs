@@ -10,6 +10,17 @@
 //!
 //! The mapping from the runtime's answers to [`PodIdentity`] is the pure function
 //! [`identities`].
+//!
+//! Why the CRI and not the Kubernetes API: an agent could instead watch the pods of its
+//! node on the API server (`fieldSelector=spec.nodeName=NODE`) and match
+//! `status.containerStatuses[].containerID` (`containerd://ID`) to the id in
+//! `/proc/PID/cgroup`, which would also give owners and annotations. But that needs a
+//! ServiceAccount with RBAC to list and watch pods, the API server reachable from every
+//! node (one more watch per node on it), and a container's id appears there only once
+//! kubelet has reported its status, seconds after its process started. The runtime's
+//! socket is on the node, knows a container as soon as it is created (before its
+//! process runs), needs no credentials and no network, and answers the same for
+//! containerd and CRI-O; the cost is a read-only hostPath mount of the socket.
 
 #[allow(
     clippy::all,
