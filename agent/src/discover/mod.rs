@@ -4,7 +4,6 @@
 //! decorate and select processes, they never decide what a goroutine is.
 
 pub mod cri;
-
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
