@@ -1,5 +1,8 @@
 //! Helpers for goroscope's integration tests: the Go fixture builds (made by
-//! `cargo xtask fixtures`), driving fixture processes, and the BPF privilege gate.
+//! `cargo xtask fixtures`), driving fixture processes, and the BPF privilege gate;
+//! [`containerd`]: a private containerd making real pods over CRI.
+
+pub mod containerd;
 
 pub mod deploy;
 pub mod prometheus;
@@ -150,7 +153,7 @@ pub fn fixture_source(name: &str) -> PathBuf {
         .join("main.go")
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }

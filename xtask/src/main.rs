@@ -6,6 +6,7 @@
 //! - `test`        setup + fixtures + lint + `cargo test` (the README's test command).
 //! - `lint`        `cargo fmt --check` and `cargo clippy -- -D warnings`.
 //! - `gen-offsets` regenerates the built-in runtime offsets table from DWARF.
+//! - `gen-cri`     regenerates the CRI client from the committed `api.proto`.
 //! - `bench …`     benchmarks (root), reports in `target/bench/`.
 //!
 //! `project` holds what they share (paths, the Go matrix, running commands).
@@ -14,6 +15,7 @@ mod bench;
 mod check;
 mod deploy_tools;
 mod fixtures;
+mod gen_cri;
 mod gen_offsets;
 mod project;
 mod setup;
@@ -50,6 +52,9 @@ enum Cmd {
     Lint,
     /// Regenerate agent/src/gobin/offsets_table.rs from DWARF of the fixture builds.
     GenOffsets,
+    /// Regenerate agent/src/discover/cri/runtime_v1.rs (the CRI client) from
+    /// agent/proto/cri-api/api.proto.
+    GenCri,
     /// Benchmarks (need root); results go to target/bench/.
     Bench {
         #[command(subcommand)]
@@ -129,6 +134,7 @@ fn main() {
         } => check::test(no_lint, &cargo_args),
         Cmd::Lint => check::lint(),
         Cmd::GenOffsets => gen_offsets::generate(),
+        Cmd::GenCri => gen_cri::generate(),
         Cmd::Bench { which } => match which {
             Bench::Overhead {
                 runs,

@@ -13,8 +13,11 @@ use crate::project::{cache_dir, cargo, go_bin, is_root, output, run, step, GO_MA
 
 /// Debian packages: Debian's rustc 1.96 with a prebuilt `core` for bpfel-unknown-none,
 /// LLVM 22 for bpf-linker, bpftool for debugging, Prometheus (and promtool) for the
-/// exporter and alert-rule tests, Alertmanager for the end-to-end alerting test; Docker (image build test) and systemd (`systemd-analyze
-/// verify` of the unit) for deploy/.
+/// exporter and alert-rule tests, Alertmanager for the end-to-end alerting test; Docker
+/// (image build test) and systemd (`systemd-analyze verify` of the unit) for deploy/;
+/// containerd (with `ctr`, the CRI plugin), runc and the CNI plugins (loopback) for the
+/// tests that run real pods (tests/src/containerd.rs), whose pause image is a `gcc
+/// -static` binary (libc6-dev).
 const APT_PACKAGES: &[&str] = &[
     "rustc-web",
     "libstd-rust-web-dev-bpf",
@@ -27,6 +30,11 @@ const APT_PACKAGES: &[&str] = &[
     "prometheus-alertmanager",
     "docker.io",
     "systemd",
+    "containerd",
+    "runc",
+    "containernetworking-plugins",
+    "gcc",
+    "libc6-dev",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
