@@ -1,17 +1,20 @@
 //! `goroscope run` with no target: every Go process of the host, found on its own — on
 //! the host, in its own PID + mount namespace (a binary the host cannot see at that
-//! path), and started later — with exact per-site counts; a process that exits is
-//! forgotten and its binary's probes detached.
+//! path), in a real containerd pod (labelled with its namespace, pod and container), and
+//! started later — with exact per-site counts; a process that exits is forgotten and its
+//! binary's probes detached.
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use integration_tests::containerd::{containerd_allowed, ContainerSpec, Containerd, PodSpec};
 use integration_tests::{
     blockers_site_value, bpf_allowed, fixture, label, scrape, wait_for, Agent, Churn, Sample,
 };
 
 const BLOCK: &str = "// blockers: blocking site";
+const POD_UID: &str = "5c1b2e0a-7d3f-4b8e-9a6c-1d2e3f4a5b6c";
 
 /// Live goroutines at the blockers' blocking site of `pid`, and how many were created
 /// there while traced.
@@ -42,7 +45,8 @@ fn only_child(pid: u32) -> u32 {
 
 #[test]
 fn run_with_no_target_traces_every_go_process_of_the_host() {
-    if !bpf_allowed("run_with_no_target_traces_every_go_process_of_the_host") {
+    let test = "run_with_no_target_traces_every_go_process_of_the_host";
+    if !bpf_allowed(test) || !containerd_allowed(test) {
         return;
     }
     // A: on the host.
@@ -81,12 +85,44 @@ fn run_with_no_target_traces_every_go_process_of_the_host() {
     assert!(!exe_seen.exists(), "the path exists only in B's namespace");
     assert_eq!(b.cmd("block 5"), "blocked 5");
 
+    // P: a third binary, in a real containerd pod (its own private containerd; the agent
+    // is told where its CRI socket is, as it would find /run/containerd/containerd.sock).
+    let ctd = Containerd::start();
+    let blockers = fixture(25, "blockers", "default");
+    ctd.import_image(
+        "goroscope.test/blockers:1",
+        &[(blockers.path.as_path(), "/app/blockers")],
+        &["/app/blockers"],
+    );
+    let pod = ctd.run_pod(&PodSpec::new("shop", "checkout-7d9f", POD_UID).label("app", "checkout"));
+    let mut spec = ContainerSpec::new("api", "goroscope.test/blockers:1");
+    spec.env.push(("BLOCKERS_SCRIPT".into(), "block 6".into()));
+    let api = ctd.run_container(&pod, &spec);
+
     // No target: the whole host.
-    let mut agent = Agent::start(&["--interval-seconds", "1"]);
-    let found = wait_for("A and B traced", Duration::from_secs(40), || {
+    let socket = ctd.socket.to_str().unwrap().to_string();
+    let mut agent = Agent::start(&["--interval-seconds", "1", "--cri-socket", &socket]);
+    let pod_labels = [
+        ("namespace", "shop"),
+        ("pod", "checkout-7d9f"),
+        ("container", "api"),
+    ];
+    let found = wait_for("A, B and the pod traced", Duration::from_secs(40), || {
         let (_, s) = scrape(&agent);
-        (block_site(&s, a.pid)?.0 == 7.0 && block_site(&s, b_pid)?.0 == 5.0).then_some(s)
+        let in_pod =
+            blockers_site_value(&s, "goroscope_site_goroutines", api.pid, BLOCK, &pod_labels);
+        (block_site(&s, a.pid)?.0 == 7.0 && block_site(&s, b_pid)?.0 == 5.0 && in_pod? == 6.0)
+            .then_some(s)
     });
+    assert_eq!(block_site(&found, api.pid), Some((6.0, 0.0)));
+    let pod_info: Vec<_> = found
+        .iter()
+        .filter(|(n, _, _)| n == "goroscope_pod_info")
+        .collect();
+    assert_eq!(pod_info.len(), 1, "{pod_info:?}");
+    assert_eq!(label(&pod_info[0].1, "namespace"), Some("shop"));
+    assert_eq!(label(&pod_info[0].1, "pod"), Some("checkout-7d9f"));
+    assert_eq!(label(&pod_info[0].1, "pod_uid"), Some(POD_UID));
     let info = |s: &[Sample], pid: u32| {
         s.iter()
             .find(|(n, l, _)| {
@@ -96,6 +132,9 @@ fn run_with_no_target_traces_every_go_process_of_the_host() {
             .unwrap_or_else(|| panic!("no goroscope_process_info for pid {pid}"))
     };
     assert_eq!(label(&info(&found, a.pid), "go_version"), Some("go1.27.3"));
+    let p_info = info(&found, api.pid);
+    assert_eq!(label(&p_info, "exe"), Some("/app/blockers"));
+    assert_eq!(label(&p_info, "container"), Some("api"));
     let b_info = info(&found, b_pid);
     assert_eq!(label(&b_info, "exe"), Some(exe_seen.to_str().unwrap()));
     assert!(label(&b_info, "go_version").is_some_and(|v| v.starts_with("go1.24")));
@@ -144,6 +183,7 @@ fn run_with_no_target_traces_every_go_process_of_the_host() {
     });
     assert_eq!(block_site(&s, a.pid), Some((10.0, 3.0)));
     assert_eq!(block_site(&s, c.pid).map(|x| x.0), Some(4.0));
+    assert_eq!(block_site(&s, api.pid), Some((6.0, 0.0)));
     let kind = |k: &str| {
         s.iter()
             .find(|(n, l, _)| n == "goroscope_discovery_processes" && label(l, "kind") == Some(k))
