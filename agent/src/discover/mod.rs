@@ -67,6 +67,9 @@ pub struct ScanStats {
     pub processes: usize,
     /// Of which run a Go binary.
     pub go_processes: usize,
+    /// Processes whose executable goroscope may not look at (permission denied: it lacks
+    /// CAP_SYS_PTRACE or CAP_DAC_READ_SEARCH), so it cannot tell whether they run Go.
+    pub unreadable: usize,
     /// Distinct binaries examined since start (each read once).
     pub binaries_examined: u64,
     /// Go processes traced, excluded by the selectors, whose binary cannot be traced
@@ -90,6 +93,8 @@ pub struct NodeScanner {
     min_age: Duration,
     own_pid: u32,
     stats: ScanStats,
+    /// Whether unreadable processes were already reported (once per run of them).
+    unreadable_said: bool,
 }
 
 /// `/proc/PID/stat` start times are in USER_HZ ticks, 100 per second on Linux.
@@ -102,6 +107,7 @@ impl NodeScanner {
             min_age,
             own_pid: std::process::id(),
             stats: ScanStats::default(),
+            unreadable_said: false,
         }
     }
 
@@ -121,14 +127,21 @@ impl NodeScanner {
         let uptime = uptime_seconds();
         let mut seen = HashMap::with_capacity(self.verdicts.len());
         let mut out = Vec::new();
-        let (mut processes, mut go) = (0, 0);
+        let (mut processes, mut go, mut unreadable) = (0, 0, 0);
+        let mut first_denied = None;
         for pid in all_pids() {
             if pid == self.own_pid {
                 continue;
             }
             let link = exe_link(pid);
-            let Ok(m) = fs::metadata(&link) else {
-                continue; // kernel thread, exited, or not permitted
+            let m = match fs::metadata(&link) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    unreadable += 1;
+                    first_denied.get_or_insert((pid, e));
+                    continue;
+                }
+                Err(_) => continue, // kernel thread, or exited
             };
             processes += 1;
             let ident = (m.dev(), m.ino());
@@ -136,7 +149,15 @@ impl NodeScanner {
                 Some(&(mtime, v)) if mtime == m.mtime() => v,
                 _ => {
                     self.stats.binaries_examined += 1;
-                    is_go_binary(&link)
+                    match go_verdict(&link) {
+                        Ok(v) => v,
+                        Err(e) => {
+                            // Not cached: tried again at the next scan.
+                            unreadable += 1;
+                            first_denied.get_or_insert((pid, e));
+                            continue;
+                        }
+                    }
                 }
             };
             seen.insert(ident, (m.mtime(), is_go));
@@ -167,9 +188,24 @@ impl NodeScanner {
             });
         }
         self.verdicts = seen;
+        match first_denied {
+            Some((pid, e)) if !self.unreadable_said => {
+                tracing::warn!(
+                    processes = unreadable,
+                    example_pid = pid,
+                    "processes whose executable cannot be examined ({e}): they are not traced; \
+                     goroscope needs CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH \
+                     (goroscope_discovery_processes{{kind=\"unreadable\"}})"
+                );
+                self.unreadable_said = true;
+            }
+            None => self.unreadable_said = false,
+            _ => {}
+        }
         self.stats = ScanStats {
             processes,
             go_processes: go,
+            unreadable,
             binaries_examined: self.stats.binaries_examined,
             seconds: t0.elapsed().as_secs_f64(),
             ..ScanStats::default()
@@ -191,19 +227,23 @@ fn uptime_seconds() -> Option<f64> {
 /// writes (`.go.buildinfo`, `.gopclntab`, `.note.go.buildid`; external linking and
 /// stripping keep at least one). Reads the ELF and section headers only.
 pub fn is_go_binary(path: &Path) -> bool {
-    let Ok(f) = fs::File::open(path) else {
-        return false;
-    };
+    go_verdict(path).unwrap_or(false)
+}
+
+/// As [`is_go_binary`]; an error when the file cannot be opened (e.g. permission denied),
+/// so that a binary goroscope may not read is not mistaken for a non-Go one.
+fn go_verdict(path: &Path) -> std::io::Result<bool> {
+    let f = fs::File::open(path)?;
     let cache = object::ReadCache::new(f);
     let Ok(obj) = object::File::parse(&cache) else {
-        return false;
+        return Ok(false);
     };
-    obj.sections().any(|s| {
+    Ok(obj.sections().any(|s| {
         matches!(
             s.name(),
             Ok(".go.buildinfo" | ".gopclntab" | ".note.go.buildid")
         )
-    })
+    }))
 }
 
 #[cfg(test)]

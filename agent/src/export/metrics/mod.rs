@@ -96,7 +96,7 @@ pub const METRICS: &[(&str, Kind, &[&str], &str)] = &[
     ("goroscope_refresh_duration_seconds", Kind::Gauge, &[], "Time the last refresh of the goroutine tables took."),
     ("goroscope_last_refresh_timestamp_seconds", Kind::Gauge, &[], "Unix time of the last refresh of the goroutine tables."),
     ("goroscope_scrape_duration_seconds", Kind::Gauge, &[], "Time rendering the previous /metrics response took."),
-    ("goroscope_discovery_processes", Kind::Gauge, &["kind"], "Processes seen by the last discovery scan of the host: all (with a readable executable), go (running a Go binary), and of those: traced, excluded (by the selectors), untraceable (e.g. an unsupported Go version), waiting_for_pod."),
+    ("goroscope_discovery_processes", Kind::Gauge, &["kind"], "Processes seen by the last discovery scan of the host: all (with a readable executable), unreadable (executable not examinable: missing CAP_SYS_PTRACE or CAP_DAC_READ_SEARCH), go (running a Go binary), and of those: traced, excluded (by the selectors), untraceable (e.g. an unsupported Go version), waiting_for_pod."),
     ("goroscope_discovery_scan_duration_seconds", Kind::Gauge, &[], "Time the last discovery scan of /proc took."),
     ("goroscope_cri_connected", Kind::Gauge, &[], "1 when the container runtime's CRI socket answered the last listing (pod identity), 0 when it failed or no socket was found."),
     ("goroscope_pod_info", Kind::Info, &["namespace", "pod", "pod_uid"], "A pod with a traced process; also carries the pod labels listed in [runtime] pod_labels, as label_<name>."),

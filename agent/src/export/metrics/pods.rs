@@ -16,6 +16,7 @@ pub(super) fn families(snap: &Snapshot, out: &mut Vec<MetricFamily>) {
             [
                 ("all", d.processes),
                 ("go", d.go_processes),
+                ("unreadable", d.unreadable),
                 ("traced", d.traced),
                 ("excluded", d.excluded),
                 ("untraceable", d.untraceable),

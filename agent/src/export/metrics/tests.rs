@@ -168,6 +168,7 @@ fn small_snapshot() -> Snapshot {
         discovery: Some(crate::discover::ScanStats {
             processes: 200,
             go_processes: 50,
+            unreadable: 2,
             binaries_examined: 60,
             seconds: 0.0125,
             traced: 40,
