@@ -290,6 +290,15 @@ impl Containerd {
         self.import_tarball(&tarball);
     }
 
+    /// An image holding the Go fixture `f` at `/app/<name>`, its entrypoint; returns the
+    /// image's name.
+    pub fn import_fixture(&self, f: &crate::Fixture) -> String {
+        let name = format!("goroscope.test/{}:{}-{}", f.name, f.go, f.variant);
+        let inside = format!("/app/{}", f.name);
+        self.import_image(&name, &[(f.path.as_path(), &inside)], &[&inside]);
+        name
+    }
+
     /// `ctr images import` of an image tarball (OCI layout or `docker save`).
     pub fn import_tarball(&self, tarball: &Path) {
         let out = Command::new("ctr")

@@ -557,3 +557,22 @@ pub fn scrape(agent: &Agent) -> (String, Vec<Sample>) {
     let s = parse_metrics(&r.body);
     (r.body, s)
 }
+
+/// `unshare --mount ARGS…`: runs `exe` (a path under `seen`) in a new mount namespace
+/// where `image` is bind-mounted at `seen`, so the path exists only there (`args`: more
+/// namespaces, e.g. `--pid --fork`).
+pub fn bind_mounted(image: &Path, seen: &Path, exe: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new("unshare");
+    cmd.args(args).args([
+        "--mount",
+        "sh",
+        "-c",
+        &format!(
+            "mount --bind {} {} && exec {}",
+            image.display(),
+            seen.display(),
+            exe.display()
+        ),
+    ]);
+    cmd
+}

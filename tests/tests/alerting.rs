@@ -59,14 +59,9 @@ fn leak_in_a_pod_reaches_the_alertmanager_with_its_pod_and_every_dashboard_panel
     }
     let started = Instant::now();
     let ctd = Containerd::start();
-    let leaky = fixture(27, "leaky", "default");
-    ctd.import_image(
-        "goroscope.test/leaky:1",
-        &[(leaky.path.as_path(), "/app/leaky")],
-        &["/app/leaky"],
-    );
+    let image = ctd.import_fixture(&fixture(27, "leaky", "default"));
     let pod = ctd.run_pod(&PodSpec::new("shop", "checkout-7d9f", POD_UID).label("app", "checkout"));
-    let api = ctd.run_container(&pod, &ContainerSpec::new("api", "goroscope.test/leaky:1"));
+    let api = ctd.run_container(&pod, &ContainerSpec::new("api", &image));
     // Contexts on the host, for the dashboard's context panels.
     let mut ctx = Churn::start(&fixture(27, "contexts", "default").path);
 

@@ -20,14 +20,9 @@ fn resolver_names_the_container_of_a_containerd_pod() {
     }
     let started = Instant::now();
     let ctd = Containerd::start();
-    let leaky = fixture(27, "leaky", "default");
-    ctd.import_image(
-        "goroscope.test/leaky:1",
-        &[(leaky.path.as_path(), "/app/leaky")],
-        &["/app/leaky"],
-    );
+    let image = ctd.import_fixture(&fixture(27, "leaky", "default"));
     let pod = ctd.run_pod(&PodSpec::new("shop", "checkout-7d9f", UID).label("app", "checkout"));
-    let api = ctd.run_container(&pod, &ContainerSpec::new("api", "goroscope.test/leaky:1"));
+    let api = ctd.run_container(&pod, &ContainerSpec::new("api", &image));
     let up = started.elapsed();
     assert_eq!(api.id.len(), 64, "{}", api.id);
     assert!(api.id.bytes().all(|b| b.is_ascii_hexdigit()), "{}", api.id);
@@ -104,12 +99,7 @@ fn containers_get_host_pid_exact_capabilities_read_only_root_and_mounts() {
         return;
     }
     let ctd = Containerd::start();
-    let leaky = fixture(27, "leaky", "default");
-    ctd.import_image(
-        "goroscope.test/leaky:1",
-        &[(leaky.path.as_path(), "/app/leaky")],
-        &["/app/leaky"],
-    );
+    let image = ctd.import_fixture(&fixture(27, "leaky", "default"));
     let host_dir = ctd.dir.join("host-data");
     std::fs::create_dir_all(&host_dir).unwrap();
     let mut spec = PodSpec::new(
@@ -119,7 +109,7 @@ fn containers_get_host_pid_exact_capabilities_read_only_root_and_mounts() {
     );
     spec.host_pid = true;
     let pod = ctd.run_pod(&spec);
-    let mut c = ContainerSpec::new("agent", "goroscope.test/leaky:1");
+    let mut c = ContainerSpec::new("agent", &image);
     c.drop_all = true;
     c.capabilities = vec!["BPF".into(), "PERFMON".into(), "SYS_PTRACE".into()];
     c.read_only_root = true;

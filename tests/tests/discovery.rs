@@ -5,12 +5,12 @@
 //! binary's probes detached.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use integration_tests::containerd::{containerd_allowed, ContainerSpec, Containerd, PodSpec};
 use integration_tests::{
-    blockers_site_value, bpf_allowed, fixture, label, scrape, wait_for, Agent, Churn, Sample,
+    bind_mounted, blockers_site_value, bpf_allowed, fixture, label, scrape, wait_for, Agent, Churn,
+    Sample,
 };
 
 const BLOCK: &str = "// blockers: blocking site";
@@ -61,21 +61,7 @@ fn run_with_no_target_traces_every_go_process_of_the_host() {
     std::fs::create_dir_all(&seen).unwrap();
     std::fs::copy(fixture(24, "blockers", "pie").path, image.join("svc")).unwrap();
     let exe_seen: PathBuf = seen.join("svc");
-    let mut cmd = Command::new("unshare");
-    cmd.args([
-        "--pid",
-        "--fork",
-        "--mount",
-        "sh",
-        "-c",
-        &format!(
-            "mount --bind {} {} && exec {}",
-            image.display(),
-            seen.display(),
-            exe_seen.display()
-        ),
-    ]);
-    let mut b = Churn::start_any(cmd);
+    let mut b = Churn::start_any(bind_mounted(&image, &seen, &exe_seen, &["--pid", "--fork"]));
     let b_pid = only_child(b.pid);
     assert!(
         b.ready.starts_with("ready 1 "),
@@ -88,14 +74,9 @@ fn run_with_no_target_traces_every_go_process_of_the_host() {
     // P: a third binary, in a real containerd pod (its own private containerd; the agent
     // is told where its CRI socket is, as it would find /run/containerd/containerd.sock).
     let ctd = Containerd::start();
-    let blockers = fixture(25, "blockers", "default");
-    ctd.import_image(
-        "goroscope.test/blockers:1",
-        &[(blockers.path.as_path(), "/app/blockers")],
-        &["/app/blockers"],
-    );
+    let pod_image = ctd.import_fixture(&fixture(25, "blockers", "default"));
     let pod = ctd.run_pod(&PodSpec::new("shop", "checkout-7d9f", POD_UID).label("app", "checkout"));
-    let mut spec = ContainerSpec::new("api", "goroscope.test/blockers:1");
+    let mut spec = ContainerSpec::new("api", &pod_image);
     spec.env.push(("BLOCKERS_SCRIPT".into(), "block 6".into()));
     let api = ctd.run_container(&pod, &spec);
 

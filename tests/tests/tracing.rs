@@ -313,19 +313,12 @@ fn exe_target_reaches_processes_in_their_own_mount_namespace() {
     let mut s = Session::attach(Target::Exe(exe_seen.clone()), DEFAULT_MAX_LIVE).unwrap();
     assert_eq!(s.binaries_attached(), 0);
 
-    let mut cmd = Command::new("unshare");
-    cmd.args([
-        "--mount",
-        "sh",
-        "-c",
-        &format!(
-            "mount --bind {} {} && exec {}",
-            image.display(),
-            seen.display(),
-            exe_seen.display()
-        ),
-    ]);
-    let mut p = Churn::start_with(cmd);
+    let mut p = Churn::start_with(integration_tests::bind_mounted(
+        &image,
+        &seen,
+        &exe_seen,
+        &[],
+    ));
     assert!(
         !exe_seen.exists(),
         "the bind mount is only in the process's namespace"
