@@ -51,11 +51,26 @@ fn bad_config_files_name_the_key() {
     }
 }
 
+/// With no target the agent traces the whole node (tests/tests/discovery.rs); its
+/// selectors are checked before anything starts.
 #[test]
-fn nothing_to_trace_is_an_error() {
-    let (code, err) = run(&[], &[], None);
-    assert_eq!(code, 2, "{err}");
-    assert!(err.contains("nothing to trace"), "{err}");
+fn bad_discovery_selectors_are_one_line_errors() {
+    for (args, key) in [
+        (
+            &["--pod-selector", "app in (a"][..],
+            "discovery.pod_selector",
+        ),
+        (&["--exe-include", "["][..], "discovery.exe_include"),
+        (
+            &["--min-process-age-seconds=-1"][..],
+            "discovery.min_process_age_seconds",
+        ),
+    ] {
+        let (code, err) = run(args, &[], None);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(key), "{args:?}: {err:?} does not name {key}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
 }
 
 #[test]
