@@ -77,8 +77,6 @@ impl Budget {
 pub struct NodeDiscovery {
     pub scanner: NodeScanner,
     pub selector: Selector,
-    /// Pod identity (also decorates the processes of other targets).
-    pub pods: Option<Arc<PodResolver>>,
     /// How long to wait for the pod of a containerised process before deciding without
     /// it (the selectors need it and the runtime has not listed the container yet).
     pub pod_wait: std::time::Duration,
@@ -116,7 +114,7 @@ pub struct Session {
     rejected: HashSet<(u64, u64)>,
     /// Whether context probes are wanted.
     want_contexts: bool,
-    /// Pod identity for `--pid`/`--exe` targets.
+    /// Pod identity: decorates every traced process; node discovery's selectors use it.
     pods: Option<Arc<PodResolver>>,
     /// Bound of the goroutines kept from a process's attach-time inventory.
     attach_max: usize,
@@ -231,25 +229,25 @@ impl Session {
         Ok(s)
     }
 
-    /// Every Go process of the host that `node`'s selectors admit, present and future.
+    /// Every Go process of the host that `node`'s selectors admit, present and future;
+    /// `pods` is known before the first scan, for selectors that need a process's pod.
     pub fn attach_node(
         node: NodeDiscovery,
+        pods: Option<Arc<PodResolver>>,
         max_live: u32,
         contexts: bool,
         max_goroutines: usize,
     ) -> Result<Session> {
         let mut s = Session::attach_limited(Target::Node, max_live, contexts, max_goroutines)?;
         s.node = Some(node);
+        s.pods = pods;
         s.discover();
         Ok(s)
     }
 
-    /// Pod identity for the processes of a `--pid`/`--exe` target (discovery has its own).
+    /// Pod identity for the traced processes' tables.
     pub fn set_pods(&mut self, pods: Arc<PodResolver>) {
-        match self.node.as_mut() {
-            Some(n) => n.pods = Some(pods),
-            None => self.pods = Some(pods),
-        }
+        self.pods = Some(pods);
     }
 
     /// What the last discovery scan did (node discovery only).
@@ -443,8 +441,11 @@ impl Session {
         let alive: HashSet<ProcessId> = found.iter().map(|c| c.id).collect();
         self.skipped.retain(|id, _| id.is_alive());
         self.pod_pending.retain(|id, _| alive.contains(id));
+        let pods = self.pods.clone();
+        // Whether a runtime may still name a container's pod (read once per scan).
+        let runtime = pods.as_ref().is_some_and(|p| p.status().socket.is_some());
         for c in found {
-            let identity = match (&c.container, &node.pods) {
+            let identity = match (&c.container, &pods) {
                 (Some(ct), Some(pods)) => pods.lookup(&ct.id),
                 _ => None,
             };
@@ -453,12 +454,7 @@ impl Session {
                 .get(&c.id)
                 .map(|t| t.elapsed())
                 .unwrap_or_default();
-            let pending = c.container.is_some()
-                && node
-                    .pods
-                    .as_ref()
-                    .is_some_and(|p| p.status().socket.is_some())
-                && waited < node.pod_wait;
+            let pending = c.container.is_some() && runtime && waited < node.pod_wait;
             let exe = c.exe.to_string_lossy();
             let workload = identity.as_ref().map(|p| Workload {
                 namespace: &p.namespace,
@@ -491,6 +487,8 @@ impl Session {
                 }
             }
         }
+        // Rejected binaries are remembered while a process runs them.
+        self.rejected.retain(|r| node.scanner.running(*r));
         self.node = Some(node);
         // Binaries whose last process exited.
         let used: HashSet<(u64, u64)> = self.procs.values().filter_map(|t| t.ident).collect();
@@ -505,10 +503,6 @@ impl Session {
                 let n = p.detach_group(b.group);
                 tracing::info!(binary = %b.analysis.path.display(), probes = n, "last process of the binary exited: probes detached");
             }
-        }
-        // Rejected binaries are remembered while a process runs them.
-        if let Some(node) = &self.node {
-            self.rejected.retain(|r| node.scanner.running(*r));
         }
     }
 
@@ -542,11 +536,7 @@ impl Session {
             None => None,
         };
         let mut out = Vec::with_capacity(self.procs.len());
-        let pods = self
-            .node
-            .as_ref()
-            .and_then(|n| n.pods.as_ref())
-            .or(self.pods.as_ref());
+        let pods = self.pods.as_ref();
         for (pid, t) in self.procs.iter_mut() {
             let records = kernel.as_mut().map(|k| k.take(*pid));
             let obs = t.reader.observe(records, budget.allowance());

@@ -111,12 +111,12 @@ fn session(t: &Target, cfg: &Config, pods: &Arc<PodResolver>) -> Result<Session>
         let node = NodeDiscovery {
             scanner: NodeScanner::new(cfg.min_process_age),
             selector: Selector::new(&cfg.discovery)?,
-            pods: Some(pods.clone()),
             // Two listings of the runtime.
             pod_wait: cfg.pod_cache * 2,
         };
         return Session::attach_node(
             node,
+            Some(pods.clone()),
             cfg.max_live_goroutines,
             cfg.contexts,
             cfg.max_goroutines_per_process,
