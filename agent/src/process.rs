@@ -42,6 +42,18 @@ pub fn exe_link(pid: u32) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/exe"))
 }
 
+/// The path of `pid`'s executable as the process sees it (in its own mount namespace),
+/// without the ` (deleted)` the kernel appends when the file was removed or replaced.
+pub fn exe_path(pid: u32) -> io::Result<PathBuf> {
+    let link = fs::read_link(exe_link(pid))?;
+    Ok(
+        match link.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
+            Some(s) => PathBuf::from(s),
+            None => link,
+        },
+    )
+}
+
 /// A process id given by the user: anything but 0.
 pub fn nonzero_pid(pid: u32) -> Result<NonZeroU32> {
     NonZeroU32::new(pid).context("--pid must be a process id, not 0")
@@ -76,9 +88,8 @@ pub fn check_pid(pid: u32) -> Result<ProcessId> {
 /// The load bias of a PIE executable in `pid`: runtime address = link address + bias.
 /// Zero for non-PIE executables.
 pub fn load_bias(pid: u32, first_load_vaddr: u64, first_load_offset: u64) -> Result<u64> {
-    let exe = fs::read_link(exe_link(pid))?;
+    let exe = exe_path(pid)?;
     let exe = exe.to_string_lossy();
-    let exe = exe.trim_end_matches(" (deleted)");
     let maps = fs::read_to_string(format!("/proc/{pid}/maps"))?;
     for line in maps.lines() {
         let mut f = line.split_whitespace();

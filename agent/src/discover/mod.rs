@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use object::{Object, ObjectSection};
 
-use crate::process::{exe_link, ProcessId};
+use crate::process::{exe_link, exe_path, ProcessId};
 
 /// Processes running the file at `exe`, or a binary they see at the path `exe` in their
 /// own mount namespace (a container: `/proc/PID/exe` reads as that path there), with the
@@ -173,12 +173,8 @@ impl NodeScanner {
             if age.is_some_and(|a| a < self.min_age.as_secs_f64()) {
                 continue;
             }
-            let Ok(exe) = fs::read_link(&link) else {
+            let Ok(exe) = exe_path(pid) else {
                 continue;
-            };
-            let exe = match exe.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
-                Some(s) => PathBuf::from(s),
-                None => exe,
             };
             out.push(Candidate {
                 id,
@@ -225,13 +221,9 @@ fn uptime_seconds() -> Option<f64> {
 
 /// Whether the file is a Go executable: an ELF file with a section only the Go linker
 /// writes (`.go.buildinfo`, `.gopclntab`, `.note.go.buildid`; external linking and
-/// stripping keep at least one). Reads the ELF and section headers only.
-pub fn is_go_binary(path: &Path) -> bool {
-    go_verdict(path).unwrap_or(false)
-}
-
-/// As [`is_go_binary`]; an error when the file cannot be opened (e.g. permission denied),
-/// so that a binary goroscope may not read is not mistaken for a non-Go one.
+/// stripping keep at least one). Reads the ELF and section headers only. An error when
+/// the file cannot be opened (e.g. permission denied), so that a binary goroscope may not
+/// read is not mistaken for a non-Go one.
 fn go_verdict(path: &Path) -> std::io::Result<bool> {
     let f = fs::File::open(path)?;
     let cache = object::ReadCache::new(f);
@@ -254,9 +246,9 @@ mod tests {
     fn a_rust_binary_is_not_go() {
         // The test binary itself: ELF, not Go.
         let me = std::env::current_exe().unwrap();
-        assert!(!is_go_binary(&me));
-        assert!(!is_go_binary(Path::new("/nonexistent")));
-        assert!(!is_go_binary(Path::new("/proc/self/status")));
+        assert!(!go_verdict(&me).unwrap());
+        assert!(go_verdict(Path::new("/nonexistent")).is_err());
+        assert!(!go_verdict(Path::new("/proc/self/status")).unwrap());
     }
 
     #[test]
