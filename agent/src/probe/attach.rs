@@ -104,10 +104,11 @@ impl Probes {
                 )
             })?,
         };
-        // A cookie freed by a detached group, or the next unused one.
-        let cookie = match self.free_cookies.last() {
-            Some(&c) => c,
-            None if self.next_cookie < MAX_SITE_CONFIGS => self.next_cookie,
+        // A cookie freed by a detached group, or the next unused one; taken only once
+        // the probe is attached.
+        let (cookie, reused) = match self.free_cookies.last() {
+            Some(&c) => (c, true),
+            None if self.next_cookie < MAX_SITE_CONFIGS => (self.next_cookie, false),
             None => bail!(
                 "too many probe sites attached at once (limit {MAX_SITE_CONFIGS}, about {} binaries)",
                 MAX_SITE_CONFIGS / 4
@@ -166,7 +167,7 @@ impl Probes {
             cookie,
             group,
         });
-        if self.free_cookies.last() == Some(&cookie) {
+        if reused {
             self.free_cookies.pop();
         } else {
             self.next_cookie += 1;
