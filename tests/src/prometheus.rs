@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
@@ -15,9 +15,7 @@ use crate::{free_port, http_get, wait_for, workspace_root};
 
 /// A Prometheus server started by this test, on loopback, in a temporary directory.
 pub struct Prometheus {
-    child: Child,
-    dir: PathBuf,
-    addr: String,
+    server: Server,
 }
 
 impl Prometheus {
@@ -28,9 +26,6 @@ impl Prometheus {
     /// As [`Prometheus::start`], sending alerts to the Alertmanager at `alertmanager`
     /// (resent every second).
     pub fn start_with(scrape: &str, alertmanager: Option<&str>) -> Prometheus {
-        let dir = std::env::temp_dir().join(format!("goroscope-prometheus-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
         let rules = workspace_root().join("deploy/prometheus/goroscope-rules.yml");
         let mut config = format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
@@ -43,43 +38,21 @@ impl Prometheus {
                 "alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['{am}']\n"
             ));
         }
-        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
-        let addr = format!("127.0.0.1:{}", free_port());
-        let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
-        let child = Command::new("prometheus")
-            .arg(format!(
-                "--config.file={}",
-                dir.join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address={addr}"))
-            .arg("--rules.alert.resend-delay=1s")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("prometheus (Debian package, installed by `cargo xtask setup`)");
-        let mut p = Prometheus { child, dir, addr };
-        wait_for("Prometheus ready", Duration::from_secs(60), || {
-            if let Ok(Some(s)) = p.child.try_wait() {
-                panic!("prometheus exited ({s}):\n{}", p.log());
-            }
-            http_get(&p.addr, "/-/ready", None)
-                .ok()
-                .filter(|r| r.status == 200)
+        let server = Server::start("prometheus", "prometheus", &config, |dir| {
+            vec![
+                format!("--storage.tsdb.path={}", dir.join("data").display()),
+                "--rules.alert.resend-delay=1s".into(),
+            ]
         });
-        p
+        Prometheus { server }
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
+        self.server.log()
     }
 
     pub fn api(&self, path: &str) -> Value {
-        let r = http_get(&self.addr, path, None).expect("Prometheus API");
+        let r = http_get(&self.server.addr, path, None).expect("Prometheus API");
         assert_eq!(r.status, 200, "{path}: {}", r.body);
         let v = r.json();
         assert_eq!(v["status"], "success", "{path}: {v}");
@@ -113,13 +86,6 @@ impl Prometheus {
                 )
             })
             .collect()
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        terminate(&mut self.child);
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -186,56 +152,94 @@ impl Webhook {
 /// A real Alertmanager (Debian's `prometheus-alertmanager`) on loopback, clustering off,
 /// delivering every alert at once to `webhook`.
 pub struct Alertmanager {
-    child: Child,
-    dir: PathBuf,
+    server: Server,
     pub addr: String,
 }
 
 impl Alertmanager {
     pub fn start(webhook: &str) -> Alertmanager {
-        let dir =
-            std::env::temp_dir().join(format!("goroscope-alertmanager-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
         let config = format!(
             "route:\n  receiver: test\n  group_by: ['alertname', 'namespace', 'pod', 'site']\n  \
              group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\n\
              receivers:\n  - name: test\n    webhook_configs:\n      - url: 'http://{webhook}/alerts'\n        send_resolved: false\n"
         );
-        std::fs::write(dir.join("alertmanager.yml"), config).unwrap();
+        let server = Server::start("alertmanager", "prometheus-alertmanager", &config, |dir| {
+            vec![
+                format!("--storage.path={}", dir.join("data").display()),
+                "--cluster.listen-address=".into(),
+            ]
+        });
+        Alertmanager {
+            addr: server.addr.clone(),
+            server,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.server.log()
+    }
+}
+
+/// A server of the Prometheus family started by a test: a temporary directory of its
+/// own with its config (`NAME.yml`) and log (`NAME.log`), a loopback port, ready when
+/// `/-/ready` answers. Dropping it stops it (by pid) and removes the directory.
+struct Server {
+    child: Child,
+    dir: PathBuf,
+    addr: String,
+    name: &'static str,
+}
+
+impl Server {
+    /// Starts `program` (a Debian package installed by `cargo xtask setup`) with
+    /// `--config.file`, `--web.listen-address` and `args(dir)`.
+    fn start(
+        name: &'static str,
+        program: &str,
+        config: &str,
+        args: impl FnOnce(&Path) -> Vec<String>,
+    ) -> Server {
+        let dir = std::env::temp_dir().join(format!("goroscope-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config_file = dir.join(format!("{name}.yml"));
+        std::fs::write(&config_file, config).unwrap();
         let addr = format!("127.0.0.1:{}", free_port());
-        let log = std::fs::File::create(dir.join("alertmanager.log")).unwrap();
-        let child = Command::new("prometheus-alertmanager")
-            .arg(format!(
-                "--config.file={}",
-                dir.join("alertmanager.yml").display()
-            ))
-            .arg(format!("--storage.path={}", dir.join("data").display()))
+        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+        let child = Command::new(program)
+            .arg(format!("--config.file={}", config_file.display()))
             .arg(format!("--web.listen-address={addr}"))
-            .arg("--cluster.listen-address=")
+            .args(args(&dir))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .expect("prometheus-alertmanager (Debian package, installed by `cargo xtask setup`)");
-        let mut a = Alertmanager { child, dir, addr };
-        wait_for("Alertmanager ready", Duration::from_secs(60), || {
-            if let Ok(Some(s)) = a.child.try_wait() {
-                panic!("alertmanager exited ({s}):\n{}", a.log());
+            .unwrap_or_else(|e| {
+                panic!("{program} (Debian package, installed by `cargo xtask setup`): {e}")
+            });
+        let mut s = Server {
+            child,
+            dir,
+            addr,
+            name,
+        };
+        wait_for(&format!("{name} ready"), Duration::from_secs(60), || {
+            if let Ok(Some(status)) = s.child.try_wait() {
+                panic!("{program} exited ({status}):\n{}", s.log());
             }
-            http_get(&a.addr, "/-/ready", None)
+            http_get(&s.addr, "/-/ready", None)
                 .ok()
                 .filter(|r| r.status == 200)
         });
-        a
+        s
     }
 
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("alertmanager.log")).unwrap_or_default()
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{}.log", self.name))).unwrap_or_default()
     }
 }
 
-impl Drop for Alertmanager {
+impl Drop for Server {
     fn drop(&mut self) {
         terminate(&mut self.child);
         let _ = std::fs::remove_dir_all(&self.dir);
