@@ -199,15 +199,22 @@ fn missing_socket_reports_one_line_and_lookups_stay_quick() {
     drop(r);
 }
 
+/// A Unix socket bound in a fresh directory of this test run (`goroscope-cri-WHAT-PID`)
+/// that no one serves: `(directory, socket path, listener)`.
+fn listening_socket(what: &str) -> (PathBuf, PathBuf, std::os::unix::net::UnixListener) {
+    let dir = std::env::temp_dir().join(format!("goroscope-cri-{what}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join(format!("{what}.sock"));
+    let _ = std::fs::remove_file(&socket);
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    (dir, socket, listener)
+}
+
 #[test]
 fn hung_runtime_times_out_without_blocking_lookups() {
     // A socket whose server never accepts: connecting works (the kernel's backlog),
     // no answer ever comes.
-    let dir = std::env::temp_dir().join(format!("goroscope-cri-hung-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let socket = dir.join("hung.sock");
-    let _ = std::fs::remove_file(&socket);
-    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let (dir, socket, _listener) = listening_socket("hung");
     let started = Instant::now();
     let r = PodResolver::start(Some(socket.clone()), Duration::from_secs(60));
     for _ in 0..10 {
@@ -241,11 +248,7 @@ fn misses_are_debounced_to_one_refresh_a_second() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     // A runtime that hangs up on every connection: each refresh connects once.
-    let dir = std::env::temp_dir().join(format!("goroscope-cri-debounce-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let socket = dir.join("hangup.sock");
-    let _ = std::fs::remove_file(&socket);
-    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let (dir, socket, listener) = listening_socket("debounce");
     let accepted = Arc::new(AtomicUsize::new(0));
     let counter = accepted.clone();
     std::thread::spawn(move || {
