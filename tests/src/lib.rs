@@ -64,12 +64,23 @@ pub fn fixtures() -> Vec<Fixture> {
         .collect()
 }
 
-/// Supported-version fixtures (Go ≥ 1.21) named `name`.
+/// The main matrix of fixture `name`: Go 1.21–1.27 built by Go's own linker (default,
+/// stripped, PIE). See [`builds`] for every build (Go 1.19, the external linker).
 pub fn supported(name: &str) -> Vec<Fixture> {
     fixtures()
         .into_iter()
-        .filter(|f| f.name == name && f.line() >= (1, 21))
+        .filter(|f| {
+            f.name == name
+                && f.line() >= (1, 21)
+                && ["default", "stripped", "pie"].contains(&f.variant.as_str())
+        })
         .collect()
+}
+
+/// Every build of fixture `name`: all Go versions (1.19 from Debian included) and all
+/// variants (`extpie`, `staticpie`, `extstripped` by the external linker included).
+pub fn builds(name: &str) -> Vec<Fixture> {
+    fixtures().into_iter().filter(|f| f.name == name).collect()
 }
 
 /// The fixture `name`/`variant` built by the newest Go of the `1.MINOR` line.

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use goroscope::gobin::{self, BinaryError};
-use integration_tests::{fixture, fixtures, goroscope_bin};
+use integration_tests::{fixture, goroscope_bin};
 
 fn tmp(name: &str, data: &[u8]) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("goroscope-bad-input-{}", std::process::id()));
@@ -17,6 +17,14 @@ fn tmp(name: &str, data: &[u8]) -> PathBuf {
 
 fn churn(minor: u32, variant: &str) -> Vec<u8> {
     std::fs::read(fixture(minor, "churn", variant).path).unwrap()
+}
+
+/// A churn build; `nobuildinfo` is the stripped one without its build info.
+fn variant_data(minor: u32, variant: &str) -> Vec<u8> {
+    match variant {
+        "nobuildinfo" => without_buildinfo(churn(minor, "stripped")),
+        v => churn(minor, v),
+    }
 }
 
 /// Runs the CLI and checks: exit code 2, exactly one line on stderr containing `needle`.
@@ -92,29 +100,83 @@ fn unsupported_elf_kinds() {
 }
 
 #[test]
-fn go_older_than_1_21() {
-    // A real Go 1.19 build (Debian's toolchain).
-    let old = fixtures()
-        .into_iter()
-        .find(|f| f.go == "1.19")
-        .expect("Go 1.19 fixture");
-    let e = gobin::analyze(&old.path).err().expect("must fail");
-    assert!(matches!(e, BinaryError::UnsupportedGoVersion { .. }), "{e}");
-    cli_error(&old.path, "unsupported Go version go1.19");
-    cli_error(&old.path, "goroscope supports Go 1.21 and newer");
-
-    // And a 1.21 build whose recorded version says 1.20.
+fn go_older_than_1_19() {
+    // A 1.21 build whose recorded version says 1.18.
     let mut d = churn(21, "default");
-    // The version string inside .go.buildinfo: uvarint length at +32, text at +33.
-    let pos = d
-        .windows(14)
-        .position(|w| w == b"\xff Go buildinf:")
-        .expect("buildinfo magic")
-        + 33;
+    let pos = buildinfo_version(&d);
     assert_eq!(&d[pos..pos + 9], b"go1.21.13");
-    d[pos..pos + 9].copy_from_slice(b"go1.20.13");
-    let p = tmp("go120", &d);
-    cli_error(&p, "unsupported Go version go1.20.13");
+    d[pos..pos + 9].copy_from_slice(b"go1.18.13");
+    let p = tmp("go118", &d);
+    let e = gobin::analyze(&p).err().expect("must fail");
+    assert!(matches!(e, BinaryError::UnsupportedGoVersion { .. }), "{e}");
+    cli_error(&p, "unsupported Go version go1.18.13");
+    cli_error(&p, "goroscope supports Go 1.19 and newer");
+
+    // A version that disagrees with the function table's format: corrupt, not a guess.
+    d[pos..pos + 9].copy_from_slice(b"go1.19.13");
+    let p = tmp("go119-table120", &d);
+    cli_error(&p, "version go1.19.13 disagrees with its function table, whose format is that of Go 1.20 or newer");
+
+    // No build info and a Go 1.16–1.17 table: an old toolchain.
+    let mut d = churn(21, "stripped");
+    let pos = buildinfo_version(&d) - 33;
+    d[pos..pos + 14].fill(0);
+    let pcln = find(&d, &[0xf1, 0xff, 0xff, 0xff, 0, 0, 1, 8]);
+    d[pcln] = 0xfa;
+    let p = tmp("go116", &d);
+    cli_error(&p, "unsupported Go version Go 1.16 or 1.17");
+}
+
+/// Offset of the Go version's text in `.go.buildinfo` (uvarint length at +32, text at
+/// +33).
+fn buildinfo_version(d: &[u8]) -> usize {
+    find(d, b"\xff Go buildinf:") + 33
+}
+
+fn find(d: &[u8], needle: &[u8]) -> usize {
+    d.windows(needle.len())
+        .position(|w| w == needle)
+        .expect("pattern in the binary")
+}
+
+/// `data` without its build info (the magic wiped), as some release pipelines ship Go
+/// binaries (esbuild's npm package has no `.go.buildinfo`).
+fn without_buildinfo(mut data: Vec<u8>) -> Vec<u8> {
+    let pos = buildinfo_version(&data) - 33;
+    data[pos..pos + 14].fill(0);
+    data
+}
+
+/// Without build info the version comes from `runtime.buildVersion`: by symbol, or found
+/// through `runtime.schedinit` in stripped builds; nothing calls the binary corrupt.
+#[test]
+fn version_without_buildinfo() {
+    for (minor, variant, source) in [
+        (
+            19,
+            "stripped",
+            "runtime.buildVersion (found in runtime.schedinit)",
+        ),
+        (21, "extpie", "runtime.buildVersion (symbol)"),
+        (
+            27,
+            "stripped",
+            "runtime.buildVersion (found in runtime.schedinit)",
+        ),
+        (24, "staticpie", "runtime.buildVersion (symbol)"),
+    ] {
+        let f = fixture(minor, "churn", variant);
+        let p = tmp(
+            &format!("nobuildinfo-{minor}-{variant}"),
+            &without_buildinfo(std::fs::read(&f.path).unwrap()),
+        );
+        let a = gobin::analyze(&p).unwrap_or_else(|e| panic!("{e}"));
+        let recorded = gobin::analyze(&f.path).unwrap().go_version;
+        assert_eq!(a.go_version, recorded, "{}", p.display());
+        assert_eq!(a.version_source, source, "{}", p.display());
+        assert_eq!((a.module, a.main_path), (None, None));
+        assert!(a.missing_sites.is_empty(), "{:?}", a.missing_sites);
+    }
 }
 
 fn analyze_no_panic(what: &str, data: &[u8]) -> Result<(), String> {
@@ -134,6 +196,9 @@ fn interesting_offsets(data: &[u8], stride: usize) -> Vec<usize> {
         ".go.buildinfo",
         ".gopclntab",
         ".data.rel.ro.gopclntab",
+        ".data.rel.ro",
+        ".go.module",
+        ".noptrdata",
         ".debug_info",
         ".debug_abbrev",
         ".text",
@@ -155,8 +220,16 @@ fn interesting_offsets(data: &[u8], stride: usize) -> Vec<usize> {
 
 #[test]
 fn truncated_binaries_fail_cleanly() {
-    for (minor, variant) in [(21, "default"), (24, "pie"), (27, "stripped")] {
-        let data = churn(minor, variant);
+    for (minor, variant) in [
+        (21, "default"),
+        (24, "pie"),
+        (27, "stripped"),
+        (21, "extpie"),
+        (24, "staticpie"),
+        (19, "extstripped"),
+        (27, "nobuildinfo"),
+    ] {
+        let data = variant_data(minor, variant);
         let mut panics = Vec::new();
         let mut cuts = interesting_offsets(&data, data.len() / 150);
         cuts.push(data.len() - 1);
@@ -179,12 +252,16 @@ fn flipped_bytes_never_panic() {
         (21, "stripped", 2039),
         (27, "stripped", 2039),
         (24, "default", 60_000),
+        (21, "extpie", 60_000),
+        (19, "staticpie", 60_000),
+        (27, "nobuildinfo", 4093),
     ] {
-        let data = churn(minor, variant);
+        let data = variant_data(minor, variant);
         let mut panics = Vec::new();
         let offs = interesting_offsets(&data, stride);
+
         assert!(offs.len() > 300, "{}", offs.len());
-        for off in offs {
+        for &off in &offs {
             let mut d = data.clone();
             d[off] ^= 0xff;
             if let Err(p) = analyze_no_panic(&format!("go1.{minor} {variant} flip {off:#x}"), &d) {

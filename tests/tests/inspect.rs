@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::process::Command;
 
 use goroscope::gobin::{self, offsets, Hook, OffsetsSource, SiteKind};
-use integration_tests::{fixture_source, goroscope_json, line_of, supported};
+use integration_tests::{builds, fixture, fixture_source, goroscope_json, line_of, supported};
 
 /// Bytes of the file at a site's file offset.
 fn file_bytes(path: &std::path::Path, off: u64, len: usize) -> Vec<u8> {
@@ -84,10 +84,12 @@ fn stripped_and_unstripped_builds_agree_on_offsets() {
 /// version of the matrix: regenerate it with `cargo xtask gen-offsets` when this fails.
 #[test]
 fn builtin_table_equals_dwarf() {
-    for f in supported("churn")
+    let defaults: Vec<_> = builds("churn")
         .into_iter()
         .filter(|f| f.variant == "default")
-    {
+        .collect();
+    assert_eq!(defaults.len(), 8, "Go 1.19 and 1.21–1.27");
+    for f in defaults {
         let a = gobin::analyze(&f.path).unwrap();
         assert_eq!(a.offsets_source, OffsetsSource::Dwarf);
         assert_eq!(
@@ -107,7 +109,15 @@ fn builtin_table_equals_dwarf() {
         .unwrap()
         .g
     };
-    assert_eq!((g(22).goid, g(22).gopc, g(22).parent_goid), (152, 280, 272));
+    assert_eq!(
+        (g(22).goid, g(22).gopc, g(22).parent_goid),
+        (152, 280, Some(272))
+    );
+    // Go 1.19: no parentGoid yet.
+    assert_eq!(
+        (g(19).goid, g(19).gopc, g(19).startpc, g(19).parent_goid),
+        (152, 296, 312, None)
+    );
     assert_eq!(
         (g(23).goid, g(23).gopc, g(23).atomicstatus),
         (160, 288, 152)
@@ -198,8 +208,10 @@ fn source_lines_from_pclntab() {
     let go_line = line_of(&src, "// churn: creation site");
     let work_line = line_of(&src, "func work(");
     let spawn_first = line_of(&src, "func spawn(");
-    for f in supported("churn") {
-        let a = gobin::analyze(&f.path).unwrap();
+    let all = builds("churn");
+    assert_eq!(all.len(), 8 * 6, "8 Go versions x 6 variants");
+    for f in all {
+        let a = gobin::analyze(&f.path).unwrap_or_else(|e| panic!("{e}"));
         let t = &a.pclntab;
         let work = t.by_name("main.work").next().expect("main.work");
         let loc = t.source_at(work.entry).expect("main.work resolves");
@@ -215,12 +227,15 @@ fn source_lines_from_pclntab() {
         let lines: std::collections::BTreeSet<u32> = (spawn.entry..spawn.end)
             .filter_map(|pc| t.source_at(pc))
             .inspect(|l| assert_eq!(l.function, "main.spawn"))
+            // (Code inlined from other files has their lines: Go 1.19 inlines more.)
+            .filter(|l| l.file.ends_with("churn/main.go"))
             .map(|l| l.line)
             .collect();
         assert!(lines.contains(&go_line), "{}: {lines:?}", f.path.display());
         assert!(
             lines.iter().all(|&l| l >= spawn_first && l <= go_line + 3),
-            "{lines:?}"
+            "{}: {lines:?}",
+            f.path.display()
         );
         assert!(t.source_at(spawn.end + 0x100_0000).is_none());
     }
@@ -322,5 +337,113 @@ fn inlined_calls_are_expanded() {
             .collect();
         assert!(!lines.is_empty());
         assert!(lines.iter().all(|s| s[0].function == "main.dropped"));
+    }
+}
+
+/// Go 1.19 (Debian's toolchain): offsets from DWARF or the built-in table, no
+/// `parentGoid`, and the sites its older code allows: frames set up with `sub rsp`, so no
+/// `push rbp`; `goexit0` on g0 (its stack check's jump, emulated); `propagateCancel` a
+/// function whose new context is in RDI (after the stack check, single-stepped).
+#[test]
+fn go1_19_sites_per_hook() {
+    for variant in [
+        "default",
+        "stripped",
+        "pie",
+        "extpie",
+        "staticpie",
+        "extstripped",
+    ] {
+        let f = fixture(19, "churn", variant);
+        let what = format!("Go 1.19 {variant}");
+        let a = gobin::analyze(&f.path).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(a.go_version, "go1.19.8", "{what}");
+        assert_eq!(a.offsets.g.parent_goid, None, "{what}");
+        assert!(a.missing_sites.is_empty(), "{what}: {:?}", a.missing_sites);
+        let one = |h: Hook| {
+            let v: Vec<_> = a.sites_for(h).collect();
+            assert_eq!(v.len(), 1, "{what}: {h:?}");
+            v[0].clone()
+        };
+        let create = one(Hook::GoroutineCreate);
+        assert_eq!(
+            (create.function.as_str(), create.emulated),
+            ("runtime.newproc.func1", true),
+            "{what}"
+        );
+        let exit = one(Hook::GoroutineExit);
+        assert_eq!(
+            (exit.function.as_str(), exit.kind, exit.emulated),
+            ("runtime.goexit0", SiteKind::StackCheckBranch, true),
+            "{what}"
+        );
+        let ctx = one(Hook::ContextCreate);
+        assert_eq!(
+            (ctx.function.as_str(), ctx.kind, ctx.emulated),
+            ("context.propagateCancel", SiteKind::AfterStackCheck, false),
+            "{what}"
+        );
+        assert_eq!(
+            ctx.values[0].loc,
+            gobin::sites::Loc::Register { reg: "rdi".into() }
+        );
+        let cancel = one(Hook::ContextCancel);
+        assert_eq!(
+            (cancel.function.as_str(), cancel.kind),
+            ("context.(*cancelCtx).cancel", SiteKind::AfterStackCheck),
+            "{what}"
+        );
+    }
+}
+
+/// How each build was made and where its pclntab and version came from, as
+/// `inspect-binary` reports them.
+#[test]
+fn build_mode_linker_and_sources() {
+    let text_start = |f: &integration_tests::Fixture| {
+        // The `runtime.text` symbol of the unstripped builds: where functions start.
+        use object::{Object, ObjectSymbol};
+        let data = std::fs::read(&f.path).unwrap();
+        let file = object::File::parse(&*data).unwrap();
+        let sym = file
+            .symbols()
+            .find(|s| s.name() == Ok("runtime.text"))
+            .map(|s| s.address());
+        sym
+    };
+    for f in builds("churn") {
+        let what = format!("{} {}", f.go, f.variant);
+        let a = gobin::analyze(&f.path).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let (mode, external) = match f.variant.as_str() {
+            "default" | "stripped" => ("static exe", false),
+            "pie" => ("pie", false),
+            "extpie" => ("pie", true),
+            "staticpie" => ("static-pie", true),
+            "extstripped" => ("exe", true),
+            v => panic!("unknown variant {v}"),
+        };
+        assert_eq!(a.build_mode, mode, "{what}");
+        assert_eq!(
+            a.linker.starts_with("external"),
+            external,
+            "{what}: {}",
+            a.linker
+        );
+        assert_eq!(a.version_source, "section .go.buildinfo", "{what}");
+        assert!(a.pclntab.expands_inlining(), "{what}");
+        // With the external linker and PIE, the table has no section before Go 1.26
+        // (it sits in `.data.rel.ro`): the `runtime.pclntab` symbol finds it.
+        let sectionless = external && f.variant != "extstripped" && f.line() < (1, 26);
+        let want = if sectionless {
+            "symbol runtime.pclntab"
+        } else if f.variant == "pie" && f.line() < (1, 26) {
+            "section .data.rel.ro.gopclntab"
+        } else {
+            "section .gopclntab"
+        };
+        assert_eq!(a.pclntab_source, want, "{what}");
+        if let Some(t) = text_start(&f) {
+            assert_eq!(a.text_start, t, "{what}: text start");
+        }
     }
 }

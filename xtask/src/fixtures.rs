@@ -11,8 +11,8 @@ use anyhow::{Context, Result};
 
 use crate::project::{cache_dir, fixtures_dir, go_bin, root, run, step, GO_MATRIX};
 
-/// Toolchains older than goroscope supports, from Debian, for the "unsupported Go
-/// version" tests: `(version, go binary)`; only the default variant is built.
+/// Go 1.19 from Debian (what Debian 12's own Go services are built with; no 1.20
+/// toolchain can be installed here): `(version, go binary)`; every variant is built.
 const OLD_GO: &[(&str, &str)] = &[("1.19", "/usr/lib/go-1.19/bin/go")];
 
 /// Fixtures built only with some Go versions: `(name, versions, all variants)`; without
@@ -24,17 +24,46 @@ const NARROW_FIXTURES: &[(&str, &[&str], bool)] = &[
     ("sites", &["1.26.6"], false),
     ("contexts", &["1.21.13", "1.24.11", "1.27.3"], true),
     ("ctxbench", &["1.27.3"], false),
+    (
+        "starts",
+        &["1.19", "1.21.13", "1.22.10", "1.24.11", "1.27.3"],
+        false,
+    ),
 ];
 
-/// A build variant: `(name, go build flags)`.
-type Variant = (&'static str, &'static [&'static str]);
+/// A build variant: `(name, go build flags, cgo)`.
+type Variant = (&'static str, &'static [&'static str], bool);
 
 /// Build variants of every fixture.
 const VARIANTS: &[Variant] = &[
-    ("default", &[]),
-    ("stripped", &["-ldflags=-s -w"]),
-    ("pie", &["-buildmode=pie"]),
+    ("default", &[], false),
+    ("stripped", &["-ldflags=-s -w"], false),
+    ("pie", &["-buildmode=pie"], false),
 ];
+
+/// Builds by the external linker (gcc), as cgo programs and distro packages are linked:
+/// PIE (the pclntab has no section of its own: it sits in `.data.rel.ro`), static-pie
+/// (the Docker CLI's way: no relocation for the pclntab's text start), and stripped
+/// non-PIE. Only for these fixtures, with every Go version.
+const EXTERNAL_VARIANTS: &[Variant] = &[
+    (
+        "extpie",
+        &["-buildmode=pie", "-ldflags=-linkmode=external"],
+        true,
+    ),
+    (
+        "staticpie",
+        &[
+            "-buildmode=pie",
+            "-ldflags=-linkmode=external -extldflags=-static-pie",
+        ],
+        true,
+    ),
+    ("extstripped", &["-ldflags=-linkmode=external -s -w"], true),
+];
+const EXTERNAL_FIXTURES: &[&str] = &["blockers", "churn", "cgocallback"];
+/// Fixtures that need cgo (`import "C"`): built only with the external variants.
+const CGO_ONLY: &[&str] = &["cgocallback"];
 
 /// Builds what is missing or stale and writes the manifest.
 pub fn build() -> Result<()> {
@@ -44,12 +73,11 @@ pub fn build() -> Result<()> {
     let out_root = fixtures_dir();
     let mut manifest = Vec::new();
     let mut built = 0;
-    let toolchains = GO_MATRIX.iter().map(|v| (*v, go_bin(v), VARIANTS)).chain(
-        OLD_GO
-            .iter()
-            .map(|(v, go)| (*v, PathBuf::from(go), &VARIANTS[..1])),
-    );
-    for (v, go, variants) in toolchains {
+    let toolchains = GO_MATRIX
+        .iter()
+        .map(|v| (*v, go_bin(v)))
+        .chain(OLD_GO.iter().map(|(v, go)| (*v, PathBuf::from(go))));
+    for (v, go) in toolchains {
         let out_dir = out_root.join(format!("go{v}"));
         fs::create_dir_all(&out_dir)?;
         for name in &names {
@@ -58,11 +86,16 @@ pub fn build() -> Result<()> {
             if narrow.is_some_and(|(_, versions, _)| !versions.contains(&v)) {
                 continue;
             }
-            let variants = if narrow.is_some_and(|(_, _, all)| !all) {
-                &variants[..1]
+            let mut variants: Vec<&Variant> = if CGO_ONLY.contains(&name.as_str()) {
+                Vec::new()
+            } else if narrow.is_some_and(|(_, _, all)| !all) {
+                VARIANTS[..1].iter().collect()
             } else {
-                variants
+                VARIANTS.iter().collect()
             };
+            if EXTERNAL_FIXTURES.contains(&name.as_str()) {
+                variants.extend(EXTERNAL_VARIANTS);
+            }
             for variant in variants {
                 let go_build = GoBuild {
                     go: &go,
@@ -106,11 +139,12 @@ struct GoBuild<'a> {
 impl GoBuild<'_> {
     /// Builds `out_dir/NAME-VARIANT` unless its stamp says it is up to date; returns its
     /// path and whether it was rebuilt.
-    fn variant(&self, out_dir: &Path, (variant, flags): &Variant) -> Result<(PathBuf, bool)> {
+    fn variant(&self, out_dir: &Path, (variant, flags, cgo): &Variant) -> Result<(PathBuf, bool)> {
         let (v, name) = (self.version, self.name);
         let out = out_dir.join(format!("{name}-{variant}"));
         let stamp = out.with_extension("stamp");
-        let want = format!("{:016x} {v} {flags:?}", self.hash);
+        let cgo_mark = if *cgo { " cgo" } else { "" };
+        let want = format!("{:016x} {v} {flags:?}{cgo_mark}", self.hash);
         if out.exists() && fs::read_to_string(&stamp).ok().as_deref() == Some(&want) {
             return Ok((out, false));
         }
@@ -125,7 +159,7 @@ impl GoBuild<'_> {
             .env("GOCACHE", cache_dir().join("gocache").join(v))
             .env("GOPATH", cache_dir().join("gopath"))
             .env("GOPROXY", "off")
-            .env("CGO_ENABLED", "0"))
+            .env("CGO_ENABLED", if *cgo { "1" } else { "0" }))
         .with_context(|| format!("building fixture {name} ({variant}) with Go {v}"))?;
         fs::write(&stamp, &want)?;
         Ok((out, true))

@@ -65,7 +65,7 @@ pub fn render(a: &Analysis) -> String {
     let _ = writeln!(
         s,
         "runtime.g:     goid={} parentGoid={} gopc={} startpc={} atomicstatus={} waitreason={} waitsince={} labels={}",
-        g.goid, g.parent_goid, g.gopc, g.startpc, g.atomicstatus, g.waitreason, g.waitsince, g.labels
+        g.goid, g.parent_goid.map_or("-".to_string(), |p| p.to_string()), g.gopc, g.startpc, g.atomicstatus, g.waitreason, g.waitsince, g.labels
     );
     match &o.cancel_ctx {
         Some(c) => {

@@ -16,6 +16,8 @@ pub struct BuildInfo {
     pub main_path: Option<String>,
     /// Main module path (`mod` line).
     pub module: Option<String>,
+    /// `build` lines: `(key, value)`, e.g. `("-buildmode", "pie")`, `("CGO_ENABLED", "1")`.
+    pub settings: Vec<(String, String)>,
 }
 
 /// Why buildinfo could not be read.
@@ -74,7 +76,14 @@ pub fn parse(blob: &[u8]) -> Result<BuildInfo, BuildInfoError> {
             (it.next() == Some(key)).then(|| it.next().unwrap_or("").to_string())
         })
     };
+    let settings = modinfo
+        .lines()
+        .filter_map(|l| l.strip_prefix("build\t"))
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     Ok(BuildInfo {
+        settings,
         main_path: field("path"),
         module: field("mod"),
         go_version,

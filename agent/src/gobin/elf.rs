@@ -1,7 +1,9 @@
 //! The ELF container: architecture checks, sections, symbols and address translation.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::io::Read;
+use std::sync::OnceLock;
 
 use object::elf;
 use object::read::elf::{ElfFile64, FileHeader, ProgramHeader, SectionHeader};
@@ -17,6 +19,9 @@ const MAX_DECOMPRESSED: u64 = 512 << 20;
 pub struct Elf<'data> {
     pub file: ElfFile64<'data, Endianness>,
     pub data: &'data [u8],
+    /// R_X86_64_RELATIVE relocations (target → link-time value), read once on first use:
+    /// a static-pie binary has thousands and several lookups are made per analysis.
+    relative: OnceLock<HashMap<u64, u64>>,
 }
 
 /// What kind of ELF file this is, for error messages about unsupported ones.
@@ -83,7 +88,11 @@ impl<'data> Elf<'data> {
                 )));
             }
         }
-        Ok(Elf { file, data })
+        Ok(Elf {
+            file,
+            data,
+            relative: OnceLock::new(),
+        })
     }
 
     /// Position-independent executable (or shared object): addresses are relative to
@@ -91,6 +100,51 @@ impl<'data> Elf<'data> {
     pub fn is_pie(&self) -> bool {
         let e = self.file.endian();
         self.file.elf_header().e_type(e) == elf::ET_DYN
+    }
+
+    /// `exe`, `static exe`, `pie` or `static-pie`: the ELF type, and whether the file
+    /// asks for a dynamic loader (PT_INTERP).
+    pub fn build_mode(&self) -> &'static str {
+        let e = self.file.endian();
+        let interp = self
+            .file
+            .elf_program_headers()
+            .iter()
+            .any(|ph| ph.p_type(e) == elf::PT_INTERP);
+        match (self.is_pie(), interp) {
+            (false, true) => "exe",
+            (false, false) => "static exe",
+            (true, true) => "pie",
+            (true, false) => "static-pie",
+        }
+    }
+
+    /// Which linker wrote the file: Go's own writes no `.comment` and none of the C
+    /// runtime's sections (`.init`, `.eh_frame`); an external one (cgo, `-linkmode=external`)
+    /// is named by its `.comment` when it leaves one.
+    pub fn linker(&self) -> String {
+        let comment = self.section(".comment").map(|(_, d)| {
+            d.split(|b| *b == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect::<Vec<_>>()
+        });
+        let c_runtime = [".init", ".eh_frame", ".init_array"]
+            .iter()
+            .any(|n| self.file.section_by_name(n).is_some());
+        match comment {
+            Some(lines) if !lines.is_empty() => {
+                let linker = lines
+                    .iter()
+                    .find(|l| l.starts_with("Linker:"))
+                    .or_else(|| lines.last())
+                    .cloned()
+                    .unwrap_or_default();
+                format!("external ({linker})")
+            }
+            _ if c_runtime => "external".to_string(),
+            _ => "Go (internal)".to_string(),
+        }
     }
 
     pub fn has_symtab(&self) -> bool {
@@ -236,9 +290,19 @@ impl<'data> Elf<'data> {
     /// For PIE binaries: the addend of an R_X86_64_RELATIVE relocation that targets
     /// `vaddr`, i.e. the link-time value stored there once relocated.
     pub fn relative_reloc_at(&self, vaddr: u64) -> Option<u64> {
-        self.file.dynamic_relocations()?.find_map(|(off, r)| {
-            (off == vaddr && r.kind() == object::RelocationKind::Relative)
-                .then(|| r.addend() as u64)
+        self.relative_relocs().get(&vaddr).copied()
+    }
+
+    /// Every R_X86_64_RELATIVE relocation: target address → link-time value.
+    pub fn relative_relocs(&self) -> &HashMap<u64, u64> {
+        self.relative.get_or_init(|| {
+            self.file
+                .dynamic_relocations()
+                .into_iter()
+                .flatten()
+                .filter(|(_, r)| r.kind() == object::RelocationKind::Relative)
+                .map(|(off, r)| (off, r.addend() as u64))
+                .collect()
         })
     }
 }

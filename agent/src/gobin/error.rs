@@ -3,12 +3,9 @@ use std::path::PathBuf;
 /// Why a file could not be analysed. Every variant renders as one line meant for an SRE.
 #[derive(Debug, thiserror::Error)]
 pub enum BinaryError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The source is in the message, not chained, so it is printed once.
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
     #[error("{0}: is a directory, not a Go binary")]
     IsDirectory(PathBuf),
     #[error("{0}: not an ELF file")]
@@ -17,9 +14,9 @@ pub enum BinaryError {
         "{path}: unsupported ELF: {what} (goroscope supports 64-bit little-endian x86-64 ELF)"
     )]
     UnsupportedElf { path: PathBuf, what: String },
-    #[error("{0}: ELF file is not a Go program (no .go.buildinfo and no .gopclntab)")]
+    #[error("{0}: ELF file is not a Go program (no Go build info and no Go function table)")]
     NotGo(PathBuf),
-    #[error("{path}: unsupported Go version {found}: goroscope supports Go 1.21 and newer")]
+    #[error("{path}: unsupported Go version {found}: goroscope supports Go 1.19 and newer")]
     UnsupportedGoVersion { path: PathBuf, found: String },
     #[error("{path}: corrupt or truncated Go binary: {what}")]
     Corrupt { path: PathBuf, what: String },

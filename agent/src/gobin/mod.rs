@@ -6,6 +6,7 @@ pub mod buildinfo;
 pub mod dwarf;
 pub mod elf;
 pub mod error;
+pub mod locate;
 pub mod moduledata;
 pub mod offsets;
 mod offsets_table;
@@ -37,8 +38,18 @@ pub struct Analysis {
     pub go_version: String,
     #[serde(skip)]
     pub version: GoVersion,
+    /// Where the version came from: the build info, or `runtime.buildVersion`.
+    pub version_source: String,
     pub main_path: Option<String>,
     pub module: Option<String>,
+    /// `build` settings of the build info (`-buildmode=pie`, `CGO_ENABLED=1`, …).
+    pub build_settings: Vec<(String, String)>,
+    /// `exe`, `static exe`, `pie` or `static-pie`, from the ELF headers.
+    pub build_mode: String,
+    /// `Go (internal)` or the external linker that wrote the file.
+    pub linker: String,
+    /// Where the function table was found.
+    pub pclntab_source: String,
     pub has_symbols: bool,
     pub has_dwarf: bool,
     /// No symbol table and no DWARF (`-ldflags="-s -w"`).
@@ -71,9 +82,9 @@ pub struct Analysis {
 
 /// Analyses the Go binary at `path`.
 pub fn analyze(path: &Path) -> Result<Analysis, BinaryError> {
-    let io = |source| BinaryError::Io {
+    let io = |err| BinaryError::Io {
         path: path.to_path_buf(),
-        source,
+        err,
     };
     if std::fs::metadata(path).map_err(io)?.is_dir() {
         return Err(BinaryError::IsDirectory(path.to_path_buf()));
@@ -99,14 +110,70 @@ pub fn analyze_bytes(path: &Path, data: &[u8]) -> Result<Analysis, BinaryError> 
     let elf = elf::Elf::parse(data).map_err(corrupt)?;
 
     // Version first: an old toolchain deserves that message, not a parse error.
-    // PIE builds before Go 1.26 put the table in a RELRO section of their own.
-    let pcln_section = elf
-        .section(".gopclntab")
-        .or_else(|| elf.section(".data.rel.ro.gopclntab"));
-    let (info, version) = go_version(path, &elf, data, pcln_section.is_some())?;
-    let (pcln_addr, pcln_data) =
-        pcln_section.ok_or_else(|| corrupt(Malformed::new("no .gopclntab section")))?;
-    let pclntab = read_pclntab(&elf, pcln_addr, pcln_data).map_err(corrupt)?;
+    let located = locate::pclntab(&elf);
+    let info = build_info(path, &elf, data)?;
+    let Some(located) = located else {
+        return Err(match info {
+            None => BinaryError::NotGo(p()),
+            Some((i, _)) => corrupt(Malformed::new(format!(
+                "{} build info but no function table (no .gopclntab section, no \
+                 runtime.pclntab symbol, no pclntab header in the data)",
+                i.go_version
+            ))),
+        });
+    };
+    if let Some((i, _)) = &info {
+        check_supported(path, &i.go_version)?;
+    }
+    // An old table with no build info to say otherwise: an old toolchain. (With build
+    // info of a supported version, an old table is corrupt: the parse says so.)
+    if info.is_none() && ![pclntab::MAGIC_GO118, pclntab::MAGIC_GO120].contains(&located.magic) {
+        return Err(BinaryError::UnsupportedGoVersion {
+            path: p(),
+            found: format!(
+                "Go {} (its function table has the format of those releases)",
+                locate::magic_lines(located.magic)
+            ),
+        });
+    }
+    let (mut pclntab, md) = read_pclntab(&elf, &located).map_err(corrupt)?;
+
+    let (info, version_source) = match info {
+        Some((i, source)) => (i, source),
+        None => {
+            let Some(v) = locate::build_version(&elf, &pclntab) else {
+                return Err(BinaryError::Unsupported {
+                    path: p(),
+                    what: "Go binary without build info (.go.buildinfo), and its Go version \
+                           (runtime.buildVersion) could not be found"
+                        .into(),
+                });
+            };
+            let info = buildinfo::BuildInfo {
+                go_version: v.version,
+                main_path: None,
+                module: None,
+                settings: Vec::new(),
+            };
+            (info, v.source)
+        }
+    };
+    let version = check_supported(path, &info.go_version)?;
+    if !locate::magic_matches(pclntab.magic, version) {
+        return Err(corrupt(Malformed::new(format!(
+            "version {} disagrees with its function table, whose format is that of Go {}",
+            info.go_version,
+            locate::magic_lines(pclntab.magic)
+        ))));
+    }
+
+    // FUNCDATA (inline trees) for naming inlined functions; without it, a site inside an
+    // inlined call is named after the function it was inlined into.
+    if let Some(g) = moduledata::gofunc(&elf, md, version) {
+        if let Some((start, data)) = elf.section_containing(g) {
+            pclntab.set_gofunc(data[(g - start) as usize..].to_vec());
+        }
+    }
 
     let facts = dwarf::read(&elf).map_err(corrupt)?;
     let (offsets, offsets_source) = choose_offsets(path, version, facts.as_ref())?;
@@ -120,8 +187,13 @@ pub fn analyze_bytes(path: &Path, data: &[u8]) -> Result<Analysis, BinaryError> 
         path: p(),
         go_version: info.go_version,
         version,
+        version_source,
         main_path: info.main_path,
         module: info.module,
+        build_settings: info.settings,
+        build_mode: elf.build_mode().to_string(),
+        linker: elf.linker(),
+        pclntab_source: located.source,
         has_symbols: elf.has_symtab(),
         has_dwarf: elf.has_dwarf(),
         stripped: !elf.has_symtab() && !elf.has_dwarf(),
@@ -141,73 +213,77 @@ pub fn analyze_bytes(path: &Path, data: &[u8]) -> Result<Analysis, BinaryError> 
     })
 }
 
-/// The build info and Go version of a supported Go binary; `has_pclntab`: whether it
-/// looks like Go without a build info (then it is corrupt, not "not Go").
-fn go_version(
+/// The build info recorded by the linker, if any, and where it was found.
+fn build_info(
     path: &Path,
     elf: &elf::Elf<'_>,
     data: &[u8],
-    has_pclntab: bool,
-) -> Result<(buildinfo::BuildInfo, GoVersion), BinaryError> {
-    let p = || path.to_path_buf();
-    let corrupt = |m: Malformed| BinaryError::Corrupt {
-        path: p(),
-        what: m.0,
-    };
+) -> Result<Option<(buildinfo::BuildInfo, String)>, BinaryError> {
     let bi_section = elf.section(".go.buildinfo").map(|(_, d)| d);
     let Some(bi_off) = buildinfo::locate(bi_section, data) else {
-        return Err(if has_pclntab {
-            corrupt(Malformed::new("no .go.buildinfo"))
-        } else {
-            BinaryError::NotGo(p())
-        });
+        return Ok(None);
     };
-    let info = match buildinfo::parse(&data[bi_off..]) {
-        Ok(i) => i,
-        Err(buildinfo::BuildInfoError::PointerFormat) => {
-            return Err(BinaryError::UnsupportedGoVersion {
-                path: p(),
-                found: "older than go1.18 (pre-1.18 buildinfo format)".into(),
-            })
-        }
-        Err(buildinfo::BuildInfoError::Malformed(m)) => return Err(corrupt(m)),
+    let source = if bi_section.is_some_and(|s| s.starts_with(buildinfo::MAGIC)) {
+        "section .go.buildinfo".to_string()
+    } else {
+        format!("build info found at file offset {bi_off:#x}")
     };
-    let version = GoVersion::parse(&info.go_version).ok_or_else(|| BinaryError::Unsupported {
-        path: p(),
-        what: format!("unrecognized Go version {:?}", info.go_version),
+    match buildinfo::parse(&data[bi_off..]) {
+        Ok(i) => Ok(Some((i, source))),
+        Err(buildinfo::BuildInfoError::PointerFormat) => Err(BinaryError::UnsupportedGoVersion {
+            path: path.to_path_buf(),
+            found: "older than go1.18 (pre-1.18 buildinfo format)".into(),
+        }),
+        Err(buildinfo::BuildInfoError::Malformed(m)) => Err(BinaryError::Corrupt {
+            path: path.to_path_buf(),
+            what: m.0,
+        }),
+    }
+}
+
+/// The parsed version, if goroscope supports it.
+fn check_supported(path: &Path, go_version: &str) -> Result<GoVersion, BinaryError> {
+    let version = GoVersion::parse(go_version).ok_or_else(|| BinaryError::Unsupported {
+        path: path.to_path_buf(),
+        what: format!("unrecognized Go version {go_version:?}"),
     })?;
     if !version.is_supported() {
         return Err(BinaryError::UnsupportedGoVersion {
-            path: p(),
-            found: info.go_version,
+            path: path.to_path_buf(),
+            found: go_version.to_string(),
         });
     }
-    Ok((info, version))
+    Ok(version)
 }
 
-/// The pclntab at link-time address `addr`, with the inline trees when they are found.
-fn read_pclntab(elf: &elf::Elf<'_>, addr: u64, data: &[u8]) -> Result<Pclntab, Malformed> {
-    let text_section = elf.section(".text").map(|(a, _)| a);
-    let mut pclntab = Pclntab::parse(data, |header| {
+/// The pclntab and the address of the moduledata that points at it.
+fn read_pclntab(
+    elf: &elf::Elf<'_>,
+    located: &locate::Located<'_>,
+) -> Result<(Pclntab, Option<u64>), Malformed> {
+    use error::Bytes;
+    let addr = located.addr;
+    let funcnametab = located.data.u64_at(8 + 3 * 8)?;
+    let md = moduledata::find(elf, addr, funcnametab);
+    let pclntab = Pclntab::parse(located.data, |header| {
+        // 0 until relocated in PIE binaries; with the external linker, not even
+        // relocated (the runtime uses moduledata.text).
         if header != 0 {
             header
         } else if let Some(v) = elf.relative_reloc_at(addr + 24) {
             v
+        } else if let Some(v) = md.and_then(|md| moduledata::text(elf, md)) {
+            v
+        } else if let Some(v) = elf.symbol_address("runtime.text") {
+            v
         } else {
-            text_section.unwrap_or(0)
+            elf.section(".text").map_or(0, |(a, _)| a)
         }
     })?;
     if pclntab.by_name("runtime.main").next().is_none() {
         return Err(Malformed::new("pclntab has no runtime.main"));
     }
-    // FUNCDATA (inline trees) for naming inlined functions; without it, a site inside an
-    // inlined call is named after the function it was inlined into.
-    if let Some(g) = moduledata::gofunc(elf, addr, pclntab.funcnametab_offset()) {
-        if let Some((start, data)) = elf.section_containing(g) {
-            pclntab.set_gofunc(data[(g - start) as usize..].to_vec());
-        }
-    }
-    Ok(pclntab)
+    Ok((pclntab, md))
 }
 
 impl Analysis {
@@ -255,18 +331,37 @@ impl Analysis {
     }
 }
 
-/// `go f(x)` makes the compiler start a closure (`caller.gowrapN` from Go 1.22,
-/// `caller.funcN` before) that calls `f`; the runtime hides it in tracebacks. A closure
-/// whose body makes exactly one call outside the runtime is treated as such a wrapper.
+/// `go f(x)` makes the compiler start a wrapper closure (`caller.gowrapN` from Go 1.22,
+/// `caller.funcN` before) that calls `f`; so do method values (`T.M-fm`). The runtime
+/// hides such wrappers (funcID `wrapper`) in tracebacks, so a goroutine's start function
+/// is the one the wrapper calls: the single direct `CALL` outside the runtime's helpers,
+/// or, when that call was inlined into the wrapper, the inlined function. A closure
+/// the user wrote (`go func() { … }()`) is not a wrapper and keeps its name.
 fn go_wrappers(elf: &elf::Elf<'_>, pcln: &Pclntab) -> HashMap<u64, String> {
-    let is_closure = |name: &str| {
-        let last = name.rsplit('.').next().unwrap_or("");
-        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-        last.strip_prefix("gowrap").is_some_and(digits)
-            || last.strip_prefix("func").is_some_and(digits)
-    };
     let mut out = HashMap::new();
-    for f in pcln.funcs.iter().filter(|f| is_closure(&f.name)) {
+    let Some(wrapper) = pcln.wrapper_func_id() else {
+        return out;
+    };
+    let helper = |n: &str| {
+        [
+            "morestack",
+            "panic",
+            "gcWriteBarrier",
+            "wbBuf",
+            "duff",
+            "memmove",
+            "typedmemmove",
+        ]
+        .iter()
+        .any(|h| n.strip_prefix("runtime.").is_some_and(|r| r.starts_with(h)))
+    };
+    for f in pcln.funcs.iter() {
+        if pcln.func_id(f) != Some(wrapper)
+            || f.name.starts_with("type:")
+            || f.name.starts_with("type.")
+        {
+            continue;
+        }
         let Some(calls) = sites::decode_calls(elf, f) else {
             continue;
         };
@@ -274,16 +369,22 @@ fn go_wrappers(elf: &elf::Elf<'_>, pcln: &Pclntab) -> HashMap<u64, String> {
             .iter()
             .filter_map(|t| pcln.func_at(*t).filter(|c| c.entry == *t))
             .map(|c| c.name.as_str())
-            // Runtime helpers (morestack, write barriers, panics) are not what a user
-            // wrapper starts; a runtime wrapper starts a runtime function.
+            // A runtime wrapper starts a runtime function; a user's never does.
             .filter(|n| {
-                !n.starts_with("runtime.morestack")
-                    && (f.name.starts_with("runtime.") || !n.starts_with("runtime."))
+                !helper(n) && (f.name.starts_with("runtime.") || !n.starts_with("runtime."))
             })
             .collect();
         targets.dedup();
-        if let [only] = targets[..] {
-            out.insert(f.entry, only.to_string());
+        match targets[..] {
+            [only] => {
+                out.insert(f.entry, only.to_string());
+            }
+            [] => {
+                if let Some(inlined) = pcln.first_inlined(f) {
+                    out.insert(f.entry, inlined);
+                }
+            }
+            _ => {}
         }
     }
     out

@@ -15,7 +15,8 @@ pub struct GOffsets {
     pub goid: u32,
     pub waitsince: u32,
     pub waitreason: u32,
-    pub parent_goid: u32,
+    /// `None` before Go 1.21, which added `parentGoid`.
+    pub parent_goid: Option<u32>,
     pub gopc: u32,
     pub startpc: u32,
     pub labels: u32,
@@ -70,13 +71,12 @@ impl std::fmt::Display for OffsetsSource {
     }
 }
 
-/// DWARF field names, in `GOffsets` order.
-const G_FIELDS: [&str; 9] = [
+/// DWARF field names, in `GOffsets` order (`parentGoid`, optional, apart).
+const G_FIELDS: [&str; 8] = [
     "atomicstatus",
     "goid",
     "waitsince",
     "waitreason",
-    "parentGoid",
     "gopc",
     "startpc",
     "labels",
@@ -102,17 +102,17 @@ fn fields<const N: usize>(s: &StructLayout, what: &str, names: [&str; N]) -> Res
 }
 
 impl GOffsets {
-    fn from_array(a: [u32; 9]) -> Self {
+    fn from_array(a: [u32; 8], parent_goid: Option<u32>) -> Self {
         GOffsets {
             atomicstatus: a[0],
             goid: a[1],
             waitsince: a[2],
             waitreason: a[3],
-            parent_goid: a[4],
-            gopc: a[5],
-            startpc: a[6],
-            labels: a[7],
-            waiting: a[8],
+            parent_goid,
+            gopc: a[4],
+            startpc: a[5],
+            labels: a[6],
+            waiting: a[7],
         }
     }
 }
@@ -136,7 +136,12 @@ pub fn from_dwarf(facts: &DwarfFacts) -> Result<RuntimeOffsets> {
             .get(name)
             .with_context(|| format!("DWARF has no {name}"))
     };
-    let g = GOffsets::from_array(fields(layout("runtime.g")?, "runtime.g", G_FIELDS)?);
+    let gl = layout("runtime.g")?;
+    let parent = match gl.fields.contains_key("parentGoid") {
+        true => Some(fields(gl, "runtime.g", ["parentGoid"])?[0]),
+        false => None,
+    };
+    let g = GOffsets::from_array(fields(gl, "runtime.g", G_FIELDS)?, parent);
     let [c, waitlink] = fields(layout("runtime.sudog")?, "runtime.sudog", SUDOG_FIELDS)?;
     let sudog = SudogOffsets { c, waitlink };
     let cancel_ctx = match facts.structs.get("context.cancelCtx") {

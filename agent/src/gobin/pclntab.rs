@@ -46,6 +46,9 @@ impl std::fmt::Display for SourceLoc {
 pub struct Pclntab {
     data: Vec<u8>,
     quantum: u64,
+    layout: Layout,
+    /// The table's magic: which Go versions could have written it.
+    pub magic: u32,
     pub text_start: u64,
     funcnametab: usize,
     cutab: usize,
@@ -59,15 +62,45 @@ pub struct Pclntab {
     gofunc: Option<Vec<u8>>,
 }
 
-/// `_func` fields and tables used here (Go 1.21–1.27 layout).
+/// `_func` fields and tables used here, and `runtime.inlinedCall`: the Go 1.20+ layout
+/// (magic `0xfffffff1`, `startLine` added) and the Go 1.18–1.19 one (`0xfffffff0`).
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    /// `_func.funcID` (a `uint8`).
+    funcid: usize,
+    nfuncdata: usize,
+    /// The `pcdata` offsets follow the fixed fields, then the `funcdata` offsets.
+    tables: usize,
+    inlined_call_size: usize,
+    /// Offsets in `inlinedCall` of the called function's name offset and `parentPc`.
+    inlined_name: usize,
+    inlined_parent_pc: usize,
+}
+
+/// 1.20+: entryOff, nameOff, args, deferreturn, pcsp, pcfile, pcln, npcdata, cuOffset,
+/// startLine, funcID, flag, _, nfuncdata; `inlinedCall`: funcID u8, 3 pad bytes,
+/// nameOff i32, parentPc i32, startLine i32.
+const LAYOUT_GO120: Layout = Layout {
+    funcid: 40,
+    nfuncdata: 43,
+    tables: 44,
+    inlined_call_size: 16,
+    inlined_name: 4,
+    inlined_parent_pc: 8,
+};
+/// 1.18–1.19: no `startLine`; `inlinedCall`: parent i16, funcID u8, pad, file i32,
+/// line i32, func_ i32, parentPc i32.
+const LAYOUT_GO118: Layout = Layout {
+    funcid: 36,
+    nfuncdata: 39,
+    tables: 40,
+    inlined_call_size: 20,
+    inlined_name: 12,
+    inlined_parent_pc: 16,
+};
 const FUNC_NPCDATA: usize = 28;
-const FUNC_NFUNCDATA: usize = 43;
-/// The `pcdata` offsets follow the fixed fields, then the `funcdata` offsets.
-const FUNC_TABLES: usize = 44;
 const PCDATA_INL_TREE_INDEX: usize = 2;
 const FUNCDATA_INL_TREE: usize = 3;
-/// `runtime.inlinedCall`: funcID u8, 3 pad bytes, nameOff i32, parentPc i32, startLine i32.
-const INLINED_CALL_SIZE: usize = 16;
 
 /// Reads a header word as an offset into the table.
 fn word(data: &[u8], idx: usize) -> PResult<usize> {
@@ -111,6 +144,12 @@ impl Pclntab {
         let mut t = Pclntab {
             data: data.to_vec(),
             quantum,
+            layout: if magic == MAGIC_GO118 {
+                LAYOUT_GO118
+            } else {
+                LAYOUT_GO120
+            },
+            magic,
             text_start,
             funcnametab,
             cutab,
@@ -168,6 +207,38 @@ impl Pclntab {
             .into_iter()
             .flatten()
             .map(|&i| &self.funcs[i])
+    }
+
+    /// The function's `funcID` (what the runtime treats specially: `goexit`, wrappers…).
+    pub fn func_id(&self, f: &Func) -> Option<u8> {
+        self.data.u8_at(f.func_off + self.layout.funcid).ok()
+    }
+
+    /// `FuncIDWrapper`, the funcID of compiler-generated code (method and `go`/`defer`
+    /// wrappers, type algorithms), which tracebacks hide. It is the last value of the
+    /// enumeration (21 in Go 1.19–1.21, 22 in 1.22–1.24, 23 from 1.25), so the largest one
+    /// in the table: every binary has generated code.
+    pub fn wrapper_func_id(&self) -> Option<u8> {
+        self.funcs.iter().filter_map(|f| self.func_id(f)).max()
+    }
+
+    /// The outermost inlined call at or after the function's entry, in pc order: for a
+    /// wrapper whose only call was inlined into it.
+    pub fn first_inlined(&self, f: &Func) -> Option<String> {
+        // A wrapper is a few instructions; a longer function is not one (and a corrupt
+        // table must not make this walk gigabytes).
+        if f.end.saturating_sub(f.entry) > 1024 {
+            return None;
+        }
+        let mut pc = f.entry;
+        while pc < f.end {
+            let frames = self.frames_at(pc);
+            if frames.len() > 1 {
+                return frames.get(frames.len() - 2).map(|l| l.function.clone());
+            }
+            pc += self.quantum;
+        }
+        None
     }
 
     /// The function containing `pc`.
@@ -252,27 +323,28 @@ impl Pclntab {
     /// call site in the physical function.
     fn inlined_call(&self, f: &Func, pc: u64) -> Option<(String, u64)> {
         let tree = self.gofunc.as_ref()?;
+        let l = self.layout;
         let npcdata = self.data.u32_at(f.func_off + FUNC_NPCDATA).ok()? as usize;
-        let nfuncdata = self.data.u8_at(f.func_off + FUNC_NFUNCDATA).ok()? as usize;
+        let nfuncdata = self.data.u8_at(f.func_off + l.nfuncdata).ok()? as usize;
         if npcdata <= PCDATA_INL_TREE_INDEX || nfuncdata <= FUNCDATA_INL_TREE {
             return None;
         }
         let table = self
             .data
-            .u32_at(f.func_off + FUNC_TABLES + PCDATA_INL_TREE_INDEX * 4)
+            .u32_at(f.func_off + l.tables + PCDATA_INL_TREE_INDEX * 4)
             .ok()?;
         let ix = self.pcvalue(table, f.entry, pc).ok()??;
         let ix = usize::try_from(ix).ok()?; // -1: not in an inlined call
         let fd = self
             .data
-            .u32_at(f.func_off + FUNC_TABLES + (npcdata + FUNCDATA_INL_TREE) * 4)
+            .u32_at(f.func_off + l.tables + (npcdata + FUNCDATA_INL_TREE) * 4)
             .ok()?;
         if fd == u32::MAX {
             return None;
         }
-        let rec = (fd as usize).checked_add(ix.checked_mul(INLINED_CALL_SIZE)?)?;
-        let name_off = tree.u32_at(rec.checked_add(4)?).ok()? as usize;
-        let parent_pc = u64::from(tree.u32_at(rec.checked_add(8)?).ok()?);
+        let rec = (fd as usize).checked_add(ix.checked_mul(l.inlined_call_size)?)?;
+        let name_off = tree.u32_at(rec.checked_add(l.inlined_name)?).ok()? as usize;
+        let parent_pc = u64::from(tree.u32_at(rec.checked_add(l.inlined_parent_pc)?).ok()?);
         let name = self
             .data
             .cstr_at(self.funcnametab.checked_add(name_off)?)

@@ -26,7 +26,8 @@ pub enum Hook {
     GoroutineCreate,
     /// A goroutine finished.
     GoroutineExit,
-    /// A cancelable context was created (`(*cancelCtx).propagateCancel`).
+    /// A cancelable context was created (`(*cancelCtx).propagateCancel`; the function
+    /// `propagateCancel` before Go 1.21).
     ContextCreate,
     /// A cancelable context was cancelled (`(*cancelCtx).cancel`).
     ContextCancel,
@@ -55,6 +56,9 @@ pub enum SiteKind {
     PushRbp,
     /// First instruction after the stack-growth check (not emulated).
     AfterStackCheck,
+    /// The stack check's conditional jump (emulated), in a function that runs on the
+    /// system stack (g0), where the jump to `morestack` is never taken: one hit per call.
+    StackCheckBranch,
     /// A `RET` of the function (for return values; not emulated).
     Ret,
 }
@@ -197,6 +201,7 @@ fn reg_name(r: u8) -> &'static str {
         reg::RAX => "rax",
         reg::RBX => "rbx",
         reg::RCX => "rcx",
+        reg::RDI => "rdi",
         _ => "?",
     }
 }
@@ -227,16 +232,16 @@ impl Selector<'_, '_> {
                 offset,
             },
         };
-        vec![
+        let mut v = vec![
             ValueLoc {
                 name: "g",
                 loc: Loc::Register { reg: b.clone() },
             },
             mem("goid", g.goid),
-            mem("parent_goid", g.parent_goid),
-            mem("gopc", g.gopc),
-            mem("startpc", g.startpc),
-        ]
+        ];
+        v.extend(g.parent_goid.map(|o| mem("parent_goid", o)));
+        v.extend([mem("gopc", g.gopc), mem("startpc", g.startpc)]);
+        v
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -281,7 +286,12 @@ impl Selector<'_, '_> {
     }
 
     /// `push rbp` after the stack check, with `arg` (an argument register) untouched
-    /// before it; else the first instruction after the stack check.
+    /// before it; else (Go ≤ 1.20 sets up frames with `sub rsp` and `mov [rsp+N], rbp`)
+    /// the stack check's jump when the function runs on g0 (`on_g0`), where it never
+    /// branches, else the first instruction after the stack check (single-stepped: a
+    /// stack check's jump on a goroutine's stack can branch to `morestack`, which runs
+    /// the function again, and a second hit would count the call twice).
+    #[allow(clippy::too_many_arguments)]
     fn after_prologue(
         &mut self,
         hook: Hook,
@@ -290,6 +300,7 @@ impl Selector<'_, '_> {
         base_reg: u8,
         values: Vec<ValueLoc>,
         mut fallback: Option<String>,
+        on_g0: bool,
     ) -> bool {
         let Some(func) = real_function(self.elf, self.pcln, func_name) else {
             self.out.missing.push(format!(
@@ -331,8 +342,21 @@ impl Selector<'_, '_> {
             None => reason,
         });
         if let Some(pos) = head.iter().position(|i| i.is_jcc_short_or_near()) {
+            let intact = !head[..=pos].iter().any(|p| writes(&mut info, p, arg));
+            if intact && on_g0 {
+                let i = head[pos];
+                return self.push(
+                    hook,
+                    &body,
+                    &i,
+                    SiteKind::StackCheckBranch,
+                    base_reg,
+                    values,
+                    fallback.map(|f| format!("{f}; the stack check's jump instead (runs on g0)")),
+                );
+            }
             if let Some(i) = head.get(pos + 1) {
-                if !head[..=pos].iter().any(|p| writes(&mut info, p, arg)) {
+                if intact {
                     let i = *i;
                     return self.push(
                         hook,
@@ -445,10 +469,12 @@ impl Selector<'_, '_> {
                 reg::RAX,
                 values,
                 None,
+                true,
             );
         } else {
             let fallback = (version.line() >= (1, 22))
                 .then(|| "runtime.gdestroy not found; using runtime.goexit0".to_string());
+            // goexit0 runs on g0 (through mcall), whose stack check never branches.
             self.after_prologue(
                 Hook::GoroutineExit,
                 "runtime.goexit0",
@@ -456,20 +482,47 @@ impl Selector<'_, '_> {
                 reg::RAX,
                 values,
                 fallback,
+                true,
             );
         }
     }
 
     fn contexts(&mut self) {
-        let ctx = |name| {
+        let ctx = |r: u8| {
             vec![ValueLoc {
-                name,
-                loc: Loc::Register { reg: "rax".into() },
+                name: "ctx",
+                loc: Loc::Register {
+                    reg: reg_name(r).into(),
+                },
             }]
         };
-        for (hook, func) in [
-            (Hook::ContextCreate, "context.(*cancelCtx).propagateCancel"),
-            (Hook::ContextCancel, "context.(*cancelCtx).cancel"),
+        // Go ≥ 1.21: a method, RAX = the new context. Go 1.19–1.20: a function of two
+        // interfaces, the new context's data word in RDI.
+        let create = if self
+            .pcln
+            .by_name("context.propagateCancel")
+            .next()
+            .is_some()
+            && self
+                .pcln
+                .by_name("context.(*cancelCtx).propagateCancel")
+                .next()
+                .is_none()
+        {
+            ("context.propagateCancel", Register::RDI, reg::RDI)
+        } else {
+            (
+                "context.(*cancelCtx).propagateCancel",
+                Register::RAX,
+                reg::RAX,
+            )
+        };
+        for (hook, (func, arg, r)) in [
+            (Hook::ContextCreate, create),
+            (
+                Hook::ContextCancel,
+                ("context.(*cancelCtx).cancel", Register::RAX, reg::RAX),
+            ),
         ] {
             if self.pcln.by_name(func).next().is_none() {
                 self.out.missing.push(format!(
@@ -478,7 +531,7 @@ impl Selector<'_, '_> {
                 ));
                 continue;
             }
-            self.after_prologue(hook, func, Register::RAX, reg::RAX, ctx("ctx"), None);
+            self.after_prologue(hook, func, arg, r, ctx(r), None, false);
         }
     }
 }

@@ -6,7 +6,7 @@ use std::fmt;
 /// Oldest Go release goroscope supports.
 pub const MIN_SUPPORTED: GoVersion = GoVersion {
     major: 1,
-    minor: 21,
+    minor: 19,
     patch: 0,
 };
 
@@ -66,7 +66,7 @@ mod tests {
         assert_eq!(v("go1.23.4 X:boringcrypto"), Some((1, 23, 4)));
         assert_eq!(v("devel go1.24-abcdef Tue"), Some((1, 24, 0)));
         assert_eq!(v("weird"), None);
-        assert!(!GoVersion::parse("go1.20.5").unwrap().is_supported());
-        assert!(GoVersion::parse("go1.21.0").unwrap().is_supported());
+        assert!(!GoVersion::parse("go1.18.10").unwrap().is_supported());
+        assert!(GoVersion::parse("go1.19.8").unwrap().is_supported());
     }
 }

@@ -38,6 +38,17 @@ pub const STATUS_RUNNABLE: u32 = 1;
 pub const STATUS_RUNNING: u32 = 2;
 pub const STATUS_WAITING: u32 = 4;
 pub const STATUS_DEAD: u32 = 6;
+/// `_Gleaked` (Go 1.26 with `GOEXPERIMENT=goroutineleakprofile`, 1.27): a goroutine the
+/// GC proved blocked forever; it is alive (blocked) until its next cycle.
+pub const STATUS_LEAKED: u32 = 10;
+/// `_Gdeadextra` (Go 1.27): a dead goroutine kept for a cgo extra M; not a live one.
+pub const STATUS_DEAD_EXTRA: u32 = 11;
+
+/// Whether a goroutine with this status (scan bit cleared) exists as far as the program
+/// is concerned: not idle, not dead (statuses of Go 1.19–1.27).
+pub fn is_live(status: u32) -> bool {
+    !matches!(status, STATUS_IDLE | STATUS_DEAD | STATUS_DEAD_EXTRA)
+}
 
 /// Human name of a goroutine's state: the wait reason when waiting.
 pub fn state_name(g: &G, wait_reasons: &[String]) -> String {
@@ -53,7 +64,8 @@ pub fn state_name(g: &G, wait_reasons: &[String]) -> String {
         STATUS_DEAD => "dead".into(),
         8 => "copystack".into(),
         9 => "preempted".into(),
-        10 => "leaked".into(),
+        STATUS_LEAKED => "leaked".into(),
+        STATUS_DEAD_EXTRA => "dead (cgo extra M)".into(),
         s => format!("status {s}"),
     }
 }
@@ -96,7 +108,7 @@ pub fn read(mem: &ProcMem, a: &Analysis, bias: u64, max: usize) -> Result<Invent
         o.goid,
         o.waitsince,
         o.waitreason,
-        o.parent_goid,
+        o.parent_goid.unwrap_or(0),
         o.gopc,
         o.startpc,
         o.waiting,
@@ -135,7 +147,7 @@ pub fn read(mem: &ProcMem, a: &Analysis, bias: u64, max: usize) -> Result<Invent
         mem.read_many(&mut reads).context("reading goroutines")?;
         for b in words.chunks_exact(size).take(gptrs.len()) {
             let status = (u64_at(b, o.atomicstatus) as u32) & !G_SCAN;
-            if status == STATUS_IDLE || status == STATUS_DEAD {
+            if !is_live(status) {
                 continue;
             }
             if inv.goroutines.len() >= max {
@@ -149,7 +161,7 @@ pub fn read(mem: &ProcMem, a: &Analysis, bias: u64, max: usize) -> Result<Invent
                 wait_since: u64_at(b, o.waitsince) as i64,
                 gopc: u64_at(b, o.gopc).wrapping_sub(bias),
                 startpc: u64_at(b, o.startpc).wrapping_sub(bias),
-                parent_goid: u64_at(b, o.parent_goid),
+                parent_goid: o.parent_goid.map_or(0, |off| u64_at(b, off)),
                 waiting: if status == STATUS_WAITING {
                     u64_at(b, o.waiting)
                 } else {

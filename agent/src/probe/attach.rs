@@ -20,6 +20,7 @@ fn program_name(hook: Hook, base_reg: u8) -> Option<&'static str> {
         (Hook::GoroutineCreate, reg::RAX) => Some("goroutine_create_rax"),
         (Hook::GoroutineExit, reg::RAX) => Some("goroutine_exit_rax"),
         (Hook::ContextCreate, reg::RAX) => Some("context_create_rax"),
+        (Hook::ContextCreate, reg::RDI) => Some("context_create_rdi"),
         (Hook::ContextCancel, reg::RAX) => Some("context_cancel_rax"),
         _ => None,
     }
@@ -115,11 +116,14 @@ impl Probes {
             ),
         };
         let g = &bin.offsets.g;
-        let cfg = SiteConfig::new(g.goid, g.parent_goid, g.gopc, g.startpc).with_context(|| {
+        // Without `parentGoid` (Go < 1.21) the kernel reads the goid in its place; the
+        // agent never takes a goroutine for its own parent.
+        let parent = g.parent_goid.unwrap_or(g.goid);
+        let cfg = SiteConfig::new(g.goid, parent, g.gopc, g.startpc).with_context(|| {
             format!(
                 "runtime.g layout of {} not supported: parentGoid {}, gopc {}, startpc {} are not within {} bytes",
                 bin.go_version,
-                g.parent_goid,
+                parent,
                 g.gopc,
                 g.startpc,
                 goroscope_common::G_WINDOW

@@ -275,7 +275,13 @@ fn inventory_or_kernel(obs: &Observation) -> std::borrow::Cow<'_, [G]> {
                     wait_since: 0,
                     gopc: i.gopc,
                     startpc: i.startpc,
-                    parent_goid: i.parent_goid,
+                    // Without `parentGoid` (Go < 1.21) the kernel is told to read the
+                    // goid there: a goroutine is never its own parent.
+                    parent_goid: if i.parent_goid == *goid {
+                        0
+                    } else {
+                        i.parent_goid
+                    },
                     waiting: 0,
                 })
                 .collect(),

@@ -36,6 +36,9 @@ pub mod reg {
     pub const RAX: u8 = 0;
     pub const RBX: u8 = 1;
     pub const RCX: u8 = 2;
+    /// The new context in Go 1.19–1.20's `context.propagateCancel(parent, child)`: the
+    /// child interface's data word.
+    pub const RDI: u8 = 3;
 }
 
 /// Maximum number of probe-site configurations (one per attached binary and hook).

@@ -108,9 +108,9 @@ fn log_site_not_found(ctx: &ProbeContext, tgid: u32) {
     }
 }
 
-/// A cancelable context was created: at `push rbp` of `(*cancelCtx).propagateCancel`,
-/// RAX = the new context, RBX/RCX = the parent (itab, data), R14 = the current `*g`, and
-/// `[rsp]` the return address into the caller.
+/// A cancelable context was created: at `push rbp` of `(*cancelCtx).propagateCancel`
+/// (Go ≥ 1.21), RAX = the new context, RBX/RCX = the parent (itab, data), R14 = the
+/// current `*g`, and `[rsp]` the return address into the caller.
 #[uprobe]
 pub fn context_create_rax(ctx: ProbeContext) -> u32 {
     // SAFETY: the uprobe context is the task's `pt_regs`; constant-offset loads.
@@ -118,13 +118,40 @@ pub fn context_create_rax(ctx: ProbeContext) -> u32 {
         let r = &*ctx.regs;
         (r.rax, r.rbx, r.rcx, r.rsp, r.rbp, r.r14, r.rip)
     };
-    let Some(cfg) = CTX_CONFIG.get(cookie(&ctx)) else {
+    context_created(&ctx, c, parent_itab, parent, (rsp, rbp, g, ip))
+}
+
+/// The same in Go 1.19–1.20, where `context.propagateCancel(parent Context, child
+/// canceler)` is a function: RAX/RBX = the parent (itab, data), RCX/RDI = the child
+/// (itab, data); the data word is the new `*cancelCtx` (or `*timerCtx`, whose first field
+/// it is).
+#[uprobe]
+pub fn context_create_rdi(ctx: ProbeContext) -> u32 {
+    // SAFETY: the uprobe context is the task's `pt_regs`; constant-offset loads.
+    let (c, parent_itab, parent, rsp, rbp, g, ip) = unsafe {
+        let r = &*ctx.regs;
+        (r.rdi, r.rax, r.rbx, r.rsp, r.rbp, r.r14, r.rip)
+    };
+    context_created(&ctx, c, parent_itab, parent, (rsp, rbp, g, ip))
+}
+
+/// Records context `c` created with parent `(parent_itab, parent)`; `regs` are RSP, RBP,
+/// R14 and RIP at the site.
+#[inline(always)]
+fn context_created(
+    ctx: &ProbeContext,
+    c: u64,
+    parent_itab: u64,
+    parent: u64,
+    (rsp, rbp, g, ip): (u64, u64, u64, u64),
+) -> u32 {
+    let Some(cfg) = CTX_CONFIG.get(cookie(ctx)) else {
         return 0;
     };
     let tgid = current_tgid();
     let site = creation_site(cfg, rsp, rbp, ip);
     if site == 0 {
-        log_site_not_found(&ctx, tgid);
+        log_site_not_found(ctx, tgid);
     }
     let goid = read::<u64>(g + cfg.goid_off as u64).unwrap_or(0);
     let info = CtxInfo {
@@ -134,7 +161,7 @@ pub fn context_create_rax(ctx: ProbeContext) -> u32 {
         parent,
         parent_itab,
     };
-    record_context(&ctx, tgid, c, &info);
+    record_context(ctx, tgid, c, &info);
     0
 }
 
