@@ -155,15 +155,15 @@ fn version_without_buildinfo() {
         (
             19,
             "stripped",
-            "runtime.buildVersion (found in runtime.schedinit)",
+            "runtime.buildVersion, found in runtime.schedinit",
         ),
-        (21, "extpie", "runtime.buildVersion (symbol)"),
+        (21, "extpie", "runtime.buildVersion symbol"),
         (
             27,
             "stripped",
-            "runtime.buildVersion (found in runtime.schedinit)",
+            "runtime.buildVersion, found in runtime.schedinit",
         ),
-        (24, "staticpie", "runtime.buildVersion (symbol)"),
+        (24, "staticpie", "runtime.buildVersion symbol"),
     ] {
         let f = fixture(minor, "churn", variant);
         let p = tmp(

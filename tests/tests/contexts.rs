@@ -138,6 +138,18 @@ fn scenarios(minor: u32, variant: &str) {
     assert_eq!(p.finish().code(), Some(0), "{what}");
 }
 
+/// Go 1.19: `propagateCancel` is a function (the new context in RDI), the probes sit
+/// after the stack check (single-stepped: Go 1.19 frames have no `push rbp`).
+#[test]
+fn contexts_go1_19() {
+    if !bpf_allowed("contexts_go1_19") {
+        return;
+    }
+    for variant in ["default", "stripped", "pie"] {
+        scenarios(19, variant);
+    }
+}
+
 #[test]
 fn contexts_go1_21() {
     if !bpf_allowed("contexts_go1_21") {

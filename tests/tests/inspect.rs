@@ -259,7 +259,10 @@ fn cli_text_and_json() {
         .unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
     for needle in [
-        "go version:    go1.21.13",
+        "go version:    go1.21.13 (from section .go.buildinfo)",
+        "build mode:    static exe (recorded: -buildmode=exe CGO_ENABLED=0)",
+        "linker:        Go (internal)",
+        "pclntab:       section .gopclntab",
         "offsets from:  DWARF",
         "runtime.g:     goid=152 parentGoid=272 gopc=280 startpc=296",
         "goroutine-create  runtime.newproc.func1+0x",
@@ -446,4 +449,50 @@ fn build_mode_linker_and_sources() {
             assert_eq!(a.text_start, t, "{what}: text start");
         }
     }
+}
+
+/// External-linker PIE and static-pie builds with their symbols stripped (`strip`, as
+/// distro packages do): no `.gopclntab` section before Go 1.26 and no symbol, so the
+/// pclntab header is found in `.data.rel.ro`; the answer equals the unstripped build's.
+#[test]
+fn sectionless_pclntab_found_without_symbols() {
+    let dir = std::env::temp_dir().join(format!("goroscope-strip-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (minor, variant) in [
+        (19, "extpie"),
+        (21, "extpie"),
+        (24, "staticpie"),
+        (25, "extpie"),
+    ] {
+        let f = fixture(minor, "churn", variant);
+        let what = format!("Go 1.{minor} {variant}");
+        let copy = dir.join(format!("churn-{minor}-{variant}"));
+        let st = Command::new("strip")
+            .arg("-o")
+            .arg(&copy)
+            .arg(&f.path)
+            .status()
+            .expect("strip (binutils) runs");
+        assert!(st.success(), "{what}");
+        let full = gobin::analyze(&f.path).unwrap();
+        let a = gobin::analyze(&copy).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(!a.has_symbols && !a.has_dwarf, "{what}");
+        assert!(
+            a.pclntab_source
+                .starts_with("pclntab header found in .data.rel.ro at 0x"),
+            "{what}: {}",
+            a.pclntab_source
+        );
+        assert_eq!(a.functions, full.functions, "{what}");
+        assert_eq!(a.text_start, full.text_start, "{what}");
+        assert!(a.pclntab.expands_inlining(), "{what}");
+        assert_eq!(a.runtime_vars.allgs, full.runtime_vars.allgs, "{what}");
+        assert_eq!(a.runtime_vars.source, "code", "{what}");
+        let addrs = |a: &gobin::Analysis| -> Vec<(Hook, u64)> {
+            a.probe_sites.iter().map(|s| (s.hook, s.address)).collect()
+        };
+        assert_eq!(addrs(&a), addrs(&full), "{what}");
+        assert!(a.missing_sites.is_empty(), "{what}: {:?}", a.missing_sites);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -22,7 +22,7 @@ const NARROW_FIXTURES: &[(&str, &[&str], bool)] = &[
     ("leaky", &["1.21.13", "1.24.11", "1.27.3"], false),
     ("healthy", &["1.21.13", "1.24.11", "1.27.3"], false),
     ("sites", &["1.26.6"], false),
-    ("contexts", &["1.21.13", "1.24.11", "1.27.3"], true),
+    ("contexts", &["1.19", "1.21.13", "1.24.11", "1.27.3"], true),
     ("ctxbench", &["1.27.3"], false),
     (
         "starts",

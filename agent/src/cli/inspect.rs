@@ -30,7 +30,11 @@ pub fn render(a: &Analysis) -> String {
     let mut s = String::new();
     let o = &a.offsets;
     let _ = writeln!(s, "binary:        {}", a.path.display());
-    let _ = writeln!(s, "go version:    {}", a.go_version);
+    let _ = writeln!(
+        s,
+        "go version:    {} (from {})",
+        a.go_version, a.version_source
+    );
     let _ = writeln!(
         s,
         "module:        {}",
@@ -49,6 +53,26 @@ pub fn render(a: &Analysis) -> String {
         yes(a.has_dwarf)
     );
     let _ = writeln!(s, "PIE:           {}", yes(a.pie));
+    let settings: Vec<String> = a
+        .build_settings
+        .iter()
+        .filter(|(k, _)| {
+            ["-buildmode", "-ldflags", "CGO_ENABLED", "-trimpath"].contains(&k.as_str())
+        })
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let _ = writeln!(
+        s,
+        "build mode:    {}{}",
+        a.build_mode,
+        if settings.is_empty() {
+            String::new()
+        } else {
+            format!(" (recorded: {})", settings.join(" "))
+        }
+    );
+    let _ = writeln!(s, "linker:        {}", a.linker);
+    let _ = writeln!(s, "pclntab:       {}", a.pclntab_source);
     let _ = writeln!(
         s,
         "functions:     {} (text starts at {:#x}; inlined calls {})",

@@ -145,7 +145,7 @@ pub fn build_version(e: &Elf<'_>, pcln: &Pclntab) -> Option<BuildVersion> {
         if let Some(version) = go_string(e, addr) {
             return Some(BuildVersion {
                 version,
-                source: "runtime.buildVersion (symbol)".into(),
+                source: "runtime.buildVersion symbol".into(),
             });
         }
     }
@@ -167,7 +167,7 @@ pub fn build_version(e: &Elf<'_>, pcln: &Pclntab) -> Option<BuildVersion> {
         if let Some(version) = go_string(e, addr) {
             return Some(BuildVersion {
                 version,
-                source: "runtime.buildVersion (found in runtime.schedinit)".into(),
+                source: "runtime.buildVersion, found in runtime.schedinit".into(),
             });
         }
     }

@@ -216,3 +216,28 @@ pub fn waiting_channels(mem: &ProcMem, a: &Analysis, gs: &[G]) -> Vec<(usize, u6
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_statuses_of_every_version() {
+        // _Gidle, _Gdead and Go 1.27's _Gdeadextra (a cgo extra M's goroutine) are not
+        // goroutines of the program; _Gleaked (10) is one, blocked forever.
+        let live: Vec<u32> = (0..=12).filter(|s| is_live(*s)).collect();
+        assert_eq!(live, vec![1, 2, 3, 4, 5, 7, 8, 9, 10, 12]);
+        let g = |status| G {
+            goid: 1,
+            status,
+            wait_reason: 0,
+            wait_since: 0,
+            gopc: 0,
+            startpc: 0,
+            parent_goid: 0,
+            waiting: 0,
+        };
+        assert_eq!(state_name(&g(STATUS_LEAKED), &[]), "leaked");
+        assert_eq!(state_name(&g(STATUS_DEAD_EXTRA), &[]), "dead (cgo extra M)");
+    }
+}
