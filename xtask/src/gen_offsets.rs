@@ -78,12 +78,12 @@ fn table_row(goroscope: &Path, version: &str) -> Result<String> {
     writeln!(
         row,
         "    (({major}, {minor}), RuntimeOffsets {{ \
-         g: GOffsets {{ atomicstatus: {}, goid: {}, waitsince: {}, waitreason: {}, parent_goid: {}, gopc: {}, startpc: {}, labels: {}, waiting: {} }}, \
+         g: GOffsets {{ atomicstatus: {}, goid: {}, waitsince: {}, waitreason: {}, parent_goid: {}, gopc: {}, startpc: {}, labels: {}, waiting: {}, sched_sp: {}, sched_pc: {}, sched_bp: {} }}, \
          sudog: SudogOffsets {{ c: {}, waitlink: {} }}, \
          cancel_ctx: Some(CancelCtxOffsets {{ context: {}, done: {}, children: {}, err: {} }}) }}),",
         num(g, "atomicstatus")?, num(g, "goid")?, num(g, "waitsince")?, num(g, "waitreason")?,
         parent, num(g, "gopc")?, num(g, "startpc")?, num(g, "labels")?,
-        num(g, "waiting")?, num(&o["sudog"], "c")?, num(&o["sudog"], "waitlink")?,
+        num(g, "waiting")?, num(g, "sched_sp")?, num(g, "sched_pc")?, num(g, "sched_bp")?, num(&o["sudog"], "c")?, num(&o["sudog"], "waitlink")?,
         num(c, "context")?, num(c, "done")?, num(c, "children")?, num(c, "err")?,
     )?;
     Ok(row)

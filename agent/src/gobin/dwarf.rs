@@ -9,7 +9,12 @@ use super::elf::Elf;
 use super::error::{Malformed, PResult};
 
 /// Structs whose layouts goroscope reads.
-pub const STRUCTS: &[&str] = &["runtime.g", "runtime.sudog", "context.cancelCtx"];
+pub const STRUCTS: &[&str] = &[
+    "runtime.g",
+    "runtime.gobuf",
+    "runtime.sudog",
+    "context.cancelCtx",
+];
 /// Variables whose addresses goroscope reads.
 pub const VARIABLES: &[&str] = &["runtime.allgs", "runtime.allglen"];
 

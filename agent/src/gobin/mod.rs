@@ -15,7 +15,7 @@ pub mod runtime_vars;
 pub mod sites;
 pub mod version;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -76,6 +76,11 @@ pub struct Analysis {
     /// the function they start, so a goroutine's start function is the user's.
     #[serde(skip)]
     pub go_wrappers: HashMap<u64, String>,
+    /// Entries of wrappers whose callee is not in their code (a call through a register:
+    /// a func literal with captured variables, an interface method): the goroutine's
+    /// stack says what they called (see `intake::goroutines::resolve_starts`).
+    #[serde(skip)]
+    pub unresolved_wrappers: HashSet<u64>,
     #[serde(skip)]
     pub pclntab: Pclntab,
 }
@@ -181,7 +186,7 @@ pub fn analyze_bytes(path: &Path, data: &[u8]) -> Result<Analysis, BinaryError> 
     let runtime_vars = runtime_vars(&elf, &pclntab, facts.as_ref());
     let wait_reasons = runtime_vars::wait_reasons(&elf);
     let sites = sites::select(&elf, &pclntab, version, offsets);
-    let go_wrappers = go_wrappers(&elf, &pclntab);
+    let (go_wrappers, unresolved_wrappers) = go_wrappers(&elf, &pclntab);
 
     Ok(Analysis {
         path: p(),
@@ -209,6 +214,7 @@ pub fn analyze_bytes(path: &Path, data: &[u8]) -> Result<Analysis, BinaryError> 
         probe_sites: sites.sites,
         missing_sites: sites.missing,
         go_wrappers,
+        unresolved_wrappers,
         pclntab,
     })
 }
@@ -334,13 +340,16 @@ impl Analysis {
 /// `go f(x)` makes the compiler start a wrapper closure (`caller.gowrapN` from Go 1.22,
 /// `caller.funcN` before) that calls `f`; so do method values (`T.M-fm`). The runtime
 /// hides such wrappers (funcID `wrapper`) in tracebacks, so a goroutine's start function
-/// is the one the wrapper calls: the single direct `CALL` outside the runtime's helpers,
-/// or, when that call was inlined into the wrapper, the inlined function. A closure
-/// the user wrote (`go func() { … }()`) is not a wrapper and keeps its name.
-fn go_wrappers(elf: &elf::Elf<'_>, pcln: &Pclntab) -> HashMap<u64, String> {
+/// is the one the wrapper calls: the function inlined into the wrapper when the call was
+/// inlined (`go func(n int) { … }(1)`), else its single direct `CALL` outside the
+/// runtime's helpers. Wrappers that call through a register are returned apart
+/// (unresolved). A closure the user wrote (`go func() { … }()`) is not a wrapper and
+/// keeps its name.
+fn go_wrappers(elf: &elf::Elf<'_>, pcln: &Pclntab) -> (HashMap<u64, String>, HashSet<u64>) {
     let mut out = HashMap::new();
+    let mut unresolved = HashSet::new();
     let Some(wrapper) = pcln.wrapper_func_id() else {
-        return out;
+        return (out, unresolved);
     };
     let helper = |n: &str| {
         [
@@ -362,6 +371,10 @@ fn go_wrappers(elf: &elf::Elf<'_>, pcln: &Pclntab) -> HashMap<u64, String> {
         {
             continue;
         }
+        if let Some(inlined) = pcln.first_inlined(f) {
+            out.insert(f.entry, inlined);
+            continue;
+        }
         let Some(calls) = sites::decode_calls(elf, f) else {
             continue;
         };
@@ -379,15 +392,12 @@ fn go_wrappers(elf: &elf::Elf<'_>, pcln: &Pclntab) -> HashMap<u64, String> {
             [only] => {
                 out.insert(f.entry, only.to_string());
             }
-            [] => {
-                if let Some(inlined) = pcln.first_inlined(f) {
-                    out.insert(f.entry, inlined);
-                }
+            _ => {
+                unresolved.insert(f.entry);
             }
-            _ => {}
         }
     }
-    out
+    (out, unresolved)
 }
 
 fn choose_offsets(

@@ -22,6 +22,11 @@ pub struct GOffsets {
     pub labels: u32,
     /// `*sudog` list of the channel operations the goroutine is blocked in.
     pub waiting: u32,
+    /// `sched.sp`, `sched.pc`, `sched.bp`: where a goroutine that is not running stopped
+    /// (`g.sched` is a `gobuf`; `bp` moved from 48 to 40 in Go 1.25).
+    pub sched_sp: u32,
+    pub sched_pc: u32,
+    pub sched_bp: u32,
 }
 
 /// Offsets in `runtime.sudog` (a goroutine waiting on a channel).
@@ -102,8 +107,11 @@ fn fields<const N: usize>(s: &StructLayout, what: &str, names: [&str; N]) -> Res
 }
 
 impl GOffsets {
-    fn from_array(a: [u32; 8], parent_goid: Option<u32>) -> Self {
+    fn from_array(a: [u32; 8], parent_goid: Option<u32>, sched: [u32; 3]) -> Self {
         GOffsets {
+            sched_sp: sched[0],
+            sched_pc: sched[1],
+            sched_bp: sched[2],
             atomicstatus: a[0],
             goid: a[1],
             waitsince: a[2],
@@ -141,7 +149,17 @@ pub fn from_dwarf(facts: &DwarfFacts) -> Result<RuntimeOffsets> {
         true => Some(fields(gl, "runtime.g", ["parentGoid"])?[0]),
         false => None,
     };
-    let g = GOffsets::from_array(fields(gl, "runtime.g", G_FIELDS)?, parent);
+    let [sched] = fields(gl, "runtime.g", ["sched"])?;
+    let gobuf = fields(
+        layout("runtime.gobuf")?,
+        "runtime.gobuf",
+        ["sp", "pc", "bp"],
+    )?;
+    let g = GOffsets::from_array(
+        fields(gl, "runtime.g", G_FIELDS)?,
+        parent,
+        gobuf.map(|f| sched + f),
+    );
     let [c, waitlink] = fields(layout("runtime.sudog")?, "runtime.sudog", SUDOG_FIELDS)?;
     let sudog = SudogOffsets { c, waitlink };
     let cancel_ctx = match facts.structs.get("context.cancelCtx") {

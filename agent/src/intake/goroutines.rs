@@ -81,6 +81,9 @@ pub struct Inventory {
     pub goroutines: Vec<G>,
     /// Live goroutines not kept because of `max` (counted, not read further).
     pub untracked: u64,
+    /// Goroutines started by a wrapper whose callee only their stack tells (see
+    /// [`resolve_starts`]), not running: `(goid, sched.pc, sched.bp)`, runtime addresses.
+    pub wrapper_stacks: Vec<(u64, u64, u64)>,
 }
 
 /// Reads the live goroutines of the process, keeping at most `max`. `bias` is the load
@@ -104,6 +107,8 @@ pub fn read(mem: &ProcMem, a: &Analysis, bias: u64, max: usize) -> Result<Invent
     }
     let o = &a.offsets.g;
     let size = [
+        o.sched_pc,
+        o.sched_bp,
         o.atomicstatus,
         o.goid,
         o.waitsince,
@@ -154,13 +159,22 @@ pub fn read(mem: &ProcMem, a: &Analysis, bias: u64, max: usize) -> Result<Invent
                 inv.untracked += 1;
                 continue;
             }
+            let startpc = u64_at(b, o.startpc).wrapping_sub(bias);
+            let stopped = matches!(status, STATUS_RUNNABLE | 3 | STATUS_WAITING | STATUS_LEAKED);
+            if stopped && a.unresolved_wrappers.contains(&startpc) {
+                inv.wrapper_stacks.push((
+                    u64_at(b, o.goid),
+                    u64_at(b, o.sched_pc),
+                    u64_at(b, o.sched_bp),
+                ));
+            }
             inv.goroutines.push(G {
                 goid: u64_at(b, o.goid),
                 status,
                 wait_reason: b[o.waitreason as usize],
                 wait_since: u64_at(b, o.waitsince) as i64,
                 gopc: u64_at(b, o.gopc).wrapping_sub(bias),
-                startpc: u64_at(b, o.startpc).wrapping_sub(bias),
+                startpc,
                 parent_goid: o.parent_goid.map_or(0, |off| u64_at(b, off)),
                 waiting: if status == STATUS_WAITING {
                     u64_at(b, o.waiting)
@@ -171,6 +185,58 @@ pub fn read(mem: &ProcMem, a: &Analysis, bias: u64, max: usize) -> Result<Invent
         }
     }
     Ok(inv)
+}
+
+/// Frames walked per stack: a wrapper's callee is the second frame from the bottom,
+/// and goroutine stacks are rarely deeper than this where they block.
+const MAX_FRAMES: usize = 128;
+
+/// What goroutines started by a wrapper that calls through a register (a func literal
+/// with captured variables, `go iface.Method()`) really run: the function the runtime's
+/// traceback shows at the bottom of their stack, above the hidden wrapper. Each stack in
+/// `stacks` (`(goid, sched.pc, sched.bp)`) is walked by its frame pointers (Go keeps them
+/// on amd64): `[bp]` is the caller's `bp`, `[bp+8]` the return address, up to
+/// `runtime.goexit`. The frame the wrapper called is the one whose return address is in
+/// the wrapper; when the wrapper's call was inlined into it, the inlined function.
+/// `None` for a stack that does not end as expected (it moved while read).
+pub fn resolve_start(mem: &ProcMem, a: &Analysis, bias: u64, pc: u64, bp: u64) -> Option<String> {
+    let mut pcs = vec![pc.wrapping_sub(bias)];
+    let mut bp = bp;
+    for _ in 0..MAX_FRAMES {
+        if bp == 0 {
+            break;
+        }
+        let mut w = [0u8; 16];
+        mem.read(bp, &mut w).ok()?;
+        let next = u64_at(&w, 0);
+        let ret = u64_at(&w, 8);
+        if ret == 0 {
+            break;
+        }
+        pcs.push(ret.wrapping_sub(bias));
+        // Callers' frames are higher on the stack.
+        if next != 0 && next <= bp {
+            return None;
+        }
+        bp = next;
+    }
+    let t = &a.pclntab;
+    let goexit = pcs
+        .iter()
+        .rposition(|p| t.func_at(*p).is_some_and(|f| f.name == "runtime.goexit"))?;
+    // pcs[goexit - 1]: the return address into the wrapper; pcs[goexit - 2]: in the
+    // function it called (the top frame's pc is where it stopped, not a return address).
+    let into_wrapper = *pcs.get(goexit.checked_sub(1)?)?;
+    let wrapper = t.func_at(into_wrapper)?;
+    if !a.unresolved_wrappers.contains(&wrapper.entry) {
+        return None;
+    }
+    let frames = t.frames_at(into_wrapper.wrapping_sub(1));
+    if frames.len() > 1 {
+        return Some(frames[frames.len() - 2].function.clone());
+    }
+    let callee = *pcs.get(goexit.checked_sub(2)?)?;
+    t.func_at(callee).map(|f| f.name.clone())
 }
 
 /// Sudogs followed per goroutine (a `select` has one per case).

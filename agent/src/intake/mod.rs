@@ -11,6 +11,7 @@ pub mod contexts;
 pub mod goroutines;
 pub mod memory;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use anyhow::Result;
@@ -39,6 +40,9 @@ pub struct Observation {
     pub kernel: Option<ProcessRecords>,
     /// What was read about the contexts in `kernel` (None when contexts are not traced).
     pub contexts: Option<ContextReads>,
+    /// Start functions read from the stacks of goroutines started by wrappers that call
+    /// through a register (by goid); the others' come from the binary alone.
+    pub starts: HashMap<u64, Arc<str>>,
 }
 
 /// Reads one traced process: its memory, and its share of the kernel's records.
@@ -49,7 +53,14 @@ pub struct ProcessReader {
     /// Load bias (PIE): runtime address = link-time address + bias.
     bias: u64,
     contexts: contexts::ContextReader,
+    /// Start functions read from stacks (see `Observation::starts`), by goid, kept while
+    /// the goroutine lives: each stack is walked once (`None`: could not be read yet).
+    starts: HashMap<u64, Option<Arc<str>>>,
 }
+
+/// Stacks walked per refresh at most, so a process with many new wrapper-started
+/// goroutines costs a bounded time per refresh (the rest are walked at the next ones).
+const STACK_WALKS_PER_REFRESH: usize = 1024;
 
 impl ProcessReader {
     pub fn new(id: ProcessId, analysis: Arc<Analysis>) -> Result<ProcessReader> {
@@ -65,6 +76,7 @@ impl ProcessReader {
             mem: ProcMem::new(id.pid),
             bias,
             contexts: Default::default(),
+            starts: HashMap::new(),
         })
     }
 
@@ -86,9 +98,17 @@ impl ProcessReader {
         let now_ns = mono_ns();
         let (inventory, untracked) =
             match goroutines::read(&self.mem, &self.analysis, self.bias, max_goroutines) {
-                Ok(inv) => (Ok(inv.goroutines), inv.untracked),
+                Ok(inv) => {
+                    self.resolve_starts(&inv.goroutines, &inv.wrapper_stacks);
+                    (Ok(inv.goroutines), inv.untracked)
+                }
                 Err(e) => (Err(format!("{e:#}")), 0),
             };
+        let starts = self
+            .starts
+            .iter()
+            .filter_map(|(goid, s)| Some((*goid, s.clone()?)))
+            .collect();
         let kernel = kernel.map(|k| rebase(k, self.bias));
         let contexts = kernel.as_ref().and_then(|k| k.contexts.as_ref()).map(|c| {
             self.contexts.read(
@@ -105,6 +125,26 @@ impl ProcessReader {
             untracked,
             kernel,
             contexts,
+            starts,
+        }
+    }
+
+    /// Walks the stacks not walked yet (a bounded number per refresh); forgets the
+    /// goroutines that exited.
+    fn resolve_starts(&mut self, gs: &[G], stacks: &[(u64, u64, u64)]) {
+        let live: HashSet<u64> = gs.iter().map(|g| g.goid).collect();
+        self.starts.retain(|goid, _| live.contains(goid));
+        let mut budget = STACK_WALKS_PER_REFRESH;
+        for &(goid, pc, bp) in stacks {
+            if budget == 0 {
+                break;
+            }
+            if matches!(self.starts.get(&goid), Some(Some(_))) {
+                continue;
+            }
+            budget -= 1;
+            let name = goroutines::resolve_start(&self.mem, &self.analysis, self.bias, pc, bp);
+            self.starts.insert(goid, name.map(Arc::from));
         }
     }
 }

@@ -215,9 +215,12 @@ impl Tracker {
                     parent_goid: g.parent_goid,
                     state: goroutines::state_name(g, sym.wait_reasons()),
                     created_at,
-                    start_function: sym
-                        .start_function(g.startpc)
-                        .unwrap_or_else(|| format!("{:#x}", g.startpc)),
+                    start_function: match obs.starts.get(&g.goid) {
+                        Some(s) => s.to_string(),
+                        None => sym
+                            .start_function(g.startpc)
+                            .unwrap_or_else(|| format!("{:#x}", g.startpc)),
+                    },
                     age_seconds: age_ns as f64 / 1e9,
                     age_is_lower_bound: lower,
                     waiting: g.status == STATUS_WAITING,

@@ -94,7 +94,26 @@ fn obs(secs: u64, inventory: Vec<G>, kernel: Option<ProcessRecords>) -> Observat
         untracked: 0,
         kernel,
         contexts: None,
+        starts: Default::default(),
     }
+}
+
+/// A start function read from a goroutine's stack (a wrapper that calls through a
+/// register) wins over the binary's guess, for that goroutine only.
+#[test]
+fn start_read_from_the_stack_wins() {
+    let mut t = Tracker::new(meta(), &obs(0, vec![], None), &FakeBinary);
+    let mut o = obs(1, vec![g(1, SITE_A), g(2, SITE_A), g(3, SITE_A)], None);
+    o.starts.insert(1, "main.literal".into());
+    o.starts.insert(2, "main.literal".into());
+    let table = t.update(&o, &FakeBinary);
+    let starts: Vec<&str> = table
+        .goroutines
+        .iter()
+        .map(|g| g.start_function.as_str())
+        .collect();
+    assert_eq!(starts, ["main.literal", "main.literal", "main.start11"]);
+    assert_eq!(site(&table, SITE_A).start_function, "main.literal");
 }
 
 /// Kernel records: goroutines created while attached (`(goid, gopc, created at s)`), and
