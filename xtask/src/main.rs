@@ -1,7 +1,8 @@
 //! `cargo xtask …`: everything that is not plain cargo, one module per task.
 //!
 //! - `setup`       installs what the build and tests need (Debian packages, bpf-linker, Go
-//!   toolchains for the fixtures, the deploy/ tests' tools); idempotent and quick when all is there.
+//!   toolchains for the fixtures, the deploy/ tests' tools, the real Go programs of the oracle
+//!   tests); idempotent and quick when all is there.
 //! - `fixtures`    builds the Go test programs for every Go version of the matrix.
 //! - `test`        setup + fixtures + lint + `cargo test` (the README's test command).
 //! - `lint`        `cargo fmt --check` and `cargo clippy -- -D warnings`.
@@ -35,7 +36,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install missing build and test dependencies (apt, bpf-linker, Go toolchains).
+    /// Install missing build and test dependencies (apt, bpf-linker, Go toolchains, real
+    /// Go programs from npm).
     Setup,
     /// Build the Go fixtures for every Go version of the matrix (incremental).
     Fixtures,

