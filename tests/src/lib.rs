@@ -1,11 +1,14 @@
 //! Helpers for goroscope's integration tests: the Go fixture builds (made by
 //! `cargo xtask fixtures`), driving fixture processes, and the BPF privilege gate;
-//! [`containerd`]: a private containerd making real pods over CRI.
+//! [`containerd`]: a private containerd making real pods over CRI; [`real`]: real Go
+//! programs nobody here wrote and their own tracebacks, the oracle of
+//! tests/tests/real_binaries.rs.
 
 pub mod containerd;
 
 pub mod deploy;
 pub mod prometheus;
+pub mod real;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
