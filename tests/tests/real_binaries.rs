@@ -535,8 +535,8 @@ fn assert_consistent(what: &str, before: &Refresh, after: &Refresh) {
 ///   reader, `prometheus.(*Registry).Gather`'s closer and the worker running the Go
 ///   collector, plus however many more workers Gather had started by then (scheduling
 ///   decides: etcd answers 44 or 45 in a row). So it must lie between goroscope's count
-///   + 4 and goroscope's count + 2 + the goroutines created at Gather's sites meanwhile
-///   (counted by goroscope's probes; they all exit).
+///   plus 4 and goroscope's count plus 2 plus the goroutines created at Gather's sites
+///   meanwhile (counted by goroscope's probes; they all exit).
 ///
 /// Returns `(r1, pprof total, go_goroutines)`.
 fn own_counts(what: &str, agent: &Agent, pid: u32, addr: &str) -> (Refresh, u64, u64) {
