@@ -34,7 +34,7 @@ use crate::{goroscope_json, wait_for};
 /// (`REAL_NPM`): keep the directories here in step with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Program {
-    /// npm `@esbuild/linux-x64` 0.28.2: Go 1.26, stripped, no `.go.buildinfo`.
+    /// npm `@esbuild/linux-x64` 0.28.2: Go 1.26.5, stripped, no `.go.buildinfo`.
     Esbuild,
     /// npm `@bufbuild/buf-linux-x64` 1.75.0: Go 1.27, stripped, static.
     Buf,
@@ -58,6 +58,27 @@ impl Program {
         }
     }
 
+    /// The Go version that built it: from its build info (`go version`), except for
+    /// esbuild, which has none (its `runtime.buildVersion` string, fixed by the pin).
+    pub fn go_version(self) -> String {
+        match self {
+            Program::Esbuild => "go1.26.5".to_string(),
+            p => {
+                build_info(&p.path())
+                    .unwrap_or_else(|| panic!("{p:?}: no build info"))
+                    .go_version
+            }
+        }
+    }
+
+    pub const ALL: [Program; 5] = [
+        Program::Esbuild,
+        Program::Buf,
+        Program::Lefthook,
+        Program::Prometheus,
+        Program::Etcd,
+    ];
+
     fn source(self) -> &'static str {
         match self {
             Program::Esbuild => "npm @esbuild/linux-x64@0.28.2",
@@ -67,6 +88,100 @@ impl Program {
             Program::Etcd => "Debian package etcd-server",
         }
     }
+}
+
+/// What the ELF file itself says about how a program was built, read without goroscope:
+/// the ground truth `inspect-binary` is checked against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ElfFacts {
+    /// `ET_DYN`: position-independent (`-buildmode=pie`).
+    pub pie: bool,
+    /// A `PT_INTERP`: dynamically linked (cgo here).
+    pub dynamic: bool,
+    /// `.comment` names GCC or clang: linked by the external linker (Go's own writes
+    /// no `.comment`).
+    pub external_linker: bool,
+    pub gopclntab_section: bool,
+    pub buildinfo_section: bool,
+    pub has_symbols: bool,
+    pub has_dwarf: bool,
+}
+
+impl ElfFacts {
+    pub fn of(path: &Path) -> ElfFacts {
+        use object::{Object, ObjectSection};
+        let data = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let elf = object::File::parse(&*data).expect("an ELF file");
+        let section = |name: &str| elf.section_by_name(name);
+        let comment = section(".comment")
+            .and_then(|s| s.data().ok())
+            .map(|d| String::from_utf8_lossy(d).into_owned())
+            .unwrap_or_default();
+        let object::File::Elf64(e) = &elf else {
+            panic!("{}: not a 64-bit ELF", path.display())
+        };
+        use object::read::elf::{FileHeader, ProgramHeader};
+        let endian = e.endian();
+        let header = e.elf_header();
+        let dynamic = header
+            .program_headers(endian, &*data)
+            .expect("program headers")
+            .iter()
+            .any(|ph| ph.p_type(endian) == object::elf::PT_INTERP);
+        ElfFacts {
+            pie: header.e_type(endian) == object::elf::ET_DYN,
+            dynamic,
+            external_linker: comment.contains("GCC:") || comment.contains("clang"),
+            gopclntab_section: section(".gopclntab").is_some(),
+            buildinfo_section: section(".go.buildinfo").is_some(),
+            has_symbols: section(".symtab").is_some(),
+            has_dwarf: section(".debug_info").is_some() || section(".zdebug_info").is_some(),
+        }
+    }
+}
+
+/// What a binary's `.go.buildinfo` records, read by Go's own reader (`go version -m`, a
+/// toolchain of the fixtures' matrix).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildInfo {
+    pub go_version: String,
+    /// The main package (`path`).
+    pub path: Option<String>,
+    /// The main module (`mod`; none in a GOPATH build such as Debian's).
+    pub module: Option<String>,
+}
+
+/// None without build info.
+pub fn build_info(binary: &Path) -> Option<BuildInfo> {
+    let go = std::fs::read_dir(cache_dir().join("go"))
+        .ok()?
+        .flatten()
+        .map(|d| d.path().join("go/bin/go"))
+        .find(|p| p.is_file())
+        .expect("a Go toolchain in the cache: run `cargo xtask setup`");
+    let out = Command::new(go)
+        .arg("version")
+        .arg("-m")
+        .arg(binary)
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let go_version = lines.next()?.rsplit(' ').next()?.to_string();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.trim_start().strip_prefix(&format!("{name}\t")))
+            .and_then(|l| l.split('\t').next())
+            .map(str::to_string)
+    };
+    Some(BuildInfo {
+        go_version,
+        path: field("path"),
+        module: field("mod"),
+    })
 }
 
 /// `GOROSCOPE_CACHE`, else `~/.cache/goroscope` (as `cache_dir` in xtask/src/project.rs).

@@ -38,8 +38,9 @@ use serde_json::{json, Value};
 
 use integration_tests::deploy::TempDir;
 use integration_tests::real::{
-    around, compare, is_system_start, pprof_in_handlers, pprof_oracle, pprof_total, program, quiet,
-    render_sites, write_files, Comparison, IdleConn, Lsp, Program, Target, View,
+    around, build_info, compare, is_system_start, pprof_in_handlers, pprof_oracle, pprof_total,
+    program, quiet, render_sites, write_files, Comparison, ElfFacts, IdleConn, Lsp, Program,
+    Target, View,
 };
 use integration_tests::{bpf_allowed, free_port, http_get, parse_metrics, wait_for, Agent};
 
@@ -365,6 +366,66 @@ fn etcd_snapshot_matches_pprof_debug2() {
     };
     let (mut t, addr) = start_etcd(&exe);
     pprof_oracle_compare(what, &mut t, &addr);
+}
+
+/// `inspect-binary --json` on every real program against what the ELF file and Go's own
+/// build-info reader say: the Go version, the main package and module (where there is
+/// build info: esbuild has none, so they may be unknown), PIE, symbols, DWARF; and every
+/// probe site found. Every program is
+/// tried; the failures are listed together.
+#[test]
+fn inspect_binary_describes_real_programs() {
+    let what = "inspect_binary_describes_real_programs";
+    let mut failures = Vec::new();
+    let mut table = String::new();
+    for p in Program::ALL {
+        let Some(path) = program(what, p) else {
+            continue;
+        };
+        let elf = ElfFacts::of(&path);
+        let truth_version = p.go_version();
+        let info = build_info(&path);
+        table.push_str(&format!("  {p:?}: {truth_version}, {info:?}, {elf:?}\n"));
+        let out = Command::new(integration_tests::goroscope_bin())
+            .args(["inspect-binary", "--json"])
+            .arg(&path)
+            .output()
+            .expect("run goroscope");
+        if !out.status.success() {
+            failures.push(format!(
+                "{p:?}: inspect-binary failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+            continue;
+        }
+        let j: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        let mut check = |field: &str, got: &Value, want: Value| {
+            if *got != want {
+                failures.push(format!("{p:?}: {field} is {got}, want {want}"));
+            }
+        };
+        check("go_version", &j["go_version"], json!(truth_version));
+        if let Some(info) = &info {
+            check("module", &j["module"], json!(info.module));
+            check("main_path", &j["main_path"], json!(info.path));
+        }
+        check("pie", &j["pie"], json!(elf.pie));
+        check("has_symbols", &j["has_symbols"], json!(elf.has_symbols));
+        check("has_dwarf", &j["has_dwarf"], json!(elf.has_dwarf));
+        if j["functions"].as_u64().unwrap_or(0) < 1000 {
+            failures.push(format!("{p:?}: functions {}", j["functions"]));
+        }
+        if !j["missing_sites"].as_array().is_some_and(|m| m.is_empty()) {
+            failures.push(format!("{p:?}: missing probe sites {}", j["missing_sites"]));
+        }
+    }
+    eprintln!("{what}: ground truth\n{table}");
+    assert!(
+        failures.is_empty(),
+        "{what}:\n  {}\nground truth:\n{table}",
+        failures.join("\n  ")
+    );
 }
 
 // ---------------------------------------------------------------------------------------
