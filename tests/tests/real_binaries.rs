@@ -42,7 +42,7 @@ use integration_tests::real::{
     program, quiet, render_sites, write_files, Comparison, ElfFacts, IdleConn, Lsp, Program,
     Target, View,
 };
-use integration_tests::{bpf_allowed, free_port, http_get, parse_metrics, wait_for, Agent};
+use integration_tests::{bpf_allowed, free_port, http_get, wait_for, Agent};
 
 const QUIET_GAP: Duration = Duration::from_millis(300);
 const QUIET_TIMEOUT: Duration = Duration::from_secs(20);
@@ -499,6 +499,15 @@ impl Refresh {
             .sum()
     }
 
+    /// Goroutines created since `before` at sites that are not the runtime's.
+    fn user_created_since(&self, before: &Refresh) -> u64 {
+        self.sites
+            .iter()
+            .filter(|(_, v)| !is_system_start(&v.3))
+            .map(|(k, v)| v.1 - before.sites.get(k).map_or(0, |b| b.1))
+            .sum()
+    }
+
     /// An HTTP request in flight: a handler's background reader is alive.
     fn busy(&self) -> bool {
         self.sites
@@ -595,9 +604,10 @@ fn assert_consistent(what: &str, before: &Refresh, after: &Refresh) {
 ///   the scrape, when the scrape's own goroutines are alive: the handler, the background
 ///   reader, `prometheus.(*Registry).Gather`'s closer and the worker running the Go
 ///   collector, plus however many more workers Gather had started by then (scheduling
-///   decides: etcd answers 44 or 45 in a row). So it must lie between goroscope's count
-///   plus 4 and goroscope's count plus 2 plus the goroutines created at Gather's sites
-///   meanwhile (counted by goroscope's probes; they all exit).
+///   decides: etcd answers 44 or 45 in a row, same program, same state). No outside
+///   observer can know that number, so the check is a bracket: at least goroscope's count
+///   plus those 4, at most goroscope's count plus every goroutine created meanwhile
+///   (counted by goroscope's probes; all exited, since `r0` and `r1` agree).
 ///
 /// Returns `(r1, pprof total, go_goroutines)`.
 fn own_counts(what: &str, agent: &Agent, pid: u32, addr: &str) -> (Refresh, u64, u64) {
@@ -610,11 +620,14 @@ fn own_counts(what: &str, agent: &Agent, pid: u32, addr: &str) -> (Refresh, u64,
             continue;
         }
         let metrics = http_get(addr, "/metrics", None).expect("metrics");
-        let g = parse_metrics(&metrics.body)
-            .into_iter()
-            .find(|(n, l, _)| n == "go_goroutines" && l.is_empty())
-            .expect("go_goroutines")
-            .2 as u64;
+        let g: u64 = metrics
+            .body
+            .lines()
+            .find_map(|l| l.strip_prefix("go_goroutines "))
+            .unwrap_or_else(|| panic!("{what}: no go_goroutines in /metrics"))
+            .trim()
+            .parse()
+            .expect("go_goroutines is a count");
         let r1 = r0.next(agent, pid);
         if r1.live_by_site() != r0.live_by_site() || r1.busy() {
             eprintln!("{what}: moved around the program's own counts; again");
@@ -636,16 +649,19 @@ fn own_counts(what: &str, agent: &Agent, pid: u32, addr: &str) -> (Refresh, u64,
             gather, gather_exited,
             "{what}: Gather's goroutines all exit"
         );
+        let created = r1.user_created_since(&r0);
         assert!(
-            (n + 4..=n + 2 + gather).contains(&g),
+            (n + 4..=n + created).contains(&g),
             "{what}: go_goroutines {g} outside [{}, {}]: goroscope's {n} non-system \
-             goroutines + the scrape's own (4 to 2 + {gather} created at Gather)",
+             goroutines + the scrape's own: at least 4, at most the {created} goroutines \
+             created meanwhile ({gather} at Gather)",
             n + 4,
-            n + 2 + gather
+            n + created
         );
         eprintln!(
             "{what}: goroscope {} live ({n} non-system); pprof total {total} = {n} + 2; \
-             go_goroutines {g} = {n} + {} (scrape: {gather} goroutines created at Gather)",
+             go_goroutines {g} = {n} + {} ({created} goroutines created meanwhile, {gather} \
+             at Gather)",
             r1.live,
             g - n
         );
