@@ -498,8 +498,8 @@ pub struct Site {
 
 impl View {
     /// The oracle's view of `gs` (goroutine 0 left out). `default_level`: the traceback
-    /// was printed at the default level (`/debug/pprof/goroutine?debug=2` of a program
-    /// run without `GOTRACEBACK`), which hides the runtime's frames, and so the main
+    /// was printed at the default level (`/debug/pprof/goroutine?debug=2`: `runtime.Stack`
+    /// forces it whatever `GOTRACEBACK` says), which hides the runtime's frames, and so the main
     /// goroutine's start function `runtime.main` below `main.main`.
     pub fn of_traceback(gs: &[Goroutine], default_level: bool) -> View {
         let mut v = View::default();
@@ -938,7 +938,7 @@ fn is_background_reader(g: &Goroutine) -> bool {
 }
 
 /// Go's own notion of a system goroutine (`runtime.isSystemGoroutine`), which
-/// `runtime.NumGoroutine`, debug=2 and `GOTRACEBACK=all` leave out: started in package
+/// `runtime.NumGoroutine` and debug=2 leave out: started in package
 /// `runtime`, except `runtime.main` (and the finalizer goroutine while it runs a
 /// finalizer, never in a quiet program).
 pub fn is_system_start(start: &str) -> bool {
