@@ -98,8 +98,9 @@ pub struct ElfFacts {
     pub pie: bool,
     /// A `PT_INTERP`: dynamically linked (cgo here).
     pub dynamic: bool,
-    /// `.comment` names GCC or clang: linked by the external linker (Go's own writes
-    /// no `.comment`).
+    /// Linked by the external (C) linker: `.comment` names GCC or clang, or the C
+    /// toolchain's startup objects left `.init` and `.eh_frame` (Go's own linker writes
+    /// none of them; Debian's `dh_strip` removes `.comment`, not those).
     pub external_linker: bool,
     pub gopclntab_section: bool,
     pub buildinfo_section: bool,
@@ -131,7 +132,9 @@ impl ElfFacts {
         ElfFacts {
             pie: header.e_type(endian) == object::elf::ET_DYN,
             dynamic,
-            external_linker: comment.contains("GCC:") || comment.contains("clang"),
+            external_linker: comment.contains("GCC:")
+                || comment.contains("clang")
+                || (section(".init").is_some() && section(".eh_frame").is_some()),
             gopclntab_section: section(".gopclntab").is_some(),
             buildinfo_section: section(".go.buildinfo").is_some(),
             has_symbols: section(".symtab").is_some(),

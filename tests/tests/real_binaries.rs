@@ -372,8 +372,10 @@ fn etcd_snapshot_matches_pprof_debug2() {
 
 /// `inspect-binary --json` on every real program against what the ELF file and Go's own
 /// build-info reader say: the Go version, the main package and module (where there is
-/// build info: esbuild has none, so they may be unknown), PIE, symbols, DWARF; and every
-/// probe site found. Every program is
+/// build info: esbuild has none, so they may be unknown), PIE, symbols, DWARF, the build
+/// mode and linker, where pclntab and the version came from (issue 11 item 7: none of
+/// these five is PIE; prometheus and etcd are cgo, dynamically linked by the external
+/// linker); and every probe site found. Every program is
 /// tried; the failures are listed together.
 #[test]
 fn inspect_binary_describes_real_programs() {
@@ -402,19 +404,69 @@ fn inspect_binary_describes_real_programs() {
             continue;
         }
         let j: Value = serde_json::from_slice(&out.stdout).expect("JSON");
-        let mut check = |field: &str, got: &Value, want: Value| {
-            if *got != want {
-                failures.push(format!("{p:?}: {field} is {got}, want {want}"));
+        let mut wrong = Vec::new();
+        let mut check = |field: &str, ok: bool, want: &str| {
+            if !ok {
+                wrong.push(format!("{p:?}: {field} is {}, want {want}", j[field]));
             }
         };
-        check("go_version", &j["go_version"], json!(truth_version));
+        let is = |field: &str, want: Value| j[field] == want;
+        check(
+            "go_version",
+            is("go_version", json!(truth_version)),
+            &truth_version,
+        );
         if let Some(info) = &info {
-            check("module", &j["module"], json!(info.module));
-            check("main_path", &j["main_path"], json!(info.path));
+            check(
+                "module",
+                is("module", json!(info.module)),
+                &format!("{:?}", info.module),
+            );
+            check(
+                "main_path",
+                is("main_path", json!(info.path)),
+                &format!("{:?}", info.path),
+            );
         }
-        check("pie", &j["pie"], json!(elf.pie));
-        check("has_symbols", &j["has_symbols"], json!(elf.has_symbols));
-        check("has_dwarf", &j["has_dwarf"], json!(elf.has_dwarf));
+        check("pie", is("pie", json!(elf.pie)), &elf.pie.to_string());
+        let symbols = elf.has_symbols.to_string();
+        check(
+            "has_symbols",
+            is("has_symbols", json!(elf.has_symbols)),
+            &symbols,
+        );
+        check(
+            "has_dwarf",
+            is("has_dwarf", json!(elf.has_dwarf)),
+            &elf.has_dwarf.to_string(),
+        );
+        // Issue 11 item 7: how it was built, where pclntab and the version came from.
+        let mode = match (elf.pie, elf.dynamic) {
+            (false, false) => "static exe",
+            (false, true) => "exe",
+            (true, true) => "pie",
+            (true, false) => "static-pie",
+        };
+        check("build_mode", is("build_mode", json!(mode)), mode);
+        let linker = j["linker"].as_str().unwrap_or_default();
+        if elf.external_linker {
+            check("linker", linker.starts_with("external"), "external…");
+        } else {
+            check("linker", linker == "Go (internal)", "Go (internal)");
+        }
+        if elf.gopclntab_section {
+            let want = "section .gopclntab";
+            check("pclntab_source", is("pclntab_source", json!(want)), want);
+        }
+        let version_source = j["version_source"].as_str().unwrap_or_default();
+        if elf.buildinfo_section {
+            let want = "section .go.buildinfo";
+            check("version_source", version_source == want, want);
+        } else {
+            let ok = version_source.starts_with("runtime.buildVersion");
+            check("version_source", ok, "runtime.buildVersion…");
+        }
+        failures.extend(wrong);
         if j["functions"].as_u64().unwrap_or(0) < 1000 {
             failures.push(format!("{p:?}: functions {}", j["functions"]));
         }
