@@ -113,3 +113,47 @@ fn cgo_callbacks_leave_no_phantom_goroutine() {
         assert!(p.finish().success(), "{what}");
     }
 }
+
+/// The same programs against their own SIGQUIT dump (every goroutine, the runtime's own
+/// too): same goroutines per creation site, same start functions, goroutine by goroutine.
+/// Go 1.22+ only: a SIGQUIT dump prints every frame, wrappers included, and before 1.22
+/// a `go f(x)` wrapper is named like a closure (`main.main.func2`), so the dump cannot
+/// tell it from the user's own (Go 1.19 is compared against `debug=2`, which hides
+/// wrappers, in `real_binaries.rs`).
+#[test]
+fn starts_and_cgo_callbacks_match_the_sigquit_dump() {
+    use integration_tests::real::{compare, parse_traceback, quiet, Target, View};
+    use std::io::BufRead;
+    use std::time::Duration;
+    let mut all = builds("starts");
+    all.extend(
+        builds("cgocallback")
+            .into_iter()
+            .filter(|f| f.variant == "staticpie"),
+    );
+    for f in all.into_iter().filter(|f| f.line() >= (1, 22)) {
+        let what = format!("{} Go {} {}", f.name, f.go, f.variant);
+        let dir = integration_tests::deploy::TempDir::new(&format!("sigquit-{}", f.name));
+        let mut cmd = std::process::Command::new(&f.path);
+        cmd.env("GOTRACEBACK", "system");
+        let mut t = Target::start(&what, cmd, dir);
+        let mut out = std::io::BufReader::new(t.stdout.take().unwrap());
+        let mut ready = String::new();
+        out.read_line(&mut ready).unwrap();
+        assert!(ready.starts_with("ready "), "{what}: {ready}");
+        let (a, b) = quiet(
+            &what,
+            t.pid,
+            Duration::from_millis(200),
+            Duration::from_secs(20),
+        );
+        t.assert_alive("after goroscope's snapshots");
+        let oracle = View::of_traceback(&parse_traceback(&t.sigquit()), false);
+        let c = compare(&what, &oracle, &a, &b);
+        assert!(
+            c.state_mismatches.is_empty(),
+            "{what}: {:?}",
+            c.state_mismatches
+        );
+    }
+}
