@@ -1,6 +1,8 @@
-//! Go binary analysis: version and module (`.go.buildinfo`), functions and source lines
-//! (`.gopclntab`), runtime struct layouts (DWARF or the built-in table), and probe sites
-//! (x86-64 decoding). Works on stripped (`-ldflags="-s -w"`), PIE and cgo binaries.
+//! Go binary analysis: version and module (`.go.buildinfo`, else `runtime.buildVersion`),
+//! functions and source lines (the pclntab, with or without a section of its own: see
+//! `locate`), runtime struct layouts (DWARF or the built-in table), and probe sites
+//! (x86-64 decoding). Works on Go 1.19–1.27, stripped (`-ldflags="-s -w"`), PIE, cgo and
+//! externally linked (static-pie included) binaries.
 
 pub mod buildinfo;
 pub mod dwarf;
