@@ -149,7 +149,7 @@ fn done_channels(mem: &ProcMem, done_off: u32, live: &HashMap<u64, CtxInfo>) -> 
     out
 }
 
-/// `abi.Type` (Go 1.21–1.27): `Kind_` at byte 23 (low 5 bits), and for a `ChanType`
+/// `abi.Type` (Go 1.21–1.27; `runtime._type` in 1.19 has the same layout): `Kind_` at byte 23 (low 5 bits), and for a `ChanType`
 /// `Elem` at 48 and `Dir` at 56.
 const TYPE_KIND: usize = 23;
 const KIND_MASK: u8 = 0x1f;
