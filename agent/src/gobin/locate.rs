@@ -5,7 +5,7 @@
 //!   PIE before Go 1.26), else the `runtime.pclntab` symbol, else the moduledata's
 //!   `pcHeader` (symbol `runtime.firstmoduledata`), else a scan of the read-only data
 //!   for the pclntab header (magic, `00 00`, pc quantum 1, pointer size 8), preferring a
-//!   header some data word points at (the moduledata). With the external linker and
+//!   header a moduledata points at. With the external linker and
 //!   `-buildmode=pie` (cgo, `-linkmode=external`, static-pie) the table has no section
 //!   of its own: it sits inside `.data.rel.ro`.
 //! - version: `.go.buildinfo` (or its magic anywhere in the file), else
@@ -14,13 +14,13 @@
 //!   empty (`MOV qword [rip+buildVersion+8], 7`, every version since 1.5).
 
 use iced_x86::{Decoder, DecoderOptions, Mnemonic, OpKind, Register};
-use object::read::elf::SectionHeader;
 use object::{elf, Object, ObjectSection};
 use serde::Serialize;
 
 use super::elf::Elf;
 use super::error::Bytes;
-use super::pclntab::{Pclntab, MAGIC_GO118, MAGIC_GO120};
+use super::moduledata;
+use super::pclntab::{funcnametab_offset, Pclntab, MAGIC_GO118, MAGIC_GO120};
 
 /// pclntab magics of toolchains goroscope does not read (Go 1.2–1.15 and 1.16–1.17).
 pub const MAGIC_GO12: u32 = 0xfffffffb;
@@ -81,10 +81,9 @@ fn header_magic(data: &[u8]) -> Option<u32> {
     (known && data.get(4..8) == Some(&[0, 0, 1, 8][..])).then_some(magic)
 }
 
-/// Headers in the allocated, non-executable sections; the first one a data word (or a
-/// relocation) points at wins, else the first one.
+/// Headers in the allocated, non-executable sections; the first one a moduledata points
+/// at wins, else the first one.
 fn scan<'d>(e: &Elf<'d>) -> Option<Located<'d>> {
-    let en = e.file.endian();
     let mut found: Vec<(u64, &'d [u8], u32, String)> = Vec::new();
     for s in e.file.sections() {
         let Ok(name) = s.name() else { continue };
@@ -107,21 +106,12 @@ fn scan<'d>(e: &Elf<'d>) -> Option<Located<'d>> {
             }
         }
     }
-    let referenced = |addr: u64| {
-        e.relative_relocs().values().any(|v| *v == addr) || {
-            let needle = addr.to_le_bytes();
-            e.file.elf_section_table().iter().any(|sh| {
-                sh.sh_type(en) == elf::SHT_PROGBITS
-                    && sh.sh_flags(en) & u64::from(elf::SHF_WRITE) != 0
-                    && sh
-                        .data(en, e.data)
-                        .is_ok_and(|d| d.chunks_exact(8).any(|w| w == needle))
-            })
-        }
+    let by_moduledata = |addr: u64, data: &[u8]| {
+        funcnametab_offset(data).is_ok_and(|f| moduledata::find(e, addr, f).is_some())
     };
     let pick = found
         .iter()
-        .position(|(addr, ..)| referenced(*addr))
+        .position(|(addr, data, ..)| by_moduledata(*addr, data))
         .unwrap_or(0);
     let (addr, data, magic, section) = found.into_iter().nth(pick)?;
     Some(Located {

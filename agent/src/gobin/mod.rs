@@ -80,7 +80,7 @@ pub struct Analysis {
     pub go_wrappers: HashMap<u64, String>,
     /// Entries of wrappers whose callee is not in their code (a call through a register:
     /// a func literal with captured variables, an interface method): the goroutine's
-    /// stack says what they called (see `intake::goroutines::resolve_starts`).
+    /// stack says what they called (see `intake::goroutines::resolve_start`).
     #[serde(skip)]
     pub unresolved_wrappers: HashSet<u64>,
     #[serde(skip)]
@@ -129,12 +129,14 @@ pub fn analyze_bytes(path: &Path, data: &[u8]) -> Result<Analysis, BinaryError> 
             ))),
         });
     };
-    if let Some((i, _)) = &info {
-        check_supported(path, &i.go_version)?;
-    }
+    // The recorded build info with its version, if that version is supported.
+    let recorded = info
+        .map(|(i, source)| check_supported(path, &i.go_version).map(|v| (i, source, v)))
+        .transpose()?;
     // An old table with no build info to say otherwise: an old toolchain. (With build
     // info of a supported version, an old table is corrupt: the parse says so.)
-    if info.is_none() && ![pclntab::MAGIC_GO118, pclntab::MAGIC_GO120].contains(&located.magic) {
+    if recorded.is_none() && ![pclntab::MAGIC_GO118, pclntab::MAGIC_GO120].contains(&located.magic)
+    {
         return Err(BinaryError::UnsupportedGoVersion {
             path: p(),
             found: format!(
@@ -145,8 +147,8 @@ pub fn analyze_bytes(path: &Path, data: &[u8]) -> Result<Analysis, BinaryError> 
     }
     let (mut pclntab, md) = read_pclntab(&elf, &located).map_err(corrupt)?;
 
-    let (info, version_source) = match info {
-        Some((i, source)) => (i, source),
+    let (info, version_source, version) = match recorded {
+        Some(r) => r,
         None => {
             let Some(v) = locate::build_version(&elf, &pclntab) else {
                 return Err(BinaryError::Unsupported {
@@ -156,16 +158,16 @@ pub fn analyze_bytes(path: &Path, data: &[u8]) -> Result<Analysis, BinaryError> 
                         .into(),
                 });
             };
+            let version = check_supported(path, &v.version)?;
             let info = buildinfo::BuildInfo {
                 go_version: v.version,
                 main_path: None,
                 module: None,
                 settings: Vec::new(),
             };
-            (info, v.source)
+            (info, v.source, version)
         }
     };
-    let version = check_supported(path, &info.go_version)?;
     if !locate::magic_matches(pclntab.magic, version) {
         return Err(corrupt(Malformed::new(format!(
             "version {} disagrees with its function table, whose format is that of Go {}",
@@ -269,10 +271,8 @@ fn read_pclntab(
     elf: &elf::Elf<'_>,
     located: &locate::Located<'_>,
 ) -> Result<(Pclntab, Option<u64>), Malformed> {
-    use error::Bytes;
     let addr = located.addr;
-    let funcnametab = located.data.u64_at(8 + 3 * 8)?;
-    let md = moduledata::find(elf, addr, funcnametab);
+    let md = moduledata::find(elf, addr, pclntab::funcnametab_offset(located.data)?);
     let pclntab = Pclntab::parse(located.data, |header| {
         // 0 until relocated in PIE binaries; with the external linker, not even
         // relocated (the runtime uses moduledata.text).

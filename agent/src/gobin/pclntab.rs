@@ -102,6 +102,13 @@ const FUNC_NPCDATA: usize = 28;
 const PCDATA_INL_TREE_INDEX: usize = 2;
 const FUNCDATA_INL_TREE: usize = 3;
 
+/// Offset of the function name table in the pclntab whose header starts `header`
+/// (`moduledata.funcnametab` points there): read before the table is parsed, to find
+/// the moduledata that gives the text start.
+pub fn funcnametab_offset(header: &[u8]) -> PResult<u64> {
+    Ok(word(header, 3)? as u64)
+}
+
 /// Reads a header word as an offset into the table.
 fn word(data: &[u8], idx: usize) -> PResult<usize> {
     let v = data.u64_at(8 + idx * 8)?;
@@ -271,12 +278,6 @@ impl Pclntab {
             file: file.to_string(),
             line: u32::try_from(line).ok()?,
         })
-    }
-
-    /// Offset of the function name table in the pclntab (`moduledata.funcnametab` points
-    /// there).
-    pub fn funcnametab_offset(&self) -> u64 {
-        self.funcnametab as u64
     }
 
     /// Gives the bytes of the binary from `go:func.*` on, which enables naming inlined
