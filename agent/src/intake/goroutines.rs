@@ -36,6 +36,7 @@ pub struct G {
 pub const STATUS_IDLE: u32 = 0;
 pub const STATUS_RUNNABLE: u32 = 1;
 pub const STATUS_RUNNING: u32 = 2;
+pub const STATUS_SYSCALL: u32 = 3;
 pub const STATUS_WAITING: u32 = 4;
 pub const STATUS_DEAD: u32 = 6;
 /// `_Gleaked` (Go 1.26 with `GOEXPERIMENT=goroutineleakprofile`, 1.27): a goroutine the
@@ -56,7 +57,7 @@ pub fn state_name(g: &G, wait_reasons: &[String]) -> String {
         0 => "idle".into(),
         STATUS_RUNNABLE => "runnable".into(),
         STATUS_RUNNING => "running".into(),
-        3 => "syscall".into(),
+        STATUS_SYSCALL => "syscall".into(),
         STATUS_WAITING => match wait_reasons.get(g.wait_reason as usize) {
             Some(r) if !r.is_empty() => r.clone(),
             _ => format!("waiting (reason {})", g.wait_reason),
@@ -82,7 +83,7 @@ pub struct Inventory {
     /// Live goroutines not kept because of `max` (counted, not read further).
     pub untracked: u64,
     /// Goroutines started by a wrapper whose callee only their stack tells (see
-    /// [`resolve_starts`]), not running: `(goid, sched.pc, sched.bp)`, runtime addresses.
+    /// [`resolve_start`]), not running: `(goid, sched.pc, sched.bp)`, runtime addresses.
     pub wrapper_stacks: Vec<(u64, u64, u64)>,
 }
 
@@ -160,7 +161,10 @@ pub fn read(mem: &ProcMem, a: &Analysis, bias: u64, max: usize) -> Result<Invent
                 continue;
             }
             let startpc = u64_at(b, o.startpc).wrapping_sub(bias);
-            let stopped = matches!(status, STATUS_RUNNABLE | 3 | STATUS_WAITING | STATUS_LEAKED);
+            let stopped = matches!(
+                status,
+                STATUS_RUNNABLE | STATUS_SYSCALL | STATUS_WAITING | STATUS_LEAKED
+            );
             if stopped && a.unresolved_wrappers.contains(&startpc) {
                 inv.wrapper_stacks.push((
                     u64_at(b, o.goid),
@@ -193,8 +197,8 @@ const MAX_FRAMES: usize = 128;
 
 /// What goroutines started by a wrapper that calls through a register (a func literal
 /// with captured variables, `go iface.Method()`) really run: the function the runtime's
-/// traceback shows at the bottom of their stack, above the hidden wrapper. Each stack in
-/// `stacks` (`(goid, sched.pc, sched.bp)`) is walked by its frame pointers (Go keeps them
+/// traceback shows at the bottom of their stack, above the hidden wrapper. The stack
+/// stopped at `pc` (`g.sched.pc`) is walked from `bp` (`g.sched.bp`) by frame pointers (Go keeps them
 /// on amd64): `[bp]` is the caller's `bp`, `[bp+8]` the return address, up to
 /// `runtime.goexit`. The frame the wrapper called is the one whose return address is in
 /// the wrapper; when the wrapper's call was inlined into it, the inlined function.

@@ -132,6 +132,10 @@ impl ProcessReader {
     /// Walks the stacks not walked yet (a bounded number per refresh); forgets the
     /// goroutines that exited.
     fn resolve_starts(&mut self, gs: &[G], stacks: &[(u64, u64, u64)]) {
+        // Most programs have no such goroutine: no set of every live goid then.
+        if stacks.is_empty() && self.starts.is_empty() {
+            return;
+        }
         let live: HashSet<u64> = gs.iter().map(|g| g.goid).collect();
         self.starts.retain(|goid, _| live.contains(goid));
         let mut budget = STACK_WALKS_PER_REFRESH;
