@@ -15,6 +15,55 @@ pub fn bucket_upper_seconds(b: usize) -> Option<f64> {
     (b + 1 < LIFETIME_BUCKETS).then(|| (1u64 << (b + 10)) as f64 / 1e9)
 }
 
+/// Live goroutines (or uncancelled contexts) of a site by age, in buckets an eighth of an
+/// octave wide (bucket `i > 0` holds ages in `[2^((i-1)/8), 2^(i/8))` seconds, bucket 0
+/// ages under 1 s, the last one everything older than about 48 days): what the leak
+/// model's retention test needs ("how many are older than x"), in a bounded size
+/// whatever the number of goroutines. Not serialized.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AgeHistogram(Vec<u32>);
+
+impl AgeHistogram {
+    const PER_OCTAVE: f64 = 8.0;
+    const BUCKETS: usize = 8 * 22 + 2;
+
+    fn bucket(age_seconds: f64) -> usize {
+        if age_seconds < 1.0 {
+            return 0;
+        }
+        let i = (age_seconds.log2() * Self::PER_OCTAVE).floor() as usize + 1;
+        i.min(Self::BUCKETS - 1)
+    }
+
+    /// Lower bound (seconds) of bucket `i`.
+    fn lower(i: usize) -> f64 {
+        if i == 0 {
+            0.0
+        } else {
+            ((i - 1) as f64 / Self::PER_OCTAVE).exp2()
+        }
+    }
+
+    pub fn add(&mut self, age_seconds: f64) {
+        if self.0.is_empty() {
+            self.0 = vec![0; Self::BUCKETS];
+        }
+        let b = &mut self.0[Self::bucket(age_seconds)];
+        *b = b.saturating_add(1);
+    }
+
+    /// How many are surely at least `x` seconds old: those in buckets whose lower bound
+    /// is `x` or more (an undercount by at most an eighth of an octave, 9%, of `x`).
+    pub fn at_least(&self, x: f64) -> u64 {
+        self.0
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Self::lower(*i) >= x)
+            .map(|(_, n)| u64::from(*n))
+            .sum()
+    }
+}
+
 /// One live goroutine.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GoroutineView {
@@ -27,8 +76,11 @@ pub struct GoroutineView {
     pub age_seconds: f64,
     /// The goroutine existed before attach: its age is at least `age_seconds`.
     pub age_is_lower_bound: bool,
-    /// Blocked (Go status `_Gwaiting`: channel, select, sleep, IO wait, lock…).
+    /// Blocked (Go status `_Gwaiting`: channel, select, sleep, IO wait, lock…, or
+    /// `_Gleaked`).
     pub waiting: bool,
+    /// Proven leaked by the Go runtime (status `_Gleaked`).
+    pub leaked: bool,
 }
 
 /// Lifetimes of a site's goroutines that were created while attached and exited.
@@ -52,8 +104,12 @@ pub struct SiteView {
     pub system: bool,
     pub start_function: String,
     pub live: u64,
-    /// Live goroutines that are blocked (`_Gwaiting`).
+    /// Live goroutines that are blocked (`_Gwaiting`, or `_Gleaked`).
     pub waiting: u64,
+    /// Live goroutines the Go runtime itself proved leaked (status `_Gleaked`, set by the
+    /// GC cycle of a `goroutineleak` profile: Go 1.27, or 1.26 with
+    /// `GOEXPERIMENT=goroutineleakprofile`); counted in `waiting` too.
+    pub leaked: u64,
     /// Created while attached (None without probes).
     pub created: Option<u64>,
     /// Exited while attached, whenever they were created (None without probes).
@@ -67,11 +123,20 @@ pub struct SiteView {
     pub dominant_state: String,
     pub lifetime: Option<Lifetime>,
     pub sample_goids: Vec<u64>,
+    /// Live goroutines by age (for the leak model).
+    #[serde(skip)]
+    pub ages: AgeHistogram,
 }
 
 impl SiteView {
     pub fn location(&self) -> String {
         format!("{} {}:{}", self.function, self.file, self.line)
+    }
+
+    /// `function file:line` where most of the site's goroutines block, when their
+    /// stacks were read.
+    pub fn blocked_at(&self) -> Option<String> {
+        None
     }
 }
 
@@ -99,6 +164,9 @@ pub struct ContextSiteView {
     pub waiting_goroutines: u64,
     /// Those goroutines by their own creation site (`function file:line`).
     pub waiters: BTreeMap<String, u64>,
+    /// Uncancelled contexts by age (for the leak model).
+    #[serde(skip)]
+    pub ages: AgeHistogram,
 }
 
 impl ContextSiteView {

@@ -36,10 +36,13 @@
 //! max_goroutines_per_node = 250000
 //!
 //! [leak]
-//! window_seconds = 30
-//! min_growth = 10
-//! min_age_seconds = 20
 //! min_waiting_ratio = 0.8
+//! min_retained_ratio = 0.9
+//! scales = [
+//!   { window_seconds = 30, min_growth = 10, buckets = 3 },
+//!   { window_seconds = 600, min_growth = 20, buckets = 6 },
+//!   { window_seconds = 5400, min_growth = 30, buckets = 6 },
+//! ]
 //! ```
 //!
 //! Unknown keys and bad values are errors that name the key.
@@ -176,15 +179,10 @@ pub struct RunArgs {
     /// cancelled); `false` traces goroutines only [default: true].
     #[arg(long, env = "GOROSCOPE_CONTEXTS", value_name = "BOOL")]
     pub contexts: Option<bool>,
-    /// Leak model: history a verdict looks at [default: 30].
-    #[arg(long, env = "GOROSCOPE_LEAK_WINDOW_SECONDS")]
-    pub leak_window_seconds: Option<f64>,
-    /// Leak model: least rise of a site's live floor over the window [default: 10].
-    #[arg(long, env = "GOROSCOPE_LEAK_MIN_GROWTH")]
-    pub leak_min_growth: Option<u64>,
-    /// Leak model: least age of a site's oldest goroutine [default: 20].
-    #[arg(long, env = "GOROSCOPE_LEAK_MIN_AGE_SECONDS")]
-    pub leak_min_age_seconds: Option<f64>,
+    /// Leak model: its time scales, `WINDOW_SECONDS:MIN_GROWTH[:BUCKETS]`, fastest
+    /// first [default: 30:10:3,600:20:6,5400:30:6].
+    #[arg(long, env = "GOROSCOPE_LEAK_SCALES", value_name = "SCALES")]
+    pub leak_scales: Option<String>,
     /// Leak model: least share of blocked goroutines at the site [default: 0.8].
     #[arg(long, env = "GOROSCOPE_LEAK_MIN_WAITING_RATIO")]
     pub leak_min_waiting_ratio: Option<f64>,
@@ -214,14 +212,8 @@ pub struct Config {
 impl RunArgs {
     /// The leak model's thresholds: the file's (or the defaults), overridden by flags.
     fn leak(&self, mut leak: LeakConfig) -> Result<LeakConfig> {
-        if let Some(v) = self.leak_window_seconds {
-            leak.window_seconds = v;
-        }
-        if let Some(v) = self.leak_min_growth {
-            leak.min_growth = v;
-        }
-        if let Some(v) = self.leak_min_age_seconds {
-            leak.min_age_seconds = v;
+        if let Some(v) = &self.leak_scales {
+            leak.scales = LeakConfig::parse_scales(v)?;
         }
         if let Some(v) = self.leak_min_waiting_ratio {
             leak.min_waiting_ratio = v;
@@ -324,10 +316,15 @@ impl Config {
             bail!("max_live_goroutines must be between 1024 and 16777216, not {max_live}");
         }
         let leak = args.leak(file.leak.unwrap_or_default())?;
-        if leak.window_seconds < 2.0 * interval {
+        if let Some(s) = leak
+            .scales
+            .iter()
+            .find(|s| s.window_seconds / f64::from(s.buckets) < interval - 1e-9)
+        {
             bail!(
-                "leak.window_seconds ({}) must be at least twice interval_seconds ({interval})",
-                leak.window_seconds
+                "leak.scales: a bucket of the {}-second scale ({} s) is shorter than interval_seconds ({interval}): every bucket needs a refresh",
+                s.window_seconds,
+                s.window_seconds / f64::from(s.buckets)
             );
         }
         let targets = args.targets(&file.targets)?;
@@ -433,7 +430,8 @@ mod tests {
         let (_d, mut a) = file(
             "listen = \"127.0.0.1:9999\"\ninterval_seconds = 2\ntop_sites = 5\n\
              log_format = \"json\"\ncontexts = false\n[[targets]]\nexe = \"/bin/svc\"\n\
-             [[targets]]\npid = 42\n[leak]\nmin_growth = 3\n",
+             [[targets]]\npid = 42\n[leak]\nmin_retained_ratio = 0.5\n\
+             scales = [{ window_seconds = 60, min_growth = 3 }]\n",
         );
         let c = Config::resolve(&a).unwrap();
         assert!(!c.contexts);
@@ -445,8 +443,21 @@ mod tests {
             c.targets,
             vec![Target::Exe("/bin/svc".into()), Target::Pid(42)]
         );
-        assert_eq!(c.leak.min_growth, 3);
-        assert_eq!(c.leak.window_seconds, 30.0);
+        assert_eq!(c.leak.scales.len(), 1);
+        assert_eq!(
+            (c.leak.scales[0].min_growth, c.leak.scales[0].buckets),
+            (3, 6)
+        );
+        assert_eq!(c.leak.min_retained_ratio, 0.5);
+        assert_eq!(c.leak.min_waiting_ratio, 0.8);
+        a.leak_scales = Some("20:5:2,300:9".into());
+        let c = Config::resolve(&a).unwrap();
+        assert_eq!(c.leak.scales[1].window_seconds, 300.0);
+        assert_eq!(c.leak.scales[0].buckets, 2);
+        a.leak_scales = Some("2:5:2".into());
+        let e = Config::resolve(&a).unwrap_err().to_string();
+        assert!(e.contains("shorter than interval_seconds"), "{e}");
+        a.leak_scales = None;
         a.top_sites = Some(7);
         a.listen = Some("[::1]:1".into());
         a.pid = vec![42, 43];
@@ -504,8 +515,8 @@ mod tests {
                 "leak.min_waiting_ratio",
             ),
             (
-                "[leak]\nwindow_seconds = 6\n[[targets]]\npid=1\n",
-                "leak.window_seconds",
+                "[leak]\nscales = [{ window_seconds = 0.5, min_growth = 1 }]\n[[targets]]\npid=1\n",
+                "leak.scales[0].window_seconds",
             ),
             (
                 "max_live_goroutines = 5\n[[targets]]\npid=1\n",

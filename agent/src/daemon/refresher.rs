@@ -12,7 +12,7 @@ use anyhow::Result;
 
 use super::config::Config;
 use crate::clock::mono_ns;
-use crate::detect::leak::LeakDetector;
+use crate::detect::leak::{LeakDetector, LeakKind};
 use crate::discover::cri::PodResolver;
 use crate::discover::select::Selector;
 use crate::discover::NodeScanner;
@@ -138,8 +138,8 @@ struct Refresher {
     pods: Arc<PodResolver>,
     targets: Vec<Traced>,
     detector: LeakDetector,
-    /// Suspected sites by (pid, gopc), to log changes.
-    suspected: HashMap<(u32, u64), String>,
+    /// Suspected sites by (pid, kind, pc), to log changes.
+    suspected: HashMap<(u32, LeakKind, u64), String>,
     /// Attach failures of sessions that were dropped.
     retired_failures: u64,
     /// Per process (pid, start time): what its `site="other"` series has accumulated.
@@ -177,7 +177,8 @@ impl Refresher {
             .detector
             .observe(mono_ns(), reports.iter().map(|r| &r.table));
         for (r, v) in reports.iter_mut().zip(verdicts) {
-            r.verdicts = v;
+            r.verdicts = v.sites;
+            r.context_verdicts = v.contexts;
             let fold = self
                 .folds
                 .entry((r.table.pid, r.table.start_time))
@@ -299,11 +300,15 @@ fn log_untracked(reports: &[ProcessReport], over: &mut std::collections::HashSet
 }
 
 /// Logs sites that became suspected and those that stopped being suspected.
-fn log_changes(reports: &[ProcessReport], suspected: &mut HashMap<(u32, u64), String>) {
+fn log_changes(reports: &[ProcessReport], suspected: &mut HashMap<(u32, LeakKind, u64), String>) {
     let mut now = HashMap::new();
     for s in reports.iter().flat_map(ProcessReport::suspicions) {
-        let key = (s.pid, s.gopc);
+        let key = (s.pid, s.kind, s.pc);
         if !suspected.contains_key(&key) {
+            let what = match s.kind {
+                LeakKind::Goroutines => "goroutine leak suspected",
+                LeakKind::Contexts => "context leak suspected",
+            };
             tracing::warn!(
                 pid = s.pid,
                 exe = %s.exe,
@@ -311,8 +316,12 @@ fn log_changes(reports: &[ProcessReport], suspected: &mut HashMap<(u32, u64), St
                 live = s.live,
                 growth_per_minute = format!("{:.1}", s.growth_per_minute),
                 oldest_age_seconds = format!("{:.0}", s.oldest_age_seconds),
-                wait_reason = %s.dominant_wait_reason,
-                "goroutine leak suspected"
+                state = %s.dominant_state,
+                scale = %s.scale,
+                blocked_at = s.blocked_at.as_deref().unwrap_or("-"),
+                proven_leaked = s.proven_leaked,
+                lost_cancel = s.lost_cancel.map_or(String::from("-"), |n| n.to_string()),
+                "{what}"
             );
         }
         now.insert(key, s.site);

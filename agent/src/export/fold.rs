@@ -204,27 +204,38 @@ impl Counters for ContextCounters {
     }
 }
 
-impl Site for &ContextSiteView {
+/// A context site with the leak model's verdict on it.
+#[derive(Debug, Clone)]
+pub struct JudgedContext<'a> {
+    pub ctx: &'a ContextSiteView,
+    pub verdict: Verdict,
+}
+
+impl Site for JudgedContext<'_> {
     type Counters = ContextCounters;
-    /// By uncancelled contexts, then by creations.
-    type Rank = (u64, u64);
+    /// Suspected first, then by uncancelled contexts, then by creations.
+    type Rank = (bool, u64, u64);
 
     fn pc(&self) -> u64 {
-        self.pc
+        self.ctx.pc
     }
 
     fn rank(&self) -> Self::Rank {
-        (self.uncancelled, self.created)
+        (
+            self.verdict.suspected,
+            self.ctx.uncancelled,
+            self.ctx.created,
+        )
     }
 
     fn source(&self) -> (&str, &str, u32) {
-        (&self.function, &self.file, self.line)
+        (&self.ctx.function, &self.ctx.file, self.ctx.line)
     }
 
     fn counters(&self) -> ContextCounters {
         ContextCounters {
-            created: self.created,
-            cancelled: self.cancelled,
+            created: self.ctx.created,
+            cancelled: self.ctx.cancelled,
         }
     }
 }
@@ -239,8 +250,12 @@ pub fn ranked_sites(r: &ProcessReport, top: usize) -> Vec<(JudgedSite<'_>, bool)
 }
 
 /// A process's context sites, ranked.
-pub fn ranked_contexts(r: &ProcessReport, top: usize) -> Vec<(&ContextSiteView, bool)> {
-    rank(&r.table.contexts, top)
+pub fn ranked_contexts(r: &ProcessReport, top: usize) -> Vec<(JudgedContext<'_>, bool)> {
+    let judged = r.table.contexts.iter().map(|ctx| JudgedContext {
+        ctx,
+        verdict: r.context_verdict(ctx),
+    });
+    rank(judged, top)
 }
 
 /// Counters of a process's `other` series, by kind of site.
@@ -446,7 +461,7 @@ mod tests {
         );
         let ctx: Vec<_> = ranked_contexts(&r, 1)
             .iter()
-            .map(|(c, top)| (c.pc, *top))
+            .map(|(c, top)| (c.ctx.pc, *top))
             .collect();
         assert_eq!(ctx, vec![(5, true), (4, false)]);
     }

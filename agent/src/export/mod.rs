@@ -17,8 +17,8 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use crate::detect::leak::{Suspicion, Verdict};
-use crate::model::{MapFill, ProcessTable, SiteView};
+use crate::detect::leak::{LeakKind, Suspicion, Verdict};
+use crate::model::{ContextSiteView, MapFill, ProcessTable, SiteView};
 
 pub use fold::{OtherCounters, OtherFold};
 
@@ -34,12 +34,13 @@ pub struct TargetStatus {
     pub error: Option<String>,
 }
 
-/// One traced process: its goroutine table, the verdict on each site (by gopc), and the
-/// counters of its `site="other"` series.
+/// One traced process: its goroutine table, the verdict on each goroutine site (by gopc)
+/// and context site (by pc), and the counters of its `site="other"` series.
 #[derive(Debug, Clone, Default)]
 pub struct ProcessReport {
     pub table: ProcessTable,
     pub verdicts: HashMap<u64, Verdict>,
+    pub context_verdicts: HashMap<u64, Verdict>,
     /// None: `other` counters are the sums of the folded sites (no history).
     pub other: Option<OtherCounters>,
 }
@@ -49,24 +50,59 @@ impl ProcessReport {
         self.verdicts.get(&site.gopc).cloned().unwrap_or_default()
     }
 
+    pub fn context_verdict(&self, c: &ContextSiteView) -> Verdict {
+        self.context_verdicts
+            .get(&c.pc)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Every suspected goroutine site, then every suspected context site.
     pub fn suspicions(&self) -> Vec<Suspicion> {
-        self.table
-            .sites
-            .iter()
-            .filter_map(|s| {
-                let v = self.verdicts.get(&s.gopc)?;
-                v.suspected.then(|| Suspicion {
-                    pid: self.table.pid,
-                    gopc: s.gopc,
-                    exe: self.table.exe.clone(),
-                    site: s.location(),
-                    live: s.live,
-                    growth_per_minute: v.growth_per_second * 60.0,
-                    oldest_age_seconds: s.oldest_age_seconds,
-                    dominant_wait_reason: s.dominant_state.clone(),
-                })
+        let goroutines = self.table.sites.iter().filter_map(|s| {
+            let v = self.verdicts.get(&s.gopc)?;
+            v.suspected.then(|| Suspicion {
+                kind: LeakKind::Goroutines,
+                pid: self.table.pid,
+                pc: s.gopc,
+                exe: self.table.exe.clone(),
+                site: s.location(),
+                live: s.live,
+                growth_per_minute: v.growth_per_second * 60.0,
+                oldest_age_seconds: s.oldest_age_seconds,
+                dominant_state: s.dominant_state.clone(),
+                scale: v.scale.clone().unwrap_or_default(),
+                blocked_at: s.blocked_at(),
+                proven_leaked: s.leaked,
+                lost_cancel: None,
+                waiting_goroutines: None,
             })
-            .collect()
+        });
+        let contexts = self.table.contexts.iter().filter_map(|c| {
+            let v = self.context_verdicts.get(&c.pc)?;
+            v.suspected.then(|| Suspicion {
+                kind: LeakKind::Contexts,
+                pid: self.table.pid,
+                pc: c.pc,
+                exe: self.table.exe.clone(),
+                site: c.location(),
+                live: c.uncancelled,
+                growth_per_minute: v.growth_per_second * 60.0,
+                oldest_age_seconds: c.oldest_uncancelled_age_seconds,
+                dominant_state: "uncancelled".into(),
+                scale: v.scale.clone().unwrap_or_default(),
+                // Where the goroutines that wait on them were created (most of them).
+                blocked_at: c
+                    .waiters
+                    .iter()
+                    .max_by_key(|(_, n)| **n)
+                    .map(|(site, _)| format!("waited on by goroutines of {site}")),
+                proven_leaked: 0,
+                lost_cancel: Some(c.lost_cancel),
+                waiting_goroutines: Some(c.waiting_goroutines),
+            })
+        });
+        goroutines.chain(contexts).collect()
     }
 }
 

@@ -65,7 +65,11 @@ pub fn state_name(g: &G, wait_reasons: &[String]) -> String {
         STATUS_DEAD => "dead".into(),
         8 => "copystack".into(),
         9 => "preempted".into(),
-        STATUS_LEAKED => "leaked".into(),
+        // As Go's own traceback shows it: `[chan receive (leaked)]`.
+        STATUS_LEAKED => match wait_reasons.get(g.wait_reason as usize) {
+            Some(r) if !r.is_empty() => format!("{r} (leaked)"),
+            _ => "leaked".into(),
+        },
         STATUS_DEAD_EXTRA => "dead (cgo extra M)".into(),
         s => format!("status {s}"),
     }

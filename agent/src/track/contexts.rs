@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::Symbols;
 use crate::intake::ContextReads;
-use crate::model::{ContextSiteView, ParentView};
+use crate::model::{AgeHistogram, ContextSiteView, ParentView};
 use crate::probe::ContextRecords;
 
 /// `(function, file, line)` of a context creation site (link-time return address of the
@@ -56,10 +56,13 @@ pub fn site_views(
     waits: &HashMap<u64, BTreeMap<String, u64>>,
 ) -> Vec<ContextSiteView> {
     let mut by_site: HashMap<u64, (u64, u64, u64)> = HashMap::new(); // (n, oldest, lost)
+    let mut ages: HashMap<u64, AgeHistogram> = HashMap::new();
     for info in c.live.values() {
         let e = by_site.entry(info.site).or_default();
+        let age = now_ns.saturating_sub(info.created_ns);
         e.0 += 1;
-        e.1 = e.1.max(now_ns.saturating_sub(info.created_ns));
+        e.1 = e.1.max(age);
+        ages.entry(info.site).or_default().add(age as f64 / 1e9);
         if live_goids.is_some_and(|g| !g.contains(&info.goid)) {
             e.2 += 1;
         }
@@ -87,6 +90,7 @@ pub fn site_views(
                     .then(|| st.lifetime_ns_sum as f64 / 1e9 / st.cancelled as f64),
                 waiting_goroutines: waits.get(&pc).map_or(0, |w| w.values().sum()),
                 waiters: waits.get(&pc).cloned().unwrap_or_default(),
+                ages: ages.remove(&pc).unwrap_or_default(),
             }
         })
         .collect();

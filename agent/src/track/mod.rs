@@ -20,7 +20,7 @@ use std::collections::{HashMap, HashSet};
 use goroscope_common::Loss;
 
 use crate::gobin::{Analysis, SourceLoc};
-use crate::intake::goroutines::{self, G, STATUS_RUNNABLE, STATUS_WAITING};
+use crate::intake::goroutines::{self, G, STATUS_LEAKED, STATUS_RUNNABLE, STATUS_WAITING};
 use crate::intake::{ContextReads, Observation};
 use crate::model::{GoroutineView, ProcessTable};
 use crate::process::ProcessId;
@@ -223,7 +223,8 @@ impl Tracker {
                     },
                     age_seconds: age_ns as f64 / 1e9,
                     age_is_lower_bound: lower,
-                    waiting: g.status == STATUS_WAITING,
+                    waiting: matches!(g.status, STATUS_WAITING | STATUS_LEAKED),
+                    leaked: g.status == STATUS_LEAKED,
                 },
             ));
         }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use goroscope_common::{GoroutineInfo, SiteStats};
 
-use crate::model::{bucket_upper_seconds, GoroutineView, Lifetime, SiteView};
+use crate::model::{bucket_upper_seconds, AgeHistogram, GoroutineView, Lifetime, SiteView};
 
 /// Growth is measured against the oldest sample at most this old…
 const GROWTH_SPAN_NS: u64 = 60_000_000_000;
@@ -129,6 +129,10 @@ fn members_view(gopc: u64, members: &[&GoroutineView], name: SiteName) -> SiteVi
         .max_by_key(|(_, n)| **n)
         .map(|(s, _)| s.clone())
         .unwrap_or_default();
+    let mut ages = AgeHistogram::default();
+    for g in members {
+        ages.add(g.age_seconds);
+    }
     let oldest = members
         .iter()
         .max_by(|a, b| a.age_seconds.total_cmp(&b.age_seconds));
@@ -145,6 +149,7 @@ fn members_view(gopc: u64, members: &[&GoroutineView], name: SiteName) -> SiteVi
             .unwrap_or_default(),
         live: members.len() as u64,
         waiting: members.iter().filter(|g| g.waiting).count() as u64,
+        leaked: members.iter().filter(|g| g.leaked).count() as u64,
         created: None,
         exited: None,
         oldest_age_seconds: oldest.map_or(0.0, |g| g.age_seconds),
@@ -154,6 +159,7 @@ fn members_view(gopc: u64, members: &[&GoroutineView], name: SiteName) -> SiteVi
         dominant_state,
         lifetime: None,
         sample_goids: members.iter().take(5).map(|g| g.goid).collect(),
+        ages,
     }
 }
 

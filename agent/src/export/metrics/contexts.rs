@@ -9,10 +9,9 @@ use prometheus::proto::MetricFamily;
 
 use super::{labelled_series, series_families, SeriesValue};
 use crate::export::fold::{
-    fold, ranked_contexts, ContextCounters, Counters, Series, SeriesLabels, Site,
+    fold, ranked_contexts, ContextCounters, Counters, JudgedContext, Series, SeriesLabels, Site,
 };
 use crate::export::{ProcessReport, Snapshot};
-use crate::model::ContextSiteView;
 
 /// The sums of the context sites that share one series.
 #[derive(Debug, Default)]
@@ -24,11 +23,14 @@ struct ContextSeries {
     waiting: u64,
     /// Largest children map of a parent whose uncancelled children are mostly from here.
     children: u64,
+    suspected: bool,
 }
 
-impl Series<&ContextSiteView> for ContextSeries {
-    fn add(&mut self, c: &&ContextSiteView) {
-        self.counters.add(&c.counters());
+impl Series<JudgedContext<'_>> for ContextSeries {
+    fn add(&mut self, j: &JudgedContext<'_>) {
+        self.counters.add(&j.counters());
+        self.suspected |= j.verdict.suspected;
+        let c = j.ctx;
         self.uncancelled += c.uncancelled;
         self.oldest = self.oldest.max(c.oldest_uncancelled_age_seconds);
         self.lost_cancel += c.lost_cancel;
@@ -40,7 +42,7 @@ impl Series<&ContextSiteView> for ContextSeries {
     }
 }
 
-const VALUES: [SeriesValue<ContextSeries>; 7] = [
+const VALUES: [SeriesValue<ContextSeries>; 8] = [
     ("goroscope_context_site_created_total", |a| {
         a.counters.created as f64
     }),
@@ -61,6 +63,9 @@ const VALUES: [SeriesValue<ContextSeries>; 7] = [
         a.waiting as f64
     }),
     ("goroscope_context_children_map_size", |a| a.children as f64),
+    ("goroscope_context_site_leak_suspected", |a| {
+        f64::from(u8::from(a.suspected))
+    }),
 ];
 
 /// A process's context series, with the children maps of the parents attributed to the
@@ -71,7 +76,7 @@ fn fold_process(r: &ProcessReport, top: usize) -> BTreeMap<SeriesLabels, Context
     let mut series = fold::<_, ContextSeries>(&ranked, other);
     let by_location: HashMap<String, SeriesLabels> = ranked
         .iter()
-        .map(|(c, in_top)| (c.location(), SeriesLabels::of(c, *in_top)))
+        .map(|(c, in_top)| (c.ctx.location(), SeriesLabels::of(c, *in_top)))
         .collect();
     for parent in &r.table.context_parents {
         let (Some(n), Some(key)) = (

@@ -17,6 +17,7 @@
 
 mod agent;
 mod contexts;
+mod leaks;
 mod openmetrics;
 mod pods;
 mod process;
@@ -107,10 +108,11 @@ pub const METRICS: &[(&str, Kind, &[&str], &str)] = &[
     ("goroscope_process_lost_events_total", Kind::Counter, &["pid", "exe", "namespace", "pod", "container", "reason"], "Probe events not recorded: read_error (goroutine unreadable), live_map_full, site_map_full, context_map_full, context_site_map_full."),
     ("goroscope_site_goroutines", Kind::Gauge, &["pid", "exe", "namespace", "pod", "container", "site", "function"], "Live goroutines created at a `go` statement (site = file:line)."),
     ("goroscope_site_goroutines_waiting", Kind::Gauge, &["pid", "exe", "namespace", "pod", "container", "site", "function"], "Live goroutines created at the site that are blocked (channel, select, sleep, IO, lock)."),
+    ("goroscope_site_goroutines_leaked", Kind::Gauge, &["pid", "exe", "namespace", "pod", "container", "site", "function"], "Live goroutines created at the site that the Go runtime itself proved leaked (status _Gleaked, set by the GC cycle of a goroutineleak profile: Go 1.27, or 1.26 with GOEXPERIMENT=goroutineleakprofile); counted in goroscope_site_goroutines_waiting too."),
     ("goroscope_site_goroutines_created_total", Kind::Counter, &["pid", "exe", "namespace", "pod", "container", "site", "function"], "Goroutines created at the site since goroscope attached."),
     ("goroscope_site_goroutines_exited_total", Kind::Counter, &["pid", "exe", "namespace", "pod", "container", "site", "function"], "Goroutines created at the site that exited since goroscope attached."),
     ("goroscope_site_oldest_goroutine_age_seconds", Kind::Gauge, &["pid", "exe", "namespace", "pod", "container", "site", "function"], "Age of the oldest live goroutine created at the site (a lower bound for goroutines older than goroscope's attach)."),
-    ("goroscope_site_goroutines_growth_per_second", Kind::Gauge, &["pid", "exe", "namespace", "pod", "container", "site", "function"], "Trend of the site's live goroutines over the leak window (least squares), goroutines per second."),
+    ("goroscope_site_goroutines_growth_per_second", Kind::Gauge, &["pid", "exe", "namespace", "pod", "container", "site", "function"], "Rise of the floor of the site's live goroutines over the window of the leak model's time scale that suspects it (else its fastest scale), goroutines per second."),
     ("goroscope_site_leak_suspected", Kind::Gauge, &["pid", "exe", "namespace", "pod", "container", "site", "function"], "1 when the leak model suspects the site of leaking goroutines (see README, Leak model)."),
     ("goroscope_site_goroutine_lifetime_seconds", Kind::Histogram, &["pid", "exe", "namespace", "pod", "container", "site", "function"], "Lifetime of goroutines created at the site (created while attached)."),
     ("goroscope_context_site_created_total", Kind::Counter, &["pid", "exe", "namespace", "pod", "container", "site", "function"], "Cancelable contexts created at a call into package context (site = file:line) since goroscope attached."),
@@ -120,6 +122,8 @@ pub const METRICS: &[(&str, Kind, &[&str], &str)] = &[
     ("goroscope_context_site_lost_cancel", Kind::Gauge, &["pid", "exe", "namespace", "pod", "container", "site", "function"], "Uncancelled contexts of the site whose creating goroutine has exited (cancel func most likely lost)."),
     ("goroscope_context_site_waiting_goroutines", Kind::Gauge, &["pid", "exe", "namespace", "pod", "container", "site", "function"], "Goroutines blocked on the done channel of an uncancelled context created at the site."),
     ("goroscope_context_children_map_size", Kind::Gauge, &["pid", "exe", "namespace", "pod", "container", "site", "function"], "Largest children map among parent contexts whose uncancelled children were mostly created at the site."),
+    ("goroscope_context_site_leak_suspected", Kind::Gauge, &["pid", "exe", "namespace", "pod", "container", "site", "function"], "1 when the leak model suspects the site of leaking contexts: uncancelled contexts piling up (see README, Leak model)."),
+    ("goroscope_leak_suspected_info", Kind::Info, &["pid", "exe", "namespace", "pod", "container", "kind", "site", "function", "scale", "blocked_at"], "One series per suspected site: kind (goroutines or contexts), the leak model's time scale that caught it (30s, 10m, 1h30m, runtime: proven by the Go runtime) and where most of its goroutines block (function file:line; empty when unknown)."),
 ];
 
 impl Kind {
@@ -170,6 +174,7 @@ impl Collector for SnapshotCollector<'_> {
         process::families(self.snapshot, &mut out);
         sites::families(self.snapshot, &mut out);
         contexts::families(self.snapshot, &mut out);
+        leaks::families(self.snapshot, &mut out);
         out
     }
 }

@@ -14,6 +14,7 @@ use crate::model::bucket_upper_seconds;
 struct SiteSeries {
     live: u64,
     waiting: u64,
+    leaked: u64,
     counters: SiteCounters,
     oldest: f64,
     growth: f64,
@@ -24,6 +25,7 @@ impl Series<JudgedSite<'_>> for SiteSeries {
     fn add(&mut self, s: &JudgedSite<'_>) {
         self.live += s.site.live;
         self.waiting += s.site.waiting;
+        self.leaked += s.site.leaked;
         self.counters.add(&s.counters());
         self.oldest = self.oldest.max(s.site.oldest_age_seconds);
         self.growth += s.verdict.growth_per_second;
@@ -35,9 +37,10 @@ impl Series<JudgedSite<'_>> for SiteSeries {
     }
 }
 
-const VALUES: [SeriesValue<SiteSeries>; 7] = [
+const VALUES: [SeriesValue<SiteSeries>; 8] = [
     ("goroscope_site_goroutines", |a| a.live as f64),
     ("goroscope_site_goroutines_waiting", |a| a.waiting as f64),
+    ("goroscope_site_goroutines_leaked", |a| a.leaked as f64),
     ("goroscope_site_goroutines_created_total", |a| {
         a.counters.created as f64
     }),

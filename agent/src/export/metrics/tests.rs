@@ -97,6 +97,7 @@ fn small_table() -> ProcessTable {
             age_seconds: 1.0,
             age_is_lower_bound: false,
             waiting: true,
+            leaked: false,
         }],
         counters: Some(Totals {
             created: 3,
@@ -145,7 +146,17 @@ fn small_snapshot() -> Snapshot {
                 10,
                 Verdict {
                     suspected: true,
+                    scale: Some("30s".into()),
                     growth_per_second: 0.125,
+                    ..Default::default()
+                },
+            )]),
+            context_verdicts: HashMap::from([(
+                5,
+                Verdict {
+                    suspected: true,
+                    scale: Some("10m".into()),
+                    growth_per_second: 0.05,
                     ..Default::default()
                 },
             )]),
