@@ -73,11 +73,11 @@ pub fn scale_name(w: f64) -> String {
     let s = w.round() as u64;
     if (w - s as f64).abs() > 1e-9 || s == 0 {
         format!("{w}s")
-    } else if s % 3600 == 0 {
+    } else if s.is_multiple_of(3600) {
         format!("{}h", s / 3600)
-    } else if s >= 3600 && s % 60 == 0 {
+    } else if s >= 3600 && s.is_multiple_of(60) {
         format!("{}h{}m", s / 3600, (s % 3600) / 60)
-    } else if s % 60 == 0 {
+    } else if s.is_multiple_of(60) {
         format!("{}m", s / 60)
     } else {
         format!("{s}s")

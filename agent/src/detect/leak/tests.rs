@@ -250,7 +250,14 @@ fn idle_keep_alives_and_sleepers_are_never_flagged() {
 #[test]
 fn oscillating_traffic_is_never_flagged() {
     never(&run(4 * 3600, |t| At {
-        ages: vec![(1.0, if (t as u64 / 5) % 2 == 0 { 500 } else { 20 })],
+        ages: vec![(
+            1.0,
+            if (t as u64 / 5).is_multiple_of(2) {
+                500
+            } else {
+                20
+            },
+        )],
         waiting_share: 1.0,
         proven: 0,
     }));
