@@ -25,6 +25,11 @@ const NARROW_FIXTURES: &[(&str, &[&str], bool)] = &[
     ("contexts", &["1.19", "1.21.13", "1.24.11", "1.27.3"], true),
     ("ctxbench", &["1.27.3"], false),
     (
+        "leakshapes",
+        &["1.21.13", "1.24.11", "1.26.6", "1.27.3"],
+        false,
+    ),
+    (
         "starts",
         &["1.19", "1.21.13", "1.22.10", "1.24.11", "1.27.3"],
         false,
@@ -65,6 +70,15 @@ const EXTERNAL_FIXTURES: &[&str] = &["blockers", "churn", "cgocallback"];
 /// Fixtures that need cgo (`import "C"`): built only with the external variants.
 const CGO_ONLY: &[&str] = &["cgocallback"];
 
+/// Extra builds with a `GOEXPERIMENT`: `(fixture, Go version, variant name, experiment)`.
+/// Go 1.26's goroutine leak profile (`_Gleaked`) is behind an experiment.
+const EXPERIMENT_BUILDS: &[(&str, &str, &str, &str)] = &[(
+    "leakshapes",
+    "1.26.6",
+    "leakexp",
+    "goroutineleakprofile",
+)];
+
 /// Builds what is missing or stale and writes the manifest.
 pub fn build() -> Result<()> {
     let started = Instant::now();
@@ -96,15 +110,25 @@ pub fn build() -> Result<()> {
             if EXTERNAL_FIXTURES.contains(&name.as_str()) {
                 variants.extend(EXTERNAL_VARIANTS);
             }
-            for variant in variants {
+            let experiments = EXPERIMENT_BUILDS
+                .iter()
+                .filter(|(n, version, _, _)| n == name && *version == v)
+                .map(|(_, _, variant, exp)| ((*variant, &[][..], false), *exp));
+            let builds: Vec<(Variant, &str)> = variants
+                .into_iter()
+                .map(|v| (*v, ""))
+                .chain(experiments)
+                .collect();
+            for (variant, goexperiment) in builds {
                 let go_build = GoBuild {
                     go: &go,
                     version: v,
                     src: &src,
                     name,
                     hash,
+                    goexperiment,
                 };
-                let (out, rebuilt) = go_build.variant(&out_dir, variant)?;
+                let (out, rebuilt) = go_build.variant(&out_dir, &variant)?;
                 built += usize::from(rebuilt);
                 manifest.push(serde_json::json!({
                     "go": v, "name": name, "variant": variant.0, "path": out,
@@ -134,6 +158,8 @@ struct GoBuild<'a> {
     name: &'a str,
     /// [`source_hash`] of the program.
     hash: u64,
+    /// `GOEXPERIMENT` (empty: none).
+    goexperiment: &'a str,
 }
 
 impl GoBuild<'_> {
@@ -144,7 +170,12 @@ impl GoBuild<'_> {
         let out = out_dir.join(format!("{name}-{variant}"));
         let stamp = out.with_extension("stamp");
         let cgo_mark = if *cgo { " cgo" } else { "" };
-        let want = format!("{:016x} {v} {flags:?}{cgo_mark}", self.hash);
+        let exp = if self.goexperiment.is_empty() {
+            String::new()
+        } else {
+            format!(" GOEXPERIMENT={}", self.goexperiment)
+        };
+        let want = format!("{:016x} {v} {flags:?}{cgo_mark}{exp}", self.hash);
         if out.exists() && fs::read_to_string(&stamp).ok().as_deref() == Some(&want) {
             return Ok((out, false));
         }
@@ -159,7 +190,8 @@ impl GoBuild<'_> {
             .env("GOCACHE", cache_dir().join("gocache").join(v))
             .env("GOPATH", cache_dir().join("gopath"))
             .env("GOPROXY", "off")
-            .env("CGO_ENABLED", if *cgo { "1" } else { "0" }))
+            .env("CGO_ENABLED", if *cgo { "1" } else { "0" })
+            .env("GOEXPERIMENT", self.goexperiment))
         .with_context(|| format!("building fixture {name} ({variant}) with Go {v}"))?;
         fs::write(&stamp, &want)?;
         Ok((out, true))

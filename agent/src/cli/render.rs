@@ -156,6 +156,13 @@ pub fn snapshot(t: &ProcessTable, observed: bool) -> String {
         let _ = writeln!(s, "#\tstart: {}", v.start_function);
         let states: Vec<String> = v.states.iter().map(|(k, n)| format!("{k}: {n}")).collect();
         let _ = writeln!(s, "#\tstates: {}", states.join(", "));
+        if v.leaked > 0 {
+            let _ = writeln!(
+                s,
+                "#\tleaked (proven by the Go runtime): {} of {}",
+                v.leaked, v.live
+            );
+        }
         if let (Some(c), Some(e)) = (v.created, v.exited) {
             let _ = writeln!(s, "#\tin the last {window}: created {c}, exited {e}");
         }
