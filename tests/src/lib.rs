@@ -461,6 +461,19 @@ impl Agent {
         http_get(&self.addr, path, None).expect("GET from goroscope")
     }
 
+    /// The JSON log lines logged since the last call (or [`Agent::wait_log`]), without
+    /// waiting; they are also kept in `log`.
+    pub fn drain_log(&mut self) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        while let Ok(line) = self.logs.try_recv() {
+            self.log.push(line.clone());
+            if let Ok(v) = serde_json::from_str(&line) {
+                out.push(v);
+            }
+        }
+        out
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -320,7 +320,12 @@ struct Sample<'a> {
 
 /// One kind of site (goroutines or contexts) of one process.
 #[derive(Default)]
-struct Sites(HashMap<u64, SiteHistory>);
+struct Sites {
+    sites: HashMap<u64, SiteHistory>,
+    /// Whether the process has been observed before (a site first seen later is new:
+    /// it had nothing before).
+    seen: bool,
+}
 
 /// The verdicts of one process.
 #[derive(Debug, Clone, Default)]
@@ -416,16 +421,23 @@ impl Sites {
         let present: HashMap<u64, Sample<'a>> = present.collect();
         // Sites not seen this time have nothing live: they get a zero sample while their
         // history remembers something.
-        self.0
+        self.sites
             .retain(|pc, h| present.contains_key(pc) || h.remembers_some());
         for pc in present.keys() {
-            self.0
-                .entry(*pc)
-                .or_insert_with(|| SiteHistory::new(now, cfg.scales.len()));
+            let seen = self.seen;
+            self.sites.entry(*pc).or_insert_with(|| {
+                let mut h = SiteHistory::new(now, cfg.scales.len());
+                if seen {
+                    // A site new since the first observation had no proven leaks before.
+                    h.proven.push_back((now.saturating_sub(1), 0));
+                }
+                h
+            });
         }
+        self.seen = true;
         let none = NO_AGES.get_or_init(AgeHistogram::default);
         let mut verdicts = HashMap::with_capacity(present.len());
-        for (pc, h) in self.0.iter_mut() {
+        for (pc, h) in self.sites.iter_mut() {
             let sample = present.get(pc);
             let zero = Sample {
                 live: 0,

@@ -321,6 +321,20 @@ fn a_constant_handful_of_proven_leaks_is_not_flagged() {
 }
 
 #[test]
+fn a_new_site_whose_first_goroutine_is_proven_leaked_is_flagged_at_once() {
+    // 1 leak every 30 s from t=30, proven at the next profile.
+    let v = run(120, |t| {
+        let n = (t as u64) / 30;
+        At {
+            ages: vec![(1.0, n)],
+            waiting_share: 1.0,
+            proven: n,
+        }
+    });
+    assert_eq!(first(&v), Some((30, RUNTIME_SCALE.into())));
+}
+
+#[test]
 fn a_batch_of_proven_leaks_is_flagged() {
     let v = run(60, |t| At {
         ages: vec![(t + 100.0, 40)],
