@@ -24,9 +24,10 @@ impl Prometheus {
     }
 
     /// As [`Prometheus::start`], sending alerts to the Alertmanager at `alertmanager`
-    /// (resent every second).
+    /// (resent every second). `scrape` may list several targets, separated by commas.
     pub fn start_with(scrape: &str, alertmanager: Option<&str>) -> Prometheus {
         let rules = workspace_root().join("deploy/prometheus/goroscope-rules.yml");
+        let scrape = scrape.split(',').collect::<Vec<_>>().join("', '");
         let mut config = format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
              rule_files:\n  - {}\n\
@@ -69,6 +70,22 @@ impl Prometheus {
             .map(|r| {
                 let v = r["value"][1].as_str().unwrap().parse().unwrap();
                 (r["metric"].clone(), v)
+            })
+            .collect()
+    }
+
+    /// Alerts with their annotations: `(labels, annotations, state)`.
+    pub fn alerts_annotated(&self) -> Vec<(Value, Value, String)> {
+        self.api("/api/v1/alerts")["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                (
+                    a["labels"].clone(),
+                    a["annotations"].clone(),
+                    a["state"].as_str().unwrap().to_string(),
+                )
             })
             .collect()
     }

@@ -25,7 +25,10 @@ use serde_json::Value;
 fn site(marker: &str) -> String {
     format!(
         "leakshapes/main.go:{}",
-        line_of(&fixture_source("leakshapes"), &format!("// leakshapes: {marker}"))
+        line_of(
+            &fixture_source("leakshapes"),
+            &format!("// leakshapes: {marker}")
+        )
     )
 }
 
@@ -74,8 +77,7 @@ impl Watch {
                 .into_iter()
                 .find(|(k, site, _, _)| k == kind && site.ends_with(suffix.as_str()))
             {
-                self.found
-                    .insert(i, (t0.elapsed().as_secs_f64(), scale, s));
+                self.found.insert(i, (t0.elapsed().as_secs_f64(), scale, s));
             }
         }
     }
@@ -141,7 +143,10 @@ fn runtime_proven_and_fast_context_leaks_are_flagged_within_60_seconds() {
             .get(&i)
             .unwrap_or_else(|| panic!("pid {pid}: {kind} at {suffix} not suspected in 75 s"));
         eprintln!("pid {pid}: {kind} at {suffix} suspected after {t:.1} s on scale {scale}");
-        assert!(*t <= 60.0, "pid {pid}: {kind} at {suffix} flagged after {t:.1} s");
+        assert!(
+            *t <= 60.0,
+            "pid {pid}: {kind} at {suffix} flagged after {t:.1} s"
+        );
         if *kind == "goroutines" {
             assert_eq!(scale, "runtime", "{s}");
             assert!(s["proven_leaked"].as_u64().unwrap() >= 1, "{s}");
@@ -176,10 +181,12 @@ fn runtime_proven_and_fast_context_leaks_are_flagged_within_60_seconds() {
         assert!(field(&after, "profiles") >= 2, "{after}");
         let metrics = agent.get("/metrics").body;
         assert!(
-            metrics.lines().any(|l| l.starts_with("goroscope_site_goroutines_leaked{")
-                && l.contains(&format!("pid=\"{}\"", c.pid))
-                && l.contains(&site("proven leak"))
-                && !l.ends_with(" 0")),
+            metrics
+                .lines()
+                .any(|l| l.starts_with("goroscope_site_goroutines_leaked{")
+                    && l.contains(&format!("pid=\"{}\"", c.pid))
+                    && l.contains(&site("proven leak"))
+                    && !l.ends_with(" 0")),
             "no goroscope_site_goroutines_leaked for pid {}",
             c.pid
         );
@@ -194,9 +201,11 @@ fn runtime_proven_and_fast_context_leaks_are_flagged_within_60_seconds() {
     // The log line of a context suspicion carries its evidence.
     let logged = logged_suspicions(&mut agent, &[fast[0].pid]);
     assert!(
-        logged.iter().any(|v| v["message"] == "context leak suspected"
-            && v["scale"] == "30s"
-            && v["lost_cancel"].is_string()),
+        logged
+            .iter()
+            .any(|v| v["message"] == "context leak suspected"
+                && v["scale"] == "30s"
+                && v["lost_cancel"].is_string()),
         "{logged:?}"
     );
     for c in fast {
@@ -244,11 +253,17 @@ fn slow_leaks_are_flagged_and_healthy_shapes_never_with_time_compressed_20_times
     // judged on every scale for at least a full window of the slowest (270 s) after it
     // covered (another 270 s at least).
     let healthy_pids: Vec<u32> = healthy.iter().map(|c| c.pid).collect();
-    while t0.elapsed() < Duration::from_secs(400) && (w.found.len() < 3 || t0.elapsed() < Duration::from_secs(330)) {
+    while t0.elapsed() < Duration::from_secs(400)
+        && (w.found.len() < 3 || t0.elapsed() < Duration::from_secs(330))
+    {
         w.poll(&agent, t0);
         for p in &healthy_pids {
             let s = suspicions(&agent, *p);
-            assert!(s.is_empty(), "healthy pid {p} flagged after {:.0} s: {s:?}", t0.elapsed().as_secs_f64());
+            assert!(
+                s.is_empty(),
+                "healthy pid {p} flagged after {:.0} s: {s:?}",
+                t0.elapsed().as_secs_f64()
+            );
         }
         std::thread::sleep(Duration::from_millis(500));
     }

@@ -2,7 +2,10 @@
 //! scraping a real `goroscope run` that traces leaky and healthy Go programs (Go 1.21 and
 //! 1.27): the leak is flagged at the exact site within 60 s at 10 leaked goroutines per
 //! second, the shipped GoroutineLeakSuspected alert fires for the leaky programs, and
-//! nothing is flagged or alerted for the healthy ones.
+//! nothing is flagged or alerted for the healthy ones. A second agent, with the leak
+//! model's time compressed 20 times (see tests/tests/leaks.rs), traces a program leaking 5
+//! goroutines and 5 contexts a (model) minute: the slow verdicts reach Prometheus with
+//! their scale, and GoroutineLeakSuspected and ContextLeak fire, naming the scale.
 
 use std::time::{Duration, Instant};
 
@@ -35,7 +38,21 @@ fn real_prometheus_sees_the_leak_and_fires_the_alert_only_for_the_leaky_programs
     }
     // Default interval and leak thresholds: what the README documents.
     let agent = Agent::start(&args);
-    let prom = Prometheus::start(&agent.addr);
+    let slow = Churn::start_with({
+        let mut c = std::process::Command::new(fixture(27, "leakshapes", "default").path);
+        c.args(["-slow", "5", "-ctxslow", "5", "-speed", "20"]);
+        c
+    });
+    let slow_pid = slow.pid.to_string();
+    let compressed = Agent::start(&[
+        "--pid",
+        &slow_pid,
+        "--leak-scales",
+        "1.5:10:3,30:20:6,270:30:6",
+        "--interval-seconds",
+        "0.25",
+    ]);
+    let prom = Prometheus::start(&format!("{},{}", agent.addr, compressed.addr));
 
     // The leak is flagged, at the exact site, within 60 s of the leak starting.
     let site = format!(
@@ -46,7 +63,9 @@ fn real_prometheus_sees_the_leak_and_fires_the_alert_only_for_the_leaky_programs
         "goroscope_site_leak_suspected == 1 for both leaky programs",
         Duration::from_secs(60).saturating_sub(started.elapsed()),
         || {
-            let r = prom.query("goroscope_site_leak_suspected == 1");
+            let r = prom.query(&format!(
+                "goroscope_site_leak_suspected{{pid!=\"{slow_pid}\"}} == 1"
+            ));
             let hit: Vec<&str> = r.iter().filter_map(|(m, _)| m["pid"].as_str()).collect();
             leaky_pids
                 .iter()
@@ -143,8 +162,67 @@ fn real_prometheus_sees_the_leak_and_fires_the_alert_only_for_the_leaky_programs
         .collect();
     assert!(agent_alerts.is_empty(), "{agent_alerts:?}");
 
-    for p in leaky.into_iter().chain(healthy) {
+    // The slow leaks of the compressed agent: suspected on its 10-minute scale (30 s here),
+    // in Prometheus with their scale, and both alerts fire naming it.
+    let info = wait_for(
+        "goroscope_leak_suspected_info for the slow goroutine and context leaks",
+        Duration::from_secs(90),
+        || {
+            let r = prom.query(&format!(
+                "goroscope_leak_suspected_info{{pid=\"{slow_pid}\"}}"
+            ));
+            (r.len() == 2).then_some(r)
+        },
+    );
+    for (m, _) in &info {
+        assert_eq!(m["scale"], "30s", "{m}");
+        let want = if m["kind"] == "goroutines" {
+            "// leakshapes: slow leak"
+        } else {
+            "// leakshapes: slow context leak"
+        };
+        let line = line_of(&fixture_source("leakshapes"), want);
+        assert!(
+            m["site"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("leakshapes/main.go:{line}")),
+            "{m}"
+        );
+    }
+    for q in [
+        "goroscope_site_leak_suspected",
+        "goroscope_context_site_leak_suspected",
+    ] {
+        let r = prom.query(&format!("{q}{{pid=\"{slow_pid}\"}} == 1"));
+        assert_eq!(r.len(), 1, "{q}: {r:?}");
+    }
+    let slow_alerts = wait_for(
+        "GoroutineLeakSuspected and ContextLeak firing for the slow leaks",
+        Duration::from_secs(90),
+        || {
+            let a: Vec<(Value, Value, String)> = prom
+                .alerts_annotated()
+                .into_iter()
+                .filter(|(l, _, s)| l["pid"] == slow_pid.as_str() && s == "firing")
+                .collect();
+            (a.len() == 2).then_some(a)
+        },
+    );
+    let mut names: Vec<&str> = slow_alerts
+        .iter()
+        .map(|(l, _, _)| l["alertname"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["ContextLeak", "GoroutineLeakSuspected"]);
+    for (l, a, _) in &slow_alerts {
+        let d = a["description"].as_str().unwrap();
+        assert!(d.contains("Caught on the 30s time scale"), "{l}: {d}");
+    }
+
+    for p in leaky.into_iter().chain(healthy).chain([slow]) {
         assert_eq!(p.finish().code(), Some(0));
     }
     assert_eq!(agent.stop().code(), Some(0));
+    assert_eq!(compressed.stop().code(), Some(0));
 }

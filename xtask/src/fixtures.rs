@@ -72,12 +72,8 @@ const CGO_ONLY: &[&str] = &["cgocallback"];
 
 /// Extra builds with a `GOEXPERIMENT`: `(fixture, Go version, variant name, experiment)`.
 /// Go 1.26's goroutine leak profile (`_Gleaked`) is behind an experiment.
-const EXPERIMENT_BUILDS: &[(&str, &str, &str, &str)] = &[(
-    "leakshapes",
-    "1.26.6",
-    "leakexp",
-    "goroutineleakprofile",
-)];
+const EXPERIMENT_BUILDS: &[(&str, &str, &str, &str)] =
+    &[("leakshapes", "1.26.6", "leakexp", "goroutineleakprofile")];
 
 /// Builds what is missing or stale and writes the manifest.
 pub fn build() -> Result<()> {
