@@ -267,10 +267,13 @@ pub struct Suspicion {
 struct ScaleHistory {
     /// Index of the bucket being filled (time since the site's first sample / w).
     bucket: u64,
-    /// Lowest live count of that bucket so far (`u64::MAX`: no sample yet).
+    /// Lowest live count of that bucket so far (`u64::MAX`: no sample yet), and when.
     low: u64,
-    /// Floors of the last complete buckets, oldest first (at most K).
+    low_at: u64,
+    /// Floors of the last complete buckets, oldest first (at most K), and when each was
+    /// seen (the growth is measured between those instants).
     floors: VecDeque<u64>,
+    floors_at: VecDeque<u64>,
     /// When the site became suspected on this scale.
     since: Option<u64>,
 }
@@ -471,17 +474,22 @@ fn judge(cfg: &LeakConfig, now: u64, h: &mut SiteHistory, s: &Sample<'_>) -> Ver
             let gap_floor = st.low.min(s.live);
             if st.low != u64::MAX {
                 st.floors.push_back(st.low);
+                st.floors_at.push_back(st.low_at);
             }
-            for _ in st.bucket + 1..bucket.min(st.bucket + 1 + k as u64) {
+            for b in st.bucket + 1..bucket.min(st.bucket + 1 + k as u64) {
                 st.floors.push_back(gap_floor);
+                st.floors_at.push_back(h.first_ns + b * w);
             }
             while st.floors.len() > k {
                 st.floors.pop_front();
+                st.floors_at.pop_front();
             }
             st.bucket = bucket;
             st.low = s.live;
-        } else {
-            st.low = st.low.min(s.live);
+            st.low_at = now;
+        } else if s.live < st.low {
+            st.low = s.live;
+            st.low_at = now;
         }
         if st.floors.len() < k {
             st.since = None;
@@ -489,7 +497,12 @@ fn judge(cfg: &LeakConfig, now: u64, h: &mut SiteHistory, s: &Sample<'_>) -> Ver
         }
         let f1 = st.floors[0];
         let fk = st.floors[k - 1];
-        let growth = (fk as f64 - f1 as f64) / ((k - 1) as f64 * w as f64 / 1e9);
+        let span_ns = st.floors_at[k - 1].saturating_sub(st.floors_at[0]);
+        let growth = if span_ns == 0 {
+            0.0
+        } else {
+            (fk as f64 - f1 as f64) / (span_ns as f64 / 1e9)
+        };
         fastest_covered.get_or_insert((growth, f1, fk));
         let suspected = if s.exempt {
             false
