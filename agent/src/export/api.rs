@@ -18,6 +18,15 @@ pub struct DebugSite<'a> {
     pub leak: Verdict,
 }
 
+/// A context creation site with the leak model's verdict on it.
+#[derive(Debug, Serialize)]
+pub struct DebugContext<'a> {
+    pub site: String,
+    #[serde(flatten)]
+    pub view: &'a ContextSiteView,
+    pub leak: Verdict,
+}
+
 /// One traced process: its table without the goroutines, with its sites' verdicts and
 /// suspected leaks.
 #[derive(Debug, Serialize)]
@@ -35,7 +44,7 @@ pub struct DebugProcess<'a> {
     pub inventory_error: Option<&'a str>,
     pub suspected_leaks: Vec<Suspicion>,
     pub sites: Vec<DebugSite<'a>>,
-    pub contexts: &'a [ContextSiteView],
+    pub contexts: Vec<DebugContext<'a>>,
     pub context_parents: &'a [ParentView],
 }
 
@@ -68,7 +77,15 @@ impl<'a> DebugProcess<'a> {
                 .iter()
                 .map(|s| DebugSite::of(s, p.verdict(s)))
                 .collect(),
-            contexts: &t.contexts,
+            contexts: t
+                .contexts
+                .iter()
+                .map(|c| DebugContext {
+                    site: c.location(),
+                    view: c,
+                    leak: p.context_verdict(c),
+                })
+                .collect(),
             context_parents: &t.context_parents,
         }
     }
