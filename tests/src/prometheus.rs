@@ -92,16 +92,9 @@ impl Prometheus {
 
     /// Alerts: `(labels, state)`.
     pub fn alerts(&self) -> Vec<(Value, String)> {
-        self.api("/api/v1/alerts")["alerts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| {
-                (
-                    a["labels"].clone(),
-                    a["state"].as_str().unwrap().to_string(),
-                )
-            })
+        self.alerts_annotated()
+            .into_iter()
+            .map(|(labels, _, state)| (labels, state))
             .collect()
     }
 }
