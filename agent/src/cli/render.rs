@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::model::{ProcessTable, SiteView};
+use crate::model::{ProcessTable, SiteBlocking, SiteView};
 
 /// `42ms`, `3.2s`, `4m05s`, `2h03m`, `3d04h`.
 pub fn age(seconds: f64) -> String {
@@ -170,6 +170,9 @@ pub fn snapshot(t: &ProcessTable, observed: bool) -> String {
                 ""
             }
         );
+        if let Some(b) = t.blocking_of(v.gopc) {
+            blocking(&mut s, b);
+        }
     }
     let _ = writeln!(s);
     if !observed {
@@ -182,6 +185,47 @@ pub fn snapshot(t: &ProcessTable, observed: bool) -> String {
     }
     observed_contexts(&mut s, t, &window);
     s
+}
+
+/// Where a site's goroutines block, like `debug/pprof/goroutine?debug=1`: per
+/// distinct stack, its goroutines and blocking line, then its frames (file:line), the
+/// runtime's `goexit` left out.
+fn blocking(s: &mut String, b: &SiteBlocking) {
+    for st in &b.stacks {
+        let states: Vec<String> = st.states.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+        let _ = writeln!(
+            s,
+            "#\n#\t{} blocked at {} ({})",
+            st.count,
+            st.blocked_at,
+            states.join(", ")
+        );
+        for f in st
+            .frames
+            .iter()
+            .filter(|f| !f.starts_with("runtime.goexit "))
+        {
+            let mark = if *f == st.blocked_at { "→" } else { " " };
+            let _ = writeln!(s, "#\t {mark} {f}");
+        }
+        if st.truncated {
+            let _ = writeln!(s, "#\t   … (deeper frames not read)");
+        }
+    }
+    if b.other_stacks > 0 {
+        let _ = writeln!(
+            s,
+            "#\n#\t{} more goroutines in {} other stacks",
+            b.other_goroutines, b.other_stacks
+        );
+    }
+    if b.unread > 0 {
+        let _ = writeln!(
+            s,
+            "#\t{} stopped goroutines whose stack was not read",
+            b.unread
+        );
+    }
 }
 
 /// The contexts an observation window saw created and nobody cancelled, with their

@@ -95,6 +95,7 @@ fn obs(secs: u64, inventory: Vec<G>, kernel: Option<ProcessRecords>) -> Observat
         kernel,
         contexts: None,
         starts: Default::default(),
+        stacks: Default::default(),
     }
 }
 
