@@ -302,3 +302,65 @@ fn unmoved(mem: &ProcMem, a: &Analysis, ps: &[Parked]) -> Vec<bool> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake stack in this process's own memory: frames `[saved bp, return address]`
+    /// from the top, each saved bp pointing at the next frame up; the last saved bp 0.
+    fn fake(rets: &[u64]) -> (Vec<u64>, u64) {
+        let mut words = vec![0u64; rets.len() * 2];
+        let base = words.as_ptr() as u64;
+        for (i, r) in rets.iter().enumerate() {
+            let next = if i + 1 < rets.len() {
+                base + (i as u64 + 1) * 16
+            } else {
+                0
+            };
+            words[i * 2] = next;
+            words[i * 2 + 1] = *r;
+        }
+        (words, base)
+    }
+
+    #[test]
+    fn walks_frame_pointers_of_many_stacks_at_once() {
+        let mem = ProcMem::new(std::process::id());
+        let (a, bp_a) = fake(&[0x11, 0x12, 0x13]);
+        let (b, bp_b) = fake(&[0x21; 100]);
+        let (mut c, bp_c) = fake(&[0x31, 0x32]);
+        // A frame pointer that goes down the stack: not a stack.
+        c[0] = bp_c - 16;
+        let walks = walk(
+            &mem,
+            &[
+                (0x10, bp_a, u64::MAX),
+                (0x20, bp_b, u64::MAX),
+                (0x30, bp_c, u64::MAX),
+                (0x40, 0, u64::MAX),
+                (0x50, bp_a, bp_a + 16),
+            ],
+            MAX_FRAMES,
+        );
+        assert_eq!(walks[0], Walk::Read(vec![0x10, 0x11, 0x12, 0x13], false));
+        assert_eq!(
+            walks[1],
+            Walk::Read(vec![0x20].into_iter().chain([0x21; 63]).collect(), true)
+        );
+        assert_eq!(walks[2], Walk::Broken);
+        assert_eq!(walks[3], Walk::Read(vec![0x40], false));
+        // Frames beyond the goroutine's stack (`stack.hi`): not its stack.
+        assert_eq!(walks[4], Walk::Broken);
+        drop((a, b, c));
+    }
+
+    #[test]
+    fn interest() {
+        assert!(StackInterest::None.is_none());
+        assert!(StackInterest::Sites(HashSet::new()).is_none());
+        assert!(StackInterest::All.wants(7));
+        let s = StackInterest::Sites([7].into());
+        assert!(s.wants(7) && !s.wants(8) && !s.is_none());
+    }
+}
