@@ -24,10 +24,23 @@ fn short_file(file: &str) -> &str {
     file.rsplit('/').next().unwrap_or(file)
 }
 
+/// `function file:line` with the file's directories left out.
+fn short_location(loc: &str) -> String {
+    match loc.rsplit_once(' ') {
+        Some((function, file)) => format!("{function} {}", short_file(file)),
+        None => loc.to_string(),
+    }
+}
+
+/// The sites `top` shows for one process, in order (the first `max_rows` of them fit).
+pub fn top_sites(t: &ProcessTable, all: bool) -> impl Iterator<Item = &SiteView> {
+    t.sites.iter().filter(move |v| all || !v.system)
+}
+
 /// The `top` table for one process.
 pub fn top_frame(t: &ProcessTable, all: bool, max_rows: usize) -> String {
     let mut s = String::new();
-    let shown: Vec<&SiteView> = t.sites.iter().filter(|v| all || !v.system).collect();
+    let shown: Vec<&SiteView> = top_sites(t, all).collect();
     let _ = writeln!(
         s,
         "pid {} {} {} | {} goroutines, {} sites | attached {}",
@@ -50,10 +63,18 @@ pub fn top_frame(t: &ProcessTable, all: bool, max_rows: usize) -> String {
             .collect();
         let _ = writeln!(s, "  LOSSES: {}", lost.join(", "));
     }
+    let created_at = |v: &SiteView| format!("{} {}:{}", v.function, short_file(&v.file), v.line);
+    let width = shown
+        .iter()
+        .take(max_rows)
+        .map(|v| created_at(v).chars().count())
+        .max()
+        .unwrap_or(0)
+        .clamp(10, 48);
     let _ = writeln!(
         s,
-        "{:>7} {:>8} {:>8} {:>8} {:>8}  {:<22} CREATED AT",
-        "LIVE", "Δ/MIN", "CREATED", "EXITED", "OLDEST", "STATE"
+        "{:>7} {:>8} {:>8} {:>8} {:>8}  {:<22} {:<width$}  BLOCKED AT",
+        "LIVE", "Δ/MIN", "CREATED", "EXITED", "OLDEST", "STATE", "CREATED AT"
     );
     for v in shown.iter().take(max_rows) {
         let opt = |o: Option<u64>| o.map_or("-".to_string(), |n| n.to_string());
@@ -71,19 +92,19 @@ pub fn top_frame(t: &ProcessTable, all: bool, max_rows: usize) -> String {
         };
         let mut state = v.dominant_state.clone();
         state.truncate(22);
-        let _ = writeln!(
-            s,
-            "{:>7} {:>8} {:>8} {:>8} {:>8}  {:<22} {} {}:{}",
+        let blocked = t.blocked_at(v).map(short_location).unwrap_or_default();
+        let line = format!(
+            "{:>7} {:>8} {:>8} {:>8} {:>8}  {:<22} {:<width$}  {}",
             v.live,
             growth,
             opt(v.created),
             opt(v.exited),
             oldest,
             state,
-            v.function,
-            short_file(&v.file),
-            v.line
+            created_at(v),
+            blocked
         );
+        let _ = writeln!(s, "{}", line.trim_end());
     }
     if shown.len() > max_rows {
         let _ = writeln!(s, "  … {} more sites", shown.len() - max_rows);
