@@ -10,7 +10,9 @@ use std::io::BufRead;
 use std::time::{Duration, Instant};
 
 use integration_tests::real::{parse_traceback, Goroutine, Target};
-use integration_tests::{bpf_allowed, builds, fixture_source, goroscope_json, line_of};
+use integration_tests::{
+    bpf_allowed, builds, fixture_source, goroscope_bin, goroscope_json, line_of,
+};
 use serde_json::Value;
 
 /// The fixture's blocking kinds: `(marker of the blocking line, its function, line, site
@@ -213,6 +215,9 @@ fn blocking_stacks_match_the_programs_own_traceback() {
             assert!(Instant::now() < deadline, "{what}: stacks keep moving");
             prev = now;
         };
+        if f.variant == "default" {
+            check_top(&what, t.pid);
+        }
         t.assert_alive("after goroscope's snapshots");
         let oracle = oracle_groups(&parse_traceback(&t.sigquit()));
         let ours = goroscope_groups(&j);
@@ -252,5 +257,42 @@ fn blocking_stacks_match_the_programs_own_traceback() {
             ["syscall"],
             "{what}"
         );
+    }
+}
+
+/// `goroscope top` (not on a terminal: one frame per refresh): the BLOCKED AT of each
+/// site at every refresh, the later ones from the stacks of the sites on screen (and
+/// the cache of stacks that did not move).
+fn check_top(what: &str, pid: u32) {
+    let out = std::process::Command::new(goroscope_bin())
+        .args(["top", "--pid", &pid.to_string(), "--interval", "0.3"])
+        .args(["--iterations", "3", "--no-contexts"])
+        .output()
+        .expect("run goroscope top");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let frames: Vec<&str> = text.split("goroscope top — ").skip(1).collect();
+    assert_eq!(frames.len(), 3, "{what}: {text}");
+    for frame in frames {
+        assert!(frame.contains("BLOCKED AT"), "{what}: {frame}");
+        for (marker, function, line, _, site_line, count) in EXPECTED {
+            let row = frame
+                .lines()
+                .find(|l| l.contains(&format!(" main.main main.go:{site_line} ")))
+                .unwrap_or_else(|| panic!("{what} {marker}: no row in\n{frame}"));
+            assert_eq!(
+                row.split_whitespace().next(),
+                Some(count.to_string().as_str()),
+                "{what} {marker}: {row}"
+            );
+            assert!(
+                row.ends_with(&format!("  {function} main.go:{line}")),
+                "{what} {marker}: {row}"
+            );
+        }
     }
 }
