@@ -140,6 +140,59 @@ impl SiteView {
     }
 }
 
+/// Goroutines of one creation site stopped at the same stack.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct BlockingStack {
+    pub count: u64,
+    /// The blocking line an SRE looks for, `function file:line`: the first frame from the
+    /// top outside the Go runtime and standard library (a package whose import path's
+    /// first element has no dot, `main` excepted); when the whole stack is standard
+    /// library (e.g. `net/http`'s connection goroutines), the first frame outside
+    /// `runtime.` and `internal/`; when it is all runtime (the runtime's own
+    /// goroutines), the bottom frame (the goroutine's own function).
+    pub blocked_at: String,
+    /// Every frame, innermost first, as the runtime's traceback prints them at
+    /// `GOTRACEBACK=system`: `function file:line`, inlined calls expanded, callers at
+    /// the line of their call, `runtime.goexit` last.
+    pub frames: Vec<String>,
+    /// The stack was cut at the depth limit (its bottom frames are missing).
+    pub truncated: bool,
+    /// The goroutines' states (wait reasons).
+    pub states: BTreeMap<String, u64>,
+    pub sample_goids: Vec<u64>,
+}
+
+/// Where the goroutines of one creation site are stopped, for a site whose stacks were
+/// read (see `intake::StackInterest`): their distinct stacks, grouped like
+/// `debug/pprof/goroutine?debug=1`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SiteBlocking {
+    /// The site ([`SiteView::gopc`]).
+    pub gopc: u64,
+    /// `function file:line` of the site ([`SiteView::location`]).
+    pub site: String,
+    /// Goroutines whose stack was read.
+    pub read: u64,
+    /// Distinct stacks, most goroutines first, at most [`MAX_BLOCKING_STACKS`].
+    pub stacks: Vec<BlockingStack>,
+    /// Stacks beyond those, and their goroutines.
+    pub other_stacks: u64,
+    pub other_goroutines: u64,
+    /// Stopped goroutines of the site whose stack is not read (yet): beyond the
+    /// per-refresh budget, or moved while it was read.
+    pub unread: u64,
+}
+
+/// Distinct stacks kept per site.
+pub const MAX_BLOCKING_STACKS: usize = 10;
+
+impl SiteBlocking {
+    /// The dominant blocking line: `blocked_at` of the largest group.
+    pub fn blocked_at(&self) -> Option<&str> {
+        self.stacks.first().map(|s| s.blocked_at.as_str())
+    }
+}
+
 /// Cancelable contexts created at one call into package `context`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ContextSiteView {
@@ -262,6 +315,23 @@ pub struct ProcessTable {
     pub contexts: Vec<ContextSiteView>,
     /// Parents with the most uncancelled children.
     pub context_parents: Vec<ParentView>,
+    /// Where goroutines are stopped, per creation site, for the sites whose stacks were
+    /// read (none unless asked for: `Session::set_stack_interest`), in the order of
+    /// `sites`.
+    pub blocking: Vec<SiteBlocking>,
+}
+
+impl ProcessTable {
+    /// Where the goroutines of the site at `gopc` are stopped, if their stacks were read.
+    pub fn blocking_of(&self, gopc: u64) -> Option<&SiteBlocking> {
+        self.blocking.iter().find(|b| b.gopc == gopc)
+    }
+
+    /// The dominant blocking line of a site (`blocked_at` of its largest group of
+    /// stacks); None when no stack of it was read.
+    pub fn blocked_at(&self, site: &SiteView) -> Option<&str> {
+        self.blocking_of(site.gopc)?.blocked_at()
+    }
 }
 
 /// Where a process runs: its container and Kubernetes pod, as far as known (empty

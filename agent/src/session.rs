@@ -24,7 +24,7 @@ use crate::discover::cri::PodResolver;
 use crate::discover::select::{Decision, Selector, Workload};
 use crate::discover::{self, Candidate, NodeScanner};
 use crate::gobin::{self, Analysis, Hook};
-use crate::intake::ProcessReader;
+use crate::intake::{ProcessReader, StackInterest};
 use crate::model::{Identity, MapFill, ProcessTable};
 use crate::probe::{Probes, Program, Scope};
 use crate::process::{self, ProcessId};
@@ -123,6 +123,8 @@ pub struct Session {
     pub attach_failures: u64,
     /// Whether the context probes are attached.
     contexts: bool,
+    /// Stack interest of processes traced from now on.
+    default_interest: StackInterest,
 }
 
 /// One traced process: how it is read, and what is remembered about it.
@@ -277,6 +279,7 @@ impl Session {
             procs: BTreeMap::new(),
             attach_failures: 0,
             contexts: false,
+            default_interest: StackInterest::None,
         }
     }
 
@@ -374,6 +377,7 @@ impl Session {
             go_version: analysis.go_version.clone(),
         };
         let tracker = Tracker::new(meta, &reader.observe(None, self.attach_max), &*analysis);
+        reader.set_stack_interest(self.default_interest.clone());
         tracing::info!(pid = id.pid, exe = %tracker.meta().exe, container = container.as_ref().map_or("", |c| c.id.as_str()), "tracing process");
         self.procs.insert(
             id.pid,
@@ -513,6 +517,29 @@ impl Session {
 
     pub fn target(&self) -> &Target {
         &self.target
+    }
+
+    /// Whose goroutine stacks the next refreshes of process `pid` read (none by
+    /// default): the goroutines of those creation sites that are blocked or in a system
+    /// call get their stacks read (cached while they stay put, bounded per refresh), and
+    /// the process's table says where they block (`ProcessTable::blocking`). False when
+    /// `pid` is not traced.
+    pub fn set_stack_interest(&mut self, pid: u32, interest: StackInterest) -> bool {
+        match self.procs.get_mut(&pid) {
+            Some(t) => {
+                t.reader.set_stack_interest(interest);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The same stack interest for every traced process and those traced later.
+    pub fn set_stack_interest_all(&mut self, interest: StackInterest) {
+        for t in self.procs.values_mut() {
+            t.reader.set_stack_interest(interest.clone());
+        }
+        self.default_interest = interest;
     }
 
     /// Fill ratios of the kernel maps (None without probes).

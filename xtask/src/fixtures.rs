@@ -23,6 +23,7 @@ const NARROW_FIXTURES: &[(&str, &[&str], bool)] = &[
     ("healthy", &["1.21.13", "1.24.11", "1.27.3"], false),
     ("sites", &["1.26.6"], false),
     ("contexts", &["1.19", "1.21.13", "1.24.11", "1.27.3"], true),
+    ("blocking", &["1.19", "1.21.13", "1.24.11", "1.27.3"], true),
     ("ctxbench", &["1.27.3"], false),
     (
         "leakshapes",

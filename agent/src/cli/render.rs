@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::model::{ProcessTable, SiteView};
+use crate::model::{ProcessTable, SiteBlocking, SiteView};
 
 /// `42ms`, `3.2s`, `4m05s`, `2h03m`, `3d04h`.
 pub fn age(seconds: f64) -> String {
@@ -24,10 +24,23 @@ fn short_file(file: &str) -> &str {
     file.rsplit('/').next().unwrap_or(file)
 }
 
+/// `function file:line` with the file's directories left out.
+fn short_location(loc: &str) -> String {
+    match loc.rsplit_once(' ') {
+        Some((function, file)) => format!("{function} {}", short_file(file)),
+        None => loc.to_string(),
+    }
+}
+
+/// The sites `top` shows for one process, in order (the first `max_rows` of them fit).
+pub fn top_sites(t: &ProcessTable, all: bool) -> impl Iterator<Item = &SiteView> {
+    t.sites.iter().filter(move |v| all || !v.system)
+}
+
 /// The `top` table for one process.
 pub fn top_frame(t: &ProcessTable, all: bool, max_rows: usize) -> String {
     let mut s = String::new();
-    let shown: Vec<&SiteView> = t.sites.iter().filter(|v| all || !v.system).collect();
+    let shown: Vec<&SiteView> = top_sites(t, all).collect();
     let _ = writeln!(
         s,
         "pid {} {} {} | {} goroutines, {} sites | attached {}",
@@ -50,10 +63,18 @@ pub fn top_frame(t: &ProcessTable, all: bool, max_rows: usize) -> String {
             .collect();
         let _ = writeln!(s, "  LOSSES: {}", lost.join(", "));
     }
+    let created_at = |v: &SiteView| format!("{} {}:{}", v.function, short_file(&v.file), v.line);
+    let width = shown
+        .iter()
+        .take(max_rows)
+        .map(|v| created_at(v).chars().count())
+        .max()
+        .unwrap_or(0)
+        .clamp(10, 48);
     let _ = writeln!(
         s,
-        "{:>7} {:>8} {:>8} {:>8} {:>8}  {:<22} CREATED AT",
-        "LIVE", "Δ/MIN", "CREATED", "EXITED", "OLDEST", "STATE"
+        "{:>7} {:>8} {:>8} {:>8} {:>8}  {:<22} {:<width$}  BLOCKED AT",
+        "LIVE", "Δ/MIN", "CREATED", "EXITED", "OLDEST", "STATE", "CREATED AT"
     );
     for v in shown.iter().take(max_rows) {
         let opt = |o: Option<u64>| o.map_or("-".to_string(), |n| n.to_string());
@@ -71,19 +92,19 @@ pub fn top_frame(t: &ProcessTable, all: bool, max_rows: usize) -> String {
         };
         let mut state = v.dominant_state.clone();
         state.truncate(22);
-        let _ = writeln!(
-            s,
-            "{:>7} {:>8} {:>8} {:>8} {:>8}  {:<22} {} {}:{}",
+        let blocked = t.blocked_at(v).map(short_location).unwrap_or_default();
+        let line = format!(
+            "{:>7} {:>8} {:>8} {:>8} {:>8}  {:<22} {:<width$}  {}",
             v.live,
             growth,
             opt(v.created),
             opt(v.exited),
             oldest,
             state,
-            v.function,
-            short_file(&v.file),
-            v.line
+            created_at(v),
+            blocked
         );
+        let _ = writeln!(s, "{}", line.trim_end());
     }
     if shown.len() > max_rows {
         let _ = writeln!(s, "  … {} more sites", shown.len() - max_rows);
@@ -177,6 +198,9 @@ pub fn snapshot(t: &ProcessTable, observed: bool) -> String {
                 ""
             }
         );
+        if let Some(b) = t.blocking_of(v.gopc) {
+            blocking(&mut s, b);
+        }
     }
     let _ = writeln!(s);
     if !observed {
@@ -189,6 +213,47 @@ pub fn snapshot(t: &ProcessTable, observed: bool) -> String {
     }
     observed_contexts(&mut s, t, &window);
     s
+}
+
+/// Where a site's goroutines block, like `debug/pprof/goroutine?debug=1`: per
+/// distinct stack, its goroutines and blocking line, then its frames (file:line), the
+/// runtime's `goexit` left out.
+fn blocking(s: &mut String, b: &SiteBlocking) {
+    for st in &b.stacks {
+        let states: Vec<String> = st.states.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+        let _ = writeln!(
+            s,
+            "#\n#\t{} blocked at {} ({})",
+            st.count,
+            st.blocked_at,
+            states.join(", ")
+        );
+        for f in st
+            .frames
+            .iter()
+            .filter(|f| !f.starts_with("runtime.goexit "))
+        {
+            let mark = if *f == st.blocked_at { "→" } else { " " };
+            let _ = writeln!(s, "#\t {mark} {f}");
+        }
+        if st.truncated {
+            let _ = writeln!(s, "#\t   … (deeper frames not read)");
+        }
+    }
+    if b.other_stacks > 0 {
+        let _ = writeln!(
+            s,
+            "#\n#\t{} more goroutines in {} other stacks",
+            b.other_goroutines, b.other_stacks
+        );
+    }
+    if b.unread > 0 {
+        let _ = writeln!(
+            s,
+            "#\t{} stopped goroutines whose stack was not read",
+            b.unread
+        );
+    }
 }
 
 /// The contexts an observation window saw created and nobody cancelled, with their

@@ -1,9 +1,11 @@
 //! `goroscope snapshot --pid N`: goroutines grouped by creation site, read from the
 //! process's memory (no probes). With `--observe SECONDS`, the probes are attached for
-//! that long first, which adds per-site creation/exit counts and the contexts.
+//! that long first, which adds per-site creation/exit counts and the contexts. Each
+//! site shows where its goroutines block: their distinct stacks, read from outside.
 
 use anyhow::{bail, Result};
 
+use crate::intake::StackInterest;
 use crate::session::{Session, Target};
 
 pub fn run(pid: u32, json: bool, observe: Option<f64>) -> Result<()> {
@@ -17,6 +19,8 @@ pub fn run(pid: u32, json: bool, observe: Option<f64>) -> Result<()> {
             s
         }
     };
+    // Every stopped goroutine's stack, to say where they block.
+    s.set_stack_interest_all(StackInterest::All);
     let tables = s.refresh()?;
     let Some(t) = tables.first() else {
         bail!("process {pid} exited");

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Result;
 use crossterm::{cursor, event, execute, terminal};
 
+use crate::intake::StackInterest;
 use crate::model::ProcessTable;
 use crate::session::{Session, Target};
 
@@ -43,6 +44,8 @@ pub fn run(
     contexts: bool,
 ) -> Result<()> {
     let mut session = Session::attach_with(target, goroscope_common::DEFAULT_MAX_LIVE, contexts)?;
+    // Where goroutines block: every site's at first, then the sites on screen.
+    session.set_stack_interest_all(StackInterest::All);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -80,6 +83,14 @@ pub fn run(
             }
             let tables = session.refresh()?;
             let frame = frame(&session, &tables, interval, tty, all);
+            let rows = rows_per_table(tables.len());
+            for t in &tables {
+                let shown = super::render::top_sites(t, all).take(rows);
+                session.set_stack_interest(
+                    t.pid,
+                    StackInterest::Sites(shown.map(|v| v.gopc).collect()),
+                );
+            }
             let mut out = std::io::stdout().lock();
             if tty {
                 execute!(
@@ -105,6 +116,15 @@ pub fn run(
     })
 }
 
+/// Site rows each process's table gets on the screen.
+fn rows_per_table(tables: usize) -> usize {
+    let rows = terminal::size()
+        .map_or(40, |(_, h)| h as usize)
+        .saturating_sub(6)
+        .max(5);
+    rows / tables.max(1)
+}
+
 /// One screen: a header, each process's table (rows shared between them), or why there
 /// is nothing to show.
 fn frame(
@@ -114,10 +134,7 @@ fn frame(
     tty: bool,
     all: bool,
 ) -> String {
-    let rows = terminal::size()
-        .map_or(40, |(_, h)| h as usize)
-        .saturating_sub(6)
-        .max(5);
+    let rows = rows_per_table(tables.len());
     let mut frame = format!(
         "goroscope top — {} — refresh {:.1}s{}\n",
         session.target(),
@@ -125,11 +142,7 @@ fn frame(
         if tty { " — q quits" } else { "" }
     );
     for t in tables {
-        frame.push_str(&super::render::top_frame(
-            t,
-            all,
-            rows / tables.len().max(1),
-        ));
+        frame.push_str(&super::render::top_frame(t, all, rows));
     }
     if tables.is_empty() {
         frame.push_str(if session.waiting() {

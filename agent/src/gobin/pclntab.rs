@@ -380,6 +380,49 @@ impl Pclntab {
         frames.into_iter().nth(outside.unwrap_or(0))
     }
 
+    /// How far the stack pointer at `pc` is below its value at the function's entry
+    /// (the `pcsp` table): the return address of the frame is at `sp + delta`.
+    pub fn sp_delta(&self, pc: u64) -> Option<u64> {
+        let f = self.func_at(pc)?;
+        let pcsp = self.data.u32_at(f.func_off + 16).ok()?;
+        u64::try_from(self.pcvalue(pcsp, f.entry, pc).ok()??).ok()
+    }
+
+    /// The source frames of a stack read from a goroutine, innermost first, as the
+    /// runtime's traceback prints them: `pcs[0]` is where it stopped (`g.sched.pc`, a
+    /// return address into the function that parked it), the others return addresses;
+    /// each is looked up one byte back (at its call), except the frame a signal
+    /// interrupted (the caller of `runtime.asyncPreempt` or `runtime.sigpanic`), and
+    /// the calls inlined there are expanded. A pc outside every function is a frame
+    /// named after its address.
+    pub fn stack_frames(&self, pcs: &[u64]) -> Vec<SourceLoc> {
+        let mut out = Vec::with_capacity(pcs.len() + 4);
+        let mut exact = false;
+        for &pc in pcs {
+            let Some(f) = self.func_at(pc) else {
+                out.push(SourceLoc {
+                    function: format!("{pc:#x}"),
+                    file: "?".into(),
+                    line: 0,
+                });
+                exact = false;
+                continue;
+            };
+            let at = if exact || pc == f.entry { pc } else { pc - 1 };
+            let frames = self.frames_at(at);
+            if frames.is_empty() {
+                out.push(SourceLoc {
+                    function: f.name.clone(),
+                    file: "?".into(),
+                    line: 0,
+                });
+            }
+            out.extend(frames);
+            exact = matches!(f.name.as_str(), "runtime.asyncPreempt" | "runtime.sigpanic");
+        }
+        out
+    }
+
     /// Decodes a pc-value table (zigzag value deltas, pc deltas in quanta) and returns the
     /// value in effect at `target`.
     fn pcvalue(&self, table: u32, entry: u64, target: u64) -> PResult<Option<i64>> {

@@ -7,12 +7,13 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use super::memory::{u64_at, ProcMem};
+use super::stacks::{self, Parked, StackInterest, Walk};
 use crate::gobin::Analysis;
 
 /// Upper bound on goroutines read, so a corrupted `allglen` cannot exhaust memory.
 const MAX_GOROUTINES: u64 = 1 << 22;
 /// `_Gscan` bit of `atomicstatus`.
-const G_SCAN: u32 = 0x1000;
+pub(crate) const G_SCAN: u32 = 0x1000;
 
 /// One goroutine as read from the process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -89,12 +90,31 @@ pub struct Inventory {
     /// Goroutines started by a wrapper whose callee only their stack tells (see
     /// [`resolve_start`]), not running: `(goid, sched.pc, sched.bp)`, runtime addresses.
     pub wrapper_stacks: Vec<(u64, u64, u64)>,
+    /// Goroutines of the sites of interest that are stopped where their stack can be
+    /// read (see [`stack_readable`]), collected in the same pass.
+    pub parked: Vec<Parked>,
+}
+
+/// Whether a goroutine with this status has a stack to read in `g.sched`, stable while
+/// it keeps the status: blocked (`_Gwaiting`, `_Gleaked`) or in a system call (stopped
+/// in `entersyscall`; see `stacks::frame_pointer`). Runnable goroutines are not blocked
+/// (their stack is where they were preempted, and they run again soon), running ones
+/// have no saved stack.
+pub fn stack_readable(status: u32) -> bool {
+    matches!(status, STATUS_WAITING | STATUS_LEAKED | STATUS_SYSCALL)
 }
 
 /// Reads the live goroutines of the process, keeping at most `max`. `bias` is the load
 /// bias (PIE); code addresses in the result are link-time addresses. Memory is bounded
 /// by `max` (the goroutines kept) plus one batch buffer, not by the process's size.
-pub fn read(mem: &ProcMem, a: &Analysis, bias: u64, max: usize) -> Result<Inventory> {
+/// The stopped goroutines of the sites in `interest` are listed in `parked`.
+pub fn read(
+    mem: &ProcMem,
+    a: &Analysis,
+    bias: u64,
+    max: usize,
+    interest: &StackInterest,
+) -> Result<Inventory> {
     let (Some(allgs), Some(allglen)) = (a.runtime_vars.allgs, a.runtime_vars.allglen) else {
         bail!("runtime.allgs not found in the binary: goroutines that existed before attach are not visible");
     };
@@ -113,7 +133,9 @@ pub fn read(mem: &ProcMem, a: &Analysis, bias: u64, max: usize) -> Result<Invent
     let o = &a.offsets.g;
     let size = [
         o.sched_pc,
+        o.sched_sp,
         o.sched_bp,
+        stacks::G_STACK_HI,
         o.atomicstatus,
         o.goid,
         o.waitsince,
@@ -155,7 +177,7 @@ pub fn read(mem: &ProcMem, a: &Analysis, bias: u64, max: usize) -> Result<Invent
             .map(|(p, b)| (*p, &mut b[..each]))
             .collect();
         mem.read_many(&mut reads).context("reading goroutines")?;
-        for b in words.chunks_exact(size).take(gptrs.len()) {
+        for (b, gptr) in words.chunks_exact(size).zip(&gptrs) {
             let status = (u64_at(b, o.atomicstatus) as u32) & !G_SCAN;
             if !is_live(status) {
                 continue;
@@ -165,6 +187,18 @@ pub fn read(mem: &ProcMem, a: &Analysis, bias: u64, max: usize) -> Result<Invent
                 continue;
             }
             let startpc = u64_at(b, o.startpc).wrapping_sub(bias);
+            let gopc = u64_at(b, o.gopc).wrapping_sub(bias);
+            if stack_readable(status) && interest.wants(gopc) {
+                inv.parked.push(Parked {
+                    goid: u64_at(b, o.goid),
+                    g: *gptr,
+                    status,
+                    pc: u64_at(b, o.sched_pc),
+                    sp: u64_at(b, o.sched_sp),
+                    bp: u64_at(b, o.sched_bp),
+                    stack_hi: u64_at(b, stacks::G_STACK_HI),
+                });
+            }
             let stopped = matches!(
                 status,
                 STATUS_RUNNABLE | STATUS_SYSCALL | STATUS_WAITING | STATUS_LEAKED
@@ -181,7 +215,7 @@ pub fn read(mem: &ProcMem, a: &Analysis, bias: u64, max: usize) -> Result<Invent
                 status,
                 wait_reason: b[o.waitreason as usize],
                 wait_since: u64_at(b, o.waitsince) as i64,
-                gopc: u64_at(b, o.gopc).wrapping_sub(bias),
+                gopc,
                 startpc,
                 parent_goid: o.parent_goid.map_or(0, |off| u64_at(b, off)),
                 waiting: if status == STATUS_WAITING {
@@ -208,26 +242,10 @@ const MAX_FRAMES: usize = 128;
 /// the wrapper; when the wrapper's call was inlined into it, the inlined function.
 /// `None` for a stack that does not end as expected (it moved while read).
 pub fn resolve_start(mem: &ProcMem, a: &Analysis, bias: u64, pc: u64, bp: u64) -> Option<String> {
-    let mut pcs = vec![pc.wrapping_sub(bias)];
-    let mut bp = bp;
-    for _ in 0..MAX_FRAMES {
-        if bp == 0 {
-            break;
-        }
-        let mut w = [0u8; 16];
-        mem.read(bp, &mut w).ok()?;
-        let next = u64_at(&w, 0);
-        let ret = u64_at(&w, 8);
-        if ret == 0 {
-            break;
-        }
-        pcs.push(ret.wrapping_sub(bias));
-        // Callers' frames are higher on the stack.
-        if next != 0 && next <= bp {
-            return None;
-        }
-        bp = next;
-    }
+    let Walk::Read(pcs, _) = stacks::walk(mem, &[(pc, bp, u64::MAX)], MAX_FRAMES).pop()? else {
+        return None;
+    };
+    let pcs: Vec<u64> = pcs.into_iter().map(|p| p.wrapping_sub(bias)).collect();
     let t = &a.pclntab;
     let goexit = pcs
         .iter()

@@ -10,6 +10,7 @@
 pub mod contexts;
 pub mod goroutines;
 pub mod memory;
+pub mod stacks;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use anyhow::Result;
 pub use contexts::{ContextReads, ParentRecord};
 pub use goroutines::G;
 pub use memory::ProcMem;
+pub use stacks::{Stack, StackInterest};
 
 use crate::clock::mono_ns;
 use crate::gobin::Analysis;
@@ -43,6 +45,10 @@ pub struct Observation {
     /// Start functions read from the stacks of goroutines started by wrappers that call
     /// through a register (by goid); the others' come from the binary alone.
     pub starts: HashMap<u64, Arc<str>>,
+    /// Stacks of the stopped goroutines (blocked, or in a system call) of the sites of
+    /// interest ([`ProcessReader::set_stack_interest`]), by goid; goroutines with the
+    /// same stack share one. Empty without interest.
+    pub stacks: HashMap<u64, Arc<Stack>>,
 }
 
 /// Reads one traced process: its memory, and its share of the kernel's records.
@@ -56,6 +62,8 @@ pub struct ProcessReader {
     /// Start functions read from stacks (see `Observation::starts`), by goid, kept while
     /// the goroutine lives: each stack is walked once (`None`: could not be read yet).
     starts: HashMap<u64, Option<Arc<str>>>,
+    /// Stacks of the goroutines of the sites of interest, cached while they stay put.
+    stacks: stacks::StackReader,
 }
 
 /// Stacks walked per refresh at most, so a process with many new wrapper-started
@@ -77,6 +85,7 @@ impl ProcessReader {
             bias,
             contexts: Default::default(),
             starts: HashMap::new(),
+            stacks: Default::default(),
         })
     }
 
@@ -88,6 +97,15 @@ impl ProcessReader {
         &self.analysis
     }
 
+    /// Whose stacks the next observations read (none by default).
+    pub fn set_stack_interest(&mut self, interest: StackInterest) {
+        self.stacks.interest = interest;
+    }
+
+    pub fn stack_interest(&self) -> &StackInterest {
+        &self.stacks.interest
+    }
+
     /// Observes the process now; `kernel` is its share of the kernel's records (None
     /// without probes). At most `max_goroutines` are read into the inventory.
     pub fn observe(
@@ -96,14 +114,23 @@ impl ProcessReader {
         max_goroutines: usize,
     ) -> Observation {
         let now_ns = mono_ns();
-        let (inventory, untracked) =
-            match goroutines::read(&self.mem, &self.analysis, self.bias, max_goroutines) {
-                Ok(inv) => {
-                    self.resolve_starts(&inv.goroutines, &inv.wrapper_stacks);
-                    (Ok(inv.goroutines), inv.untracked)
-                }
-                Err(e) => (Err(format!("{e:#}")), 0),
-            };
+        let mut stacks = HashMap::new();
+        let (inventory, untracked) = match goroutines::read(
+            &self.mem,
+            &self.analysis,
+            self.bias,
+            max_goroutines,
+            &self.stacks.interest,
+        ) {
+            Ok(inv) => {
+                self.resolve_starts(&inv.goroutines, &inv.wrapper_stacks);
+                stacks = self
+                    .stacks
+                    .read(&self.mem, &self.analysis, self.bias, &inv.parked);
+                (Ok(inv.goroutines), inv.untracked)
+            }
+            Err(e) => (Err(format!("{e:#}")), 0),
+        };
         let starts = self
             .starts
             .iter()
@@ -126,6 +153,7 @@ impl ProcessReader {
             kernel,
             contexts,
             starts,
+            stacks,
         }
     }
 

@@ -10,6 +10,7 @@
 //!   attached;
 //! - the kernel's site statistics: created/exited counts and lifetimes per creation site.
 
+pub mod blocking;
 pub mod contexts;
 pub mod sites;
 #[cfg(test)]
@@ -38,6 +39,14 @@ pub trait Symbols {
     fn context_site(&self, pc: u64) -> Option<SourceLoc>;
     /// Names of `g.waitreason` values.
     fn wait_reasons(&self) -> &[String];
+    /// The source frames of a stack read from a goroutine (`intake::Stack::pcs`:
+    /// where it stopped, then return addresses), innermost first, as the runtime's
+    /// traceback names them: each pc at its call (one byte back), inlined calls
+    /// expanded. Empty when the binary cannot tell.
+    fn stack_frames(&self, pcs: &[u64]) -> Vec<SourceLoc> {
+        let _ = pcs;
+        Vec::new()
+    }
 }
 
 impl Symbols for Analysis {
@@ -52,6 +61,9 @@ impl Symbols for Analysis {
     }
     fn wait_reasons(&self) -> &[String] {
         &self.wait_reasons
+    }
+    fn stack_frames(&self, pcs: &[u64]) -> Vec<SourceLoc> {
+        self.pclntab.stack_frames(pcs)
     }
 }
 
@@ -74,6 +86,8 @@ pub struct Tracker {
     first_seen: HashMap<u64, u64>,
     history: History,
     sites: SiteCache,
+    /// Names of the stacks read from goroutines (see [`blocking`]).
+    stack_names: blocking::StackNames,
 }
 
 /// Source locations of `go` statements, by link-time gopc, looked up once.
@@ -100,6 +114,7 @@ impl Tracker {
             first_seen: HashMap::new(),
             history: History::default(),
             sites: SiteCache::default(),
+            stack_names: Default::default(),
         };
         let goroutines = t.goroutines(attach, true, sym);
         t.history
@@ -148,6 +163,7 @@ impl Tracker {
         });
         self.history
             .record(now, sites::live_by_site(goroutines.iter()));
+        let blocking = self.blocking(obs, sym, &goroutines, &site_views);
         let (contexts, context_parents) = self.contexts(obs, sym);
         ProcessTable {
             pid: self.meta.id.pid,
@@ -164,7 +180,54 @@ impl Tracker {
             inventory_error: obs.inventory.as_ref().err().cloned(),
             contexts,
             context_parents,
+            blocking,
         }
+    }
+
+    /// Where the goroutines whose stacks were read are stopped, per site (empty when no
+    /// stack was read).
+    fn blocking(
+        &mut self,
+        obs: &Observation,
+        sym: &dyn Symbols,
+        goroutines: &[(u64, GoroutineView)],
+        sites: &[crate::model::SiteView],
+    ) -> Vec<crate::model::SiteBlocking> {
+        if obs.stacks.is_empty() {
+            self.stack_names = Default::default();
+            return Vec::new();
+        }
+        let stopped: Vec<blocking::Stopped<'_>> = goroutines
+            .iter()
+            .filter_map(|(gopc, g)| {
+                Some(blocking::Stopped {
+                    gopc: *gopc,
+                    goid: g.goid,
+                    state: &g.state,
+                    stack: obs.stacks.get(&g.goid)?,
+                })
+            })
+            .collect();
+        // Stopped goroutines without a stack, per site.
+        let mut unread: HashMap<u64, u64> = HashMap::new();
+        if let Ok(gs) = &obs.inventory {
+            let shown: HashSet<u64> = goroutines.iter().map(|(_, g)| g.goid).collect();
+            for g in gs {
+                if goroutines::stack_readable(g.status)
+                    && shown.contains(&g.goid)
+                    && !obs.stacks.contains_key(&g.goid)
+                {
+                    *unread.entry(g.gopc).or_default() += 1;
+                }
+            }
+        }
+        blocking::site_views(
+            sym,
+            &mut self.stack_names,
+            &stopped,
+            sites.iter().map(|s| (s.gopc, s.location())),
+            |gopc| unread.get(&gopc).copied().unwrap_or(0),
+        )
     }
 
     /// The live goroutines with their creation sites (`(gopc, view)`), merging the

@@ -46,6 +46,9 @@ impl Symbols for FakeBinary {
             line: pc as u32,
         })
     }
+    fn stack_frames(&self, pcs: &[u64]) -> Vec<SourceLoc> {
+        pcs.iter().flat_map(|pc| fake_frames(*pc)).collect()
+    }
     fn wait_reasons(&self) -> &[String] {
         static NAMES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
         NAMES.get_or_init(|| vec!["".into(), "select".into(), "chan receive".into()])
@@ -95,6 +98,7 @@ fn obs(secs: u64, inventory: Vec<G>, kernel: Option<ProcessRecords>) -> Observat
         kernel,
         contexts: None,
         starts: Default::default(),
+        stacks: Default::default(),
     }
 }
 
@@ -439,4 +443,183 @@ fn no_context_records_no_context_views() {
         &FakeBinary,
     );
     assert!(table.contexts.is_empty() && table.context_parents.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// Where goroutines block.
+
+/// The fake binary's code for stacks: a pc names its frames, innermost first (several
+/// when calls are inlined there).
+fn fake_frames(pc: u64) -> Vec<SourceLoc> {
+    let l = |function: &str, file: &str, line: u32| SourceLoc {
+        function: function.into(),
+        file: file.into(),
+        line,
+    };
+    match pc {
+        0x100 => vec![l("runtime.gopark", "/go/runtime/proc.go", 435)],
+        0x101 => vec![l("runtime.chanrecv", "/go/runtime/chan.go", 664)],
+        // `main.helper` inlined into `main.worker`.
+        0x102 => vec![
+            l("main.helper", "/src/main.go", 50),
+            l("main.worker", "/src/main.go", 60),
+        ],
+        0x103 => vec![l("runtime.goexit", "/go/runtime/asm_amd64.s", 1700)],
+        0x104 => vec![l("main.worker", "/src/main.go", 61)],
+        0x105 => vec![l("sync.(*Mutex).Lock", "/go/sync/mutex.go", 46)],
+        0x106 => vec![l("github.com/acme/pool.(*Pool).Get", "/mod/pool.go", 9)],
+        0x107 => vec![l("main.Map[go.shape.int]", "/src/generic.go", 3)],
+        0x200 => vec![l(
+            "internal/poll.(*FD).Read",
+            "/go/internal/poll/fd_unix.go",
+            165,
+        )],
+        0x201 => vec![l("net.(*conn).Read", "/go/net/net.go", 194)],
+        0x202 => vec![l("net/http.(*conn).serve", "/go/net/http/server.go", 2000)],
+        0x300 => vec![l("runtime.goparkunlock", "/go/runtime/proc.go", 441)],
+        0x301 => vec![l("runtime.bgsweep", "/go/runtime/mgcsweep.go", 300)],
+        // A second return address on the same line as 0x104.
+        0x404 => vec![l("main.worker", "/src/main.go", 61)],
+        pc => vec![l(&format!("main.f{pc:x}"), "/src/main.go", pc as u32)],
+    }
+}
+
+fn stack(pcs: &[u64]) -> std::sync::Arc<crate::intake::Stack> {
+    std::sync::Arc::new(crate::intake::Stack {
+        pcs: pcs.to_vec(),
+        truncated: false,
+    })
+}
+
+fn with_stacks(
+    mut o: Observation,
+    stacks: &[(u64, &std::sync::Arc<crate::intake::Stack>)],
+) -> Observation {
+    for (goid, s) in stacks {
+        o.stacks.insert(*goid, (*s).clone());
+    }
+    o
+}
+
+/// Goroutines with one stack are one group, most goroutines first, named like the
+/// runtime's traceback (inlined calls expanded), with the blocking line outside the
+/// standard library; stopped goroutines without a stack are counted as unread; sites
+/// with no stack read have no entry.
+#[test]
+fn stacks_grouped_per_site_with_their_blocking_line() {
+    let mut t = Tracker::new(meta(), &obs(0, vec![], None), &FakeBinary);
+    let recv = stack(&[0x100, 0x101, 0x102, 0x103]);
+    let lock = stack(&[0x100, 0x105, 0x104, 0x103]);
+    let inv = vec![
+        g(1, SITE_A),
+        g(2, SITE_A),
+        g(3, SITE_A),
+        g(4, SITE_A),
+        g(5, SITE_A),
+        running(6, SITE_A),
+        g(7, SITE_B),
+    ];
+    let o = with_stacks(
+        obs(1, inv, None),
+        &[(3, &recv), (1, &recv), (2, &recv), (4, &lock)],
+    );
+    let table = t.update(&o, &FakeBinary);
+    assert_eq!(table.blocking.len(), 1, "{:#?}", table.blocking);
+    let b = table.blocking_of(SITE_A).expect("site A");
+    assert_eq!(b.site, "main.f10 /src/main.go:16");
+    assert_eq!((b.read, b.unread, b.other_stacks), (4, 1, 0));
+    assert_eq!(b.stacks.len(), 2);
+    let s = &b.stacks[0];
+    assert_eq!(s.count, 3);
+    assert_eq!(s.blocked_at, "main.helper /src/main.go:50");
+    assert_eq!(
+        s.frames,
+        [
+            "runtime.gopark /go/runtime/proc.go:435",
+            "runtime.chanrecv /go/runtime/chan.go:664",
+            "main.helper /src/main.go:50",
+            "main.worker /src/main.go:60",
+            "runtime.goexit /go/runtime/asm_amd64.s:1700",
+        ]
+    );
+    assert_eq!(s.sample_goids, [1, 2, 3]);
+    assert_eq!(s.states.get("chan receive"), Some(&3));
+    assert_eq!(b.stacks[1].count, 1);
+    assert_eq!(b.stacks[1].blocked_at, "main.worker /src/main.go:61");
+    assert_eq!(b.blocked_at(), Some("main.helper /src/main.go:50"));
+    assert_eq!(
+        table.blocked_at(site(&table, SITE_A)),
+        Some("main.helper /src/main.go:50")
+    );
+    assert_eq!(table.blocked_at(site(&table, SITE_B)), None);
+    // Without stacks, no entry (and nothing kept).
+    let table = t.update(&obs(2, vec![g(1, SITE_A)], None), &FakeBinary);
+    assert!(table.blocking.is_empty());
+}
+
+/// Stacks that differ only in return addresses on the same lines are one group; past
+/// ten groups the rest are counted.
+#[test]
+fn same_lines_one_group_and_at_most_ten_groups() {
+    let mut t = Tracker::new(meta(), &obs(0, vec![], None), &FakeBinary);
+    let a = stack(&[0x100, 0x104, 0x103]);
+    let b = stack(&[0x100, 0x404, 0x103]);
+    let mut inv = vec![g(1, SITE_A), g(2, SITE_A)];
+    let others: Vec<_> = (0..12u64).map(|i| stack(&[0x100, 0x1000 + i])).collect();
+    let mut stacks = vec![(1, &a), (2, &b)];
+    for (i, s) in others.iter().enumerate() {
+        inv.push(g(100 + i as u64, SITE_A));
+        stacks.push((100 + i as u64, s));
+    }
+    let table = t.update(&with_stacks(obs(1, inv, None), &stacks), &FakeBinary);
+    let b = table.blocking_of(SITE_A).unwrap();
+    assert_eq!(b.stacks[0].count, 2);
+    assert_eq!(b.stacks[0].sample_goids, [1, 2]);
+    assert_eq!(b.stacks.len(), 10);
+    assert_eq!((b.other_stacks, b.other_goroutines), (3, 3));
+    assert_eq!(b.read, 14);
+}
+
+/// The blocking line: outside the standard library (a module path has a dot, `main`
+/// is the program's); in stacks of the standard library only, outside `runtime.` and
+/// `internal/`; in the runtime's own goroutines, below the parking functions. Generic
+/// functions are named as tracebacks print them.
+#[test]
+fn blocking_line_rules() {
+    use super::blocking::{blocking_line, is_standard, package_of, print_name};
+    let names = |pcs: &[u64]| -> Vec<SourceLoc> {
+        FakeBinary
+            .stack_frames(pcs)
+            .into_iter()
+            .map(|l| SourceLoc {
+                function: print_name(&l.function),
+                ..l
+            })
+            .collect()
+    };
+    let at = |pcs: &[u64]| names(pcs)[blocking_line(&names(pcs))].to_string();
+    assert_eq!(
+        at(&[0x100, 0x105, 0x106, 0x104]),
+        "github.com/acme/pool.(*Pool).Get /mod/pool.go:9"
+    );
+    assert_eq!(
+        at(&[0x100, 0x200, 0x201, 0x202, 0x103]),
+        "net.(*conn).Read /go/net/net.go:194"
+    );
+    assert_eq!(
+        at(&[0x100, 0x300, 0x301, 0x103]),
+        "runtime.bgsweep /go/runtime/mgcsweep.go:300"
+    );
+    assert_eq!(at(&[0x100, 0x107]), "main.Map[...] /src/generic.go:3");
+    assert_eq!(package_of("github.com/a/b.(*T).M"), "github.com/a/b");
+    assert_eq!(package_of("net/http.(*conn).serve"), "net/http");
+    assert_eq!(package_of("main.main.func1"), "main");
+    assert_eq!(
+        package_of("example.com/m/v2.F[go.shape.*uint8]"),
+        "example.com/m/v2"
+    );
+    assert!(is_standard("internal/poll.(*FD).Read"));
+    assert!(is_standard("sync.(*WaitGroup).Wait"));
+    assert!(!is_standard("main.main"));
+    assert!(!is_standard("gopkg.in/yaml%2ev3.(*parser).parse"));
 }
