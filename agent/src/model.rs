@@ -132,12 +132,6 @@ impl SiteView {
     pub fn location(&self) -> String {
         format!("{} {}:{}", self.function, self.file, self.line)
     }
-
-    /// `function file:line` where most of the site's goroutines block, when their
-    /// stacks were read.
-    pub fn blocked_at(&self) -> Option<String> {
-        None
-    }
 }
 
 /// Goroutines of one creation site stopped at the same stack.

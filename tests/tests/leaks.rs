@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use integration_tests::{bpf_allowed, fixture, fixture_source, line_of, Agent, Churn};
+use integration_tests::{bpf_allowed, fixture, fixture_source, line_of, wait_for, Agent, Churn};
 use serde_json::Value;
 
 /// `file:line` suffix of a marked line of leakshapes.
@@ -149,12 +149,29 @@ fn runtime_proven_and_fast_context_leaks_are_flagged_within_60_seconds() {
         );
         if *kind == "goroutines" {
             assert_eq!(scale, "runtime", "{s}");
+            // Where they block is read at the next refresh.
+            let blocked = wait_for(
+                "blocked_at of the proven leak",
+                Duration::from_secs(15),
+                || {
+                    suspicions(&agent, *pid)
+                        .into_iter()
+                        .find(|x| x.1.ends_with(suffix.as_str()))
+                        .and_then(|x| x.3["blocked_at"].as_str().map(str::to_string))
+                },
+            );
+            assert!(
+                blocked.starts_with("main.unreachable ")
+                    && blocked.ends_with(&site("where the proven leak blocks")),
+                "{blocked}"
+            );
             assert!(s["proven_leaked"].as_u64().unwrap() >= 1, "{s}");
             assert_eq!(s["dominant_state"], "chan receive (leaked)", "{s}");
         } else {
             assert_eq!(scale, "30s", "{s}");
         }
     }
+    let proven_pids: Vec<u32> = proven.iter().map(|c| c.pid).collect();
     // The proven count is the program's own: between its last profile's count and the
     // goroutines it leaked so far.
     for c in proven {
@@ -198,6 +215,18 @@ fn runtime_proven_and_fast_context_leaks_are_flagged_within_60_seconds() {
     assert!(s.is_empty(), "Go 1.24 flagged: {s:?}");
     let log = logged_suspicions(&mut agent, &[no_profile.pid]);
     assert!(log.is_empty(), "{log:?}");
+    // The log line of a goroutine suspicion says where they block.
+    let logged = logged_suspicions(&mut agent, &[proven_pids[0]]);
+    assert!(
+        logged
+            .iter()
+            .any(|v| v["message"] == "goroutine leak suspected"
+                && v["scale"] == "runtime"
+                && v["blocked_at"]
+                    .as_str()
+                    .is_some_and(|b| b.ends_with(&site("where the proven leak blocks")))),
+        "{logged:?}"
+    );
     // The log line of a context suspicion carries its evidence.
     let logged = logged_suspicions(&mut agent, &[fast[0].pid]);
     assert!(

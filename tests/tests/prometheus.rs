@@ -219,9 +219,20 @@ fn real_prometheus_sees_the_leak_and_fires_the_alert_only_for_the_leaky_programs
         .collect();
     names.sort();
     assert_eq!(names, ["ContextLeak", "GoroutineLeakSuspected"]);
+    let blocks_at = format!(
+        "leakshapes/main.go:{}",
+        line_of(
+            &fixture_source("leakshapes"),
+            "// leakshapes: where the slow leak blocks"
+        )
+    );
     for (l, a, _) in &slow_alerts {
         let d = a["description"].as_str().unwrap();
         assert!(d.contains("Caught on the 30s time scale"), "{l}: {d}");
+        if l["alertname"] == "GoroutineLeakSuspected" {
+            assert!(d.contains("; blocked at main.waitForReply "), "{d}");
+            assert!(d.contains(&blocks_at), "{d}");
+        }
     }
 
     for p in leaky.into_iter().chain(healthy).chain([slow]) {

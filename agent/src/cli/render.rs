@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 
+use crate::detect::leak::{ProcessVerdicts, Verdict};
 use crate::model::{ProcessTable, SiteBlocking, SiteView};
 
 /// `42ms`, `3.2s`, `4m05s`, `2h03m`, `3d04h`.
@@ -38,7 +39,18 @@ pub fn top_sites(t: &ProcessTable, all: bool) -> impl Iterator<Item = &SiteView>
 }
 
 /// The `top` table for one process.
-pub fn top_frame(t: &ProcessTable, all: bool, max_rows: usize) -> String {
+/// The `top` table for one process; `verdicts`: the leak model's, by site (the LEAK
+/// column: the time scale that caught a suspected site).
+pub fn top_frame(
+    t: &ProcessTable,
+    all: bool,
+    max_rows: usize,
+    verdicts: Option<&ProcessVerdicts>,
+) -> String {
+    let leak = |v: Option<&Verdict>| {
+        v.and_then(|v| v.scale.clone())
+            .unwrap_or_else(|| "-".to_string())
+    };
     let mut s = String::new();
     let shown: Vec<&SiteView> = top_sites(t, all).collect();
     let _ = writeln!(
@@ -73,8 +85,8 @@ pub fn top_frame(t: &ProcessTable, all: bool, max_rows: usize) -> String {
         .clamp(10, 48);
     let _ = writeln!(
         s,
-        "{:>7} {:>8} {:>8} {:>8} {:>8}  {:<22} {:<width$}  BLOCKED AT",
-        "LIVE", "Δ/MIN", "CREATED", "EXITED", "OLDEST", "STATE", "CREATED AT"
+        "{:>7} {:>8} {:>8} {:>8} {:>8} {:>7}  {:<22} {:<width$}  BLOCKED AT",
+        "LIVE", "Δ/MIN", "CREATED", "EXITED", "OLDEST", "LEAK", "STATE", "CREATED AT"
     );
     for v in shown.iter().take(max_rows) {
         let opt = |o: Option<u64>| o.map_or("-".to_string(), |n| n.to_string());
@@ -94,12 +106,13 @@ pub fn top_frame(t: &ProcessTable, all: bool, max_rows: usize) -> String {
         state.truncate(22);
         let blocked = t.blocked_at(v).map(short_location).unwrap_or_default();
         let line = format!(
-            "{:>7} {:>8} {:>8} {:>8} {:>8}  {:<22} {:<width$}  {}",
+            "{:>7} {:>8} {:>8} {:>8} {:>8} {:>7}  {:<22} {:<width$}  {}",
             v.live,
             growth,
             opt(v.created),
             opt(v.exited),
             oldest,
+            leak(verdicts.and_then(|p| p.sites.get(&v.gopc))),
             state,
             created_at(v),
             blocked
@@ -109,19 +122,21 @@ pub fn top_frame(t: &ProcessTable, all: bool, max_rows: usize) -> String {
     if shown.len() > max_rows {
         let _ = writeln!(s, "  … {} more sites", shown.len() - max_rows);
     }
-    contexts_frame(&mut s, t, max_rows);
+    contexts_frame(&mut s, t, max_rows, |pc| {
+        leak(verdicts.and_then(|p| p.contexts.get(&pc)))
+    });
     s
 }
 
 /// The contexts section: context creation sites by uncancelled contexts.
-fn contexts_frame(s: &mut String, t: &ProcessTable, max_rows: usize) {
+fn contexts_frame(s: &mut String, t: &ProcessTable, max_rows: usize, leak: impl Fn(u64) -> String) {
     if t.contexts.is_empty() {
         return;
     }
     let _ = writeln!(
         s,
-        "\n{:>7} {:>8} {:>9} {:>6} {:>7} {:>8}  CONTEXTS CREATED AT",
-        "UNCANC", "CREATED", "CANCELLED", "LOST", "WAITERS", "OLDEST"
+        "\n{:>7} {:>8} {:>9} {:>6} {:>7} {:>8} {:>7}  CONTEXTS CREATED AT",
+        "UNCANC", "CREATED", "CANCELLED", "LOST", "WAITERS", "OLDEST", "LEAK"
     );
     for c in t.contexts.iter().take(max_rows) {
         let oldest = if c.uncancelled == 0 {
@@ -131,13 +146,14 @@ fn contexts_frame(s: &mut String, t: &ProcessTable, max_rows: usize) {
         };
         let _ = writeln!(
             s,
-            "{:>7} {:>8} {:>9} {:>6} {:>7} {:>8}  {} {}:{}",
+            "{:>7} {:>8} {:>9} {:>6} {:>7} {:>8} {:>7}  {} {}:{}",
             c.uncancelled,
             c.created,
             c.cancelled,
             c.lost_cancel,
             c.waiting_goroutines,
             oldest,
+            leak(c.pc),
             c.function,
             short_file(&c.file),
             c.line

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Result;
 use crossterm::{cursor, event, execute, terminal};
 
+use crate::detect::leak::{LeakConfig, LeakDetector, ProcessVerdicts};
 use crate::intake::StackInterest;
 use crate::model::ProcessTable;
 use crate::session::{Session, Target};
@@ -46,6 +47,8 @@ pub fn run(
     let mut session = Session::attach_with(target, goroscope_common::DEFAULT_MAX_LIVE, contexts)?;
     // Where goroutines block: every site's at first, then the sites on screen.
     session.set_stack_interest_all(StackInterest::All);
+    // The leak model with its defaults (the LEAK column: the scale that caught a site).
+    let mut detector = LeakDetector::new(LeakConfig::default());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -82,7 +85,8 @@ pub fn run(
                 _ = term.recv() => break,
             }
             let tables = session.refresh()?;
-            let frame = frame(&session, &tables, interval, tty, all);
+            let verdicts = detector.observe(crate::clock::mono_ns(), &tables);
+            let frame = frame(&session, &tables, &verdicts, interval, tty, all);
             let rows = rows_per_table(tables.len());
             for t in &tables {
                 let shown = super::render::top_sites(t, all).take(rows);
@@ -130,6 +134,7 @@ fn rows_per_table(tables: usize) -> usize {
 fn frame(
     session: &Session,
     tables: &[ProcessTable],
+    verdicts: &[ProcessVerdicts],
     interval: Duration,
     tty: bool,
     all: bool,
@@ -141,8 +146,8 @@ fn frame(
         interval.as_secs_f64(),
         if tty { " — q quits" } else { "" }
     );
-    for t in tables {
-        frame.push_str(&super::render::top_frame(t, all, rows));
+    for (t, v) in tables.iter().zip(verdicts) {
+        frame.push_str(&super::render::top_frame(t, all, rows, Some(v)));
     }
     if tables.is_empty() {
         frame.push_str(if session.waiting() {

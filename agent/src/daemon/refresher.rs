@@ -2,7 +2,7 @@
 //! maps, process memory readers), refreshes every interval, judges the tables with the
 //! leak model and publishes a [`Snapshot`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -18,6 +18,7 @@ use crate::discover::select::Selector;
 use crate::discover::NodeScanner;
 use crate::export::http::Shared;
 use crate::export::{OtherFold, ProcessReport, Snapshot, TargetStatus};
+use crate::intake::StackInterest;
 use crate::model::MapFill;
 use crate::session::{Budget, NodeDiscovery, Session, Target};
 
@@ -138,8 +139,9 @@ struct Refresher {
     pods: Arc<PodResolver>,
     targets: Vec<Traced>,
     detector: LeakDetector,
-    /// Suspected sites by (pid, kind, pc), to log changes.
-    suspected: HashMap<(u32, LeakKind, u64), String>,
+    /// Suspected sites by (pid, kind, pc), to log changes: the site, and whether the
+    /// suspicion was logged (it waits one refresh for the stacks of its goroutines).
+    suspected: HashMap<(u32, LeakKind, u64), (String, bool)>,
     /// Attach failures of sessions that were dropped.
     retired_failures: u64,
     /// Per process (pid, start time): what its `site="other"` series has accumulated.
@@ -190,6 +192,7 @@ impl Refresher {
                 .iter()
                 .any(|r| r.table.pid == *pid && r.table.start_time == *start)
         });
+        self.read_stacks_of_suspects(&reports);
         log_changes(&reports, &mut self.suspected);
         Snapshot {
             processes: reports,
@@ -205,6 +208,29 @@ impl Refresher {
                 .find_map(|t| t.session.as_ref().and_then(Session::scan_stats)),
             cri_connected: self.pods.status().connected,
             pod_labels: self.cfg.pod_labels.clone(),
+        }
+    }
+
+    /// Asks for the stacks of the goroutines of suspected sites at the next refresh (and
+    /// only theirs: reading stacks costs a walk per goroutine).
+    fn read_stacks_of_suspects(&mut self, reports: &[ProcessReport]) {
+        for r in reports {
+            let sites: HashSet<u64> = r
+                .verdicts
+                .iter()
+                .filter(|(_, v)| v.suspected)
+                .map(|(gopc, _)| *gopc)
+                .collect();
+            let interest = if sites.is_empty() {
+                StackInterest::None
+            } else {
+                StackInterest::Sites(sites)
+            };
+            for s in self.targets.iter_mut().filter_map(|t| t.session.as_mut()) {
+                if s.set_stack_interest(r.table.pid, interest.clone()) {
+                    break;
+                }
+            }
         }
     }
 
@@ -300,11 +326,19 @@ fn log_untracked(reports: &[ProcessReport], over: &mut std::collections::HashSet
 }
 
 /// Logs sites that became suspected and those that stopped being suspected.
-fn log_changes(reports: &[ProcessReport], suspected: &mut HashMap<(u32, LeakKind, u64), String>) {
+fn log_changes(
+    reports: &[ProcessReport],
+    suspected: &mut HashMap<(u32, LeakKind, u64), (String, bool)>,
+) {
     let mut now = HashMap::new();
     for s in reports.iter().flat_map(ProcessReport::suspicions) {
         let key = (s.pid, s.kind, s.pc);
-        if !suspected.contains_key(&key) {
+        let seen = suspected.get(&key);
+        let logged = seen.is_some_and(|(_, logged)| *logged);
+        // A new goroutine suspicion waits one refresh for the stacks of its goroutines,
+        // so the log line can say where they block.
+        let wait = seen.is_none() && s.kind == LeakKind::Goroutines && s.blocked_at.is_none();
+        if !logged && !wait {
             let what = match s.kind {
                 LeakKind::Goroutines => "goroutine leak suspected",
                 LeakKind::Contexts => "context leak suspected",
@@ -324,10 +358,10 @@ fn log_changes(reports: &[ProcessReport], suspected: &mut HashMap<(u32, LeakKind
                 "{what}"
             );
         }
-        now.insert(key, s.site);
+        now.insert(key, (s.site, logged || !wait));
     }
-    for (key, site) in suspected.iter() {
-        if !now.contains_key(key) {
+    for (key, (site, logged)) in suspected.iter() {
+        if *logged && !now.contains_key(key) {
             tracing::info!(pid = key.0, site = %site, "leak suspicion cleared");
         }
     }

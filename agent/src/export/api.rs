@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::ProcessReport;
 use crate::detect::leak::{Suspicion, Verdict};
-use crate::model::{ContextSiteView, Identity, ParentView, SiteView, Totals};
+use crate::model::{ContextSiteView, Identity, ParentView, SiteBlocking, SiteView, Totals};
 
 /// A goroutine creation site with the leak model's verdict on it: the site's view with
 /// its `function file:line`.
@@ -16,6 +16,9 @@ pub struct DebugSite<'a> {
     #[serde(flatten)]
     pub view: &'a SiteView,
     pub leak: Verdict,
+    /// Where its blocked goroutines block, grouped by stack (read for suspected sites).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocking: Option<&'a SiteBlocking>,
 }
 
 /// A context creation site with the leak model's verdict on it.
@@ -49,11 +52,12 @@ pub struct DebugProcess<'a> {
 }
 
 impl<'a> DebugSite<'a> {
-    fn of(view: &'a SiteView, leak: Verdict) -> DebugSite<'a> {
+    fn of(view: &'a SiteView, leak: Verdict, blocking: Option<&'a SiteBlocking>) -> DebugSite<'a> {
         DebugSite {
             site: view.location(),
             view,
             leak,
+            blocking,
         }
     }
 }
@@ -75,7 +79,7 @@ impl<'a> DebugProcess<'a> {
             sites: t
                 .sites
                 .iter()
-                .map(|s| DebugSite::of(s, p.verdict(s)))
+                .map(|s| DebugSite::of(s, p.verdict(s), t.blocking_of(s.gopc)))
                 .collect(),
             contexts: t
                 .contexts

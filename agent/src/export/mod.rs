@@ -72,7 +72,7 @@ impl ProcessReport {
                 oldest_age_seconds: s.oldest_age_seconds,
                 dominant_state: s.dominant_state.clone(),
                 scale: v.scale.clone().unwrap_or_default(),
-                blocked_at: s.blocked_at(),
+                blocked_at: self.table.blocked_at(s).map(str::to_string),
                 proven_leaked: s.leaked,
                 lost_cancel: None,
                 waiting_goroutines: None,
