@@ -250,7 +250,7 @@ pub struct Suspicion {
     /// The time scale that caught it.
     pub scale: String,
     /// `function file:line` where most of its goroutines block (goroutine sites whose
-    /// stacks were read), or where the goroutines waiting on its contexts were created.
+    /// stacks were read).
     pub blocked_at: Option<String>,
     /// Goroutines the Go runtime proved leaked.
     pub proven_leaked: u64,
@@ -260,6 +260,9 @@ pub struct Suspicion {
     /// Contexts: goroutines blocked on their done channels.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waiting_goroutines: Option<u64>,
+    /// Contexts: the creation site (`function file:line`) of most of those goroutines.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waited_on_by: Option<String>,
 }
 
 /// The floors of one scale of one site.
@@ -522,8 +525,9 @@ fn judge(cfg: &LeakConfig, now: u64, h: &mut SiteHistory, s: &Sample<'_>) -> Ver
             // Created within the window (with a bucket of slack) and still alive.
             let window_cohort = older(w_s).saturating_sub(older((k + 1) as f64 * w_s / 0.81));
             rising
-                && fk - f1 >= sc.min_growth
-                && window_cohort as f64 >= cfg.min_retained_ratio * (st.floors[k - 2] - f1) as f64
+                && fk.saturating_sub(f1) >= sc.min_growth
+                && window_cohort as f64
+                    >= cfg.min_retained_ratio * st.floors[k - 2].saturating_sub(f1) as f64
                 && retained(f1.saturating_sub(young), (k - 1) as f64 * w_s)
                 && blocked
         };

@@ -76,6 +76,7 @@ impl ProcessReport {
                 proven_leaked: s.leaked,
                 lost_cancel: None,
                 waiting_goroutines: None,
+                waited_on_by: None,
             })
         });
         let contexts = self.table.contexts.iter().filter_map(|c| {
@@ -91,15 +92,16 @@ impl ProcessReport {
                 oldest_age_seconds: c.oldest_uncancelled_age_seconds,
                 dominant_state: "uncancelled".into(),
                 scale: v.scale.clone().unwrap_or_default(),
-                // Where the goroutines that wait on them were created (most of them).
-                blocked_at: c
-                    .waiters
-                    .iter()
-                    .max_by_key(|(_, n)| **n)
-                    .map(|(site, _)| format!("waited on by goroutines of {site}")),
+                blocked_at: None,
                 proven_leaked: 0,
                 lost_cancel: Some(c.lost_cancel),
                 waiting_goroutines: Some(c.waiting_goroutines),
+                // Where most of the goroutines that wait on them were created.
+                waited_on_by: c
+                    .waiters
+                    .iter()
+                    .max_by_key(|(_, n)| **n)
+                    .map(|(site, _)| site.clone()),
             })
         });
         goroutines.chain(contexts).collect()
