@@ -783,6 +783,26 @@ impl Target {
         }
     }
 
+    /// Starts a fixture that prints "ready <pid>" first, with `GOTRACEBACK=system` (its
+    /// SIGQUIT dump then shows every goroutine), in a new temporary directory named
+    /// after `tmp`; returns once it is ready, with its stdout still readable.
+    pub fn start_fixture(
+        what: &str,
+        path: &std::path::Path,
+        tmp: &str,
+    ) -> (Target, std::io::BufReader<std::process::ChildStdout>) {
+        use std::io::BufRead;
+        let dir = TempDir::new(tmp);
+        let mut cmd = Command::new(path);
+        cmd.env("GOTRACEBACK", "system");
+        let mut t = Target::start(what, cmd, dir);
+        let mut out = std::io::BufReader::new(t.stdout.take().expect("stdout piped"));
+        let mut ready = String::new();
+        out.read_line(&mut ready).expect("read the ready line");
+        assert!(ready.starts_with("ready "), "{what}: {ready}");
+        (t, out)
+    }
+
     /// Panics (with its stderr) if the program has exited.
     pub fn assert_alive(&mut self, when: &str) {
         if let Ok(Some(status)) = self.child.try_wait() {

@@ -6,7 +6,6 @@
 //! answers: the count and blocking line of each site.
 
 use std::collections::BTreeMap;
-use std::io::BufRead;
 use std::time::{Duration, Instant};
 
 use integration_tests::real::{parse_traceback, Goroutine, Target};
@@ -193,14 +192,7 @@ fn blocking_stacks_match_the_programs_own_traceback() {
     );
     for f in all {
         let what = format!("Go {} {}", f.go, f.variant);
-        let dir = integration_tests::deploy::TempDir::new("stacks-blocking");
-        let mut cmd = std::process::Command::new(&f.path);
-        cmd.env("GOTRACEBACK", "system");
-        let mut t = Target::start(&what, cmd, dir);
-        let mut out = std::io::BufReader::new(t.stdout.take().unwrap());
-        let mut ready = String::new();
-        out.read_line(&mut ready).unwrap();
-        assert!(ready.starts_with("ready "), "{what}: {ready}");
+        let (mut t, _out) = Target::start_fixture(&what, &f.path, "stacks-blocking");
         // Two snapshots that agree: nothing is moving (the runtime's own goroutines
         // included), so the traceback taken next sees the same.
         let snapshot = || goroscope_json(&["snapshot", "--pid", &t.pid.to_string()]);

@@ -123,7 +123,6 @@ fn cgo_callbacks_leave_no_phantom_goroutine() {
 #[test]
 fn starts_and_cgo_callbacks_match_the_sigquit_dump() {
     use integration_tests::real::{compare, parse_traceback, quiet, Target, View};
-    use std::io::BufRead;
     use std::time::Duration;
     let mut all = builds("starts");
     all.extend(
@@ -133,14 +132,7 @@ fn starts_and_cgo_callbacks_match_the_sigquit_dump() {
     );
     for f in all.into_iter().filter(|f| f.line() >= (1, 22)) {
         let what = format!("{} Go {} {}", f.name, f.go, f.variant);
-        let dir = integration_tests::deploy::TempDir::new(&format!("sigquit-{}", f.name));
-        let mut cmd = std::process::Command::new(&f.path);
-        cmd.env("GOTRACEBACK", "system");
-        let mut t = Target::start(&what, cmd, dir);
-        let mut out = std::io::BufReader::new(t.stdout.take().unwrap());
-        let mut ready = String::new();
-        out.read_line(&mut ready).unwrap();
-        assert!(ready.starts_with("ready "), "{what}: {ready}");
+        let (mut t, _out) = Target::start_fixture(&what, &f.path, &format!("sigquit-{}", f.name));
         let (a, b) = quiet(
             &what,
             t.pid,
