@@ -534,6 +534,14 @@ impl Session {
         }
     }
 
+    /// New stacks read per refresh at most, for every process traced now (None: the
+    /// default bound). A one-shot snapshot reads them all at once.
+    pub fn set_stack_budget_all(&mut self, budget: Option<usize>) {
+        for t in self.procs.values_mut() {
+            t.reader.set_stack_budget(budget);
+        }
+    }
+
     /// The same stack interest for every traced process and those traced later.
     pub fn set_stack_interest_all(&mut self, interest: StackInterest) {
         for t in self.procs.values_mut() {

@@ -21,6 +21,9 @@ pub fn run(pid: u32, json: bool, observe: Option<f64>) -> Result<()> {
     };
     // Every stopped goroutine's stack, to say where they block.
     s.set_stack_interest_all(StackInterest::All);
+    // One refresh: every stopped goroutine's stack in it (the per-refresh bound is for
+    // the daemon, which reads the rest at its next refreshes).
+    s.set_stack_budget_all(Some(usize::MAX));
     let tables = s.refresh()?;
     let Some(t) = tables.first() else {
         bail!("process {pid} exited");

@@ -133,6 +133,10 @@ fn session(t: &Target, cfg: &Config, pods: &Arc<PodResolver>) -> Result<Session>
     Ok(s)
 }
 
+/// Stacks read per suspected site at most (its oldest goroutines): enough to name where
+/// they block, at a cost that does not grow with the leak.
+const STACKS_PER_SUSPECTED_SITE: usize = 1024;
+
 /// Everything the refresher keeps between refreshes.
 struct Refresher {
     cfg: Config,
@@ -224,7 +228,7 @@ impl Refresher {
             let interest = if sites.is_empty() {
                 StackInterest::None
             } else {
-                StackInterest::Sites(sites)
+                StackInterest::Sample(sites, STACKS_PER_SUSPECTED_SITE)
             };
             for s in self.targets.iter_mut().filter_map(|t| t.session.as_mut()) {
                 if s.set_stack_interest(r.table.pid, interest.clone()) {

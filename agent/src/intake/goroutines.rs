@@ -150,6 +150,8 @@ pub fn read(
     .unwrap_or(0) as usize
         + 8;
     let mut inv = Inventory::default();
+    // Stopped goroutines of interest seen per site (for a sampled interest).
+    let mut sampled: std::collections::HashMap<u64, usize> = Default::default();
     let mut ptrs = vec![0u8; BATCH * 8];
     let mut words = vec![0u8; BATCH * size];
     let mut start = 0u64;
@@ -188,7 +190,14 @@ pub fn read(
             }
             let startpc = u64_at(b, o.startpc).wrapping_sub(bias);
             let gopc = u64_at(b, o.gopc).wrapping_sub(bias);
-            if stack_readable(status) && interest.wants(gopc) {
+            if stack_readable(status)
+                && interest.wants(gopc)
+                && interest.per_site().is_none_or(|cap| {
+                    let n = sampled.entry(gopc).or_insert(0usize);
+                    *n += 1;
+                    *n <= cap
+                })
+            {
                 inv.parked.push(Parked {
                     goid: u64_at(b, o.goid),
                     g: *gptr,

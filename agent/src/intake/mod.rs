@@ -102,6 +102,12 @@ impl ProcessReader {
         self.stacks.interest = interest;
     }
 
+    /// New stacks read per refresh at most (None: the default bound,
+    /// [`stacks::STACKS_PER_REFRESH`]).
+    pub fn set_stack_budget(&mut self, budget: Option<usize>) {
+        self.stacks.budget = budget;
+    }
+
     pub fn stack_interest(&self) -> &StackInterest {
         &self.stacks.interest
     }

@@ -33,6 +33,9 @@ pub enum StackInterest {
     All,
     /// The sites with these link-time gopcs ([`crate::model::SiteView::gopc`]).
     Sites(HashSet<u64>),
+    /// A sample of these sites: at most this many stopped goroutines of each (the first
+    /// in `allgs` order, the oldest), so the cost does not grow with a leak's size.
+    Sample(HashSet<u64>, usize),
 }
 
 impl StackInterest {
@@ -41,7 +44,15 @@ impl StackInterest {
         match self {
             StackInterest::None => false,
             StackInterest::All => true,
-            StackInterest::Sites(s) => s.contains(&gopc),
+            StackInterest::Sites(s) | StackInterest::Sample(s, _) => s.contains(&gopc),
+        }
+    }
+
+    /// Stopped goroutines read per site at most (None: all).
+    pub fn per_site(&self) -> Option<usize> {
+        match self {
+            StackInterest::Sample(_, n) => Some(*n),
+            _ => None,
         }
     }
 
@@ -49,7 +60,7 @@ impl StackInterest {
         match self {
             StackInterest::None => true,
             StackInterest::All => false,
-            StackInterest::Sites(s) => s.is_empty(),
+            StackInterest::Sites(s) | StackInterest::Sample(s, _) => s.is_empty(),
         }
     }
 }
@@ -174,6 +185,8 @@ struct Cached {
 #[derive(Default)]
 pub struct StackReader {
     pub interest: StackInterest,
+    /// New stacks read per refresh at most (None: [`STACKS_PER_REFRESH`]).
+    pub budget: Option<usize>,
     /// By goid.
     cache: HashMap<u64, Cached>,
     /// Every distinct stack held by `cache`, once.
@@ -207,7 +220,7 @@ impl StackReader {
                         out.insert(p.goid, s.clone());
                     }
                 }
-                _ if misses.len() < STACKS_PER_REFRESH => misses.push(*p),
+                _ if misses.len() < self.budget.unwrap_or(STACKS_PER_REFRESH) => misses.push(*p),
                 _ => {}
             }
         }
@@ -362,5 +375,9 @@ mod tests {
         assert!(StackInterest::All.wants(7));
         let s = StackInterest::Sites([7].into());
         assert!(s.wants(7) && !s.wants(8) && !s.is_none());
+        assert_eq!(s.per_site(), None);
+        let sample = StackInterest::Sample([7].into(), 1024);
+        assert!(sample.wants(7) && !sample.wants(8) && !sample.is_none());
+        assert_eq!(sample.per_site(), Some(1024));
     }
 }
