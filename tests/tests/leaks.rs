@@ -321,3 +321,45 @@ fn slow_leaks_are_flagged_and_healthy_shapes_never_with_time_compressed_20_times
         assert_eq!(c.finish().code(), Some(0));
     }
 }
+
+#[test]
+fn snapshot_observe_judges_the_sites_over_its_window() {
+    if !bpf_allowed("snapshot_observe_judges_the_sites_over_its_window") {
+        return;
+    }
+    // 10 goroutines and 2 × 20 contexts a second leak: the 30 s scale catches them within
+    // a 36 s observation.
+    let c = start(27, "default", &["-slow", "600", "-ctxfast", "20"]);
+    let out = std::process::Command::new(integration_tests::goroscope_bin())
+        .args(["snapshot", "--pid", &c.pid.to_string(), "--observe", "36"])
+        .output()
+        .expect("goroscope snapshot --observe");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for marker in ["slow leak", "retry without cancel", "children pile-up"] {
+        let at = site(marker);
+        let block: Vec<&str> = text
+            .split("\n\n")
+            .filter(|b| b.lines().next().is_some_and(|l| l.ends_with(&at)))
+            .collect();
+        assert_eq!(block.len(), 1, "{marker}: {text}");
+        assert!(
+            block[0].contains("#\tleak suspected on the 30s time scale"),
+            "{marker}: {}",
+            block[0]
+        );
+    }
+    // The requests of the same program are not suspected.
+    let requests = site("requests");
+    assert!(
+        text.split("\n\n")
+            .filter(|b| b.lines().next().is_some_and(|l| l.ends_with(&requests)))
+            .all(|b| !b.contains("leak suspected")),
+        "{text}"
+    );
+    assert_eq!(c.finish().code(), Some(0));
+}

@@ -172,7 +172,18 @@ fn contexts_frame(s: &mut String, t: &ProcessTable, max_rows: usize, leak: impl 
 
 /// The `snapshot` text: goroutines grouped by creation site, most first; with an
 /// observation window, per-site creations/exits during it and the contexts section.
-pub fn snapshot(t: &ProcessTable, observed: bool) -> String {
+/// `verdicts`: the leak model's over an observation window (a `leak suspected` line per
+/// suspected site).
+pub fn snapshot(t: &ProcessTable, observed: bool, verdicts: Option<&ProcessVerdicts>) -> String {
+    let suspected = |v: Option<&Verdict>| {
+        v.filter(|v| v.suspected).map(|v| {
+            format!(
+                "#\tleak suspected on the {} time scale ({:+.1}/min)",
+                v.scale.as_deref().unwrap_or(""),
+                v.growth_per_second * 60.0
+            )
+        })
+    };
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -193,6 +204,9 @@ pub fn snapshot(t: &ProcessTable, observed: bool) -> String {
         let _ = writeln!(s, "#\tstart: {}", v.start_function);
         let states: Vec<String> = v.states.iter().map(|(k, n)| format!("{k}: {n}")).collect();
         let _ = writeln!(s, "#\tstates: {}", states.join(", "));
+        if let Some(l) = suspected(verdicts.and_then(|p| p.sites.get(&v.gopc))) {
+            let _ = writeln!(s, "{l}");
+        }
         if v.leaked > 0 {
             let _ = writeln!(
                 s,
@@ -227,7 +241,9 @@ pub fn snapshot(t: &ProcessTable, observed: bool) -> String {
         );
         return s;
     }
-    observed_contexts(&mut s, t, &window);
+    observed_contexts(&mut s, t, &window, |pc| {
+        suspected(verdicts.and_then(|p| p.contexts.get(&pc)))
+    });
     s
 }
 
@@ -274,7 +290,12 @@ fn blocking(s: &mut String, b: &SiteBlocking) {
 
 /// The contexts an observation window saw created and nobody cancelled, with their
 /// waiters and parents.
-fn observed_contexts(s: &mut String, t: &ProcessTable, window: &str) {
+fn observed_contexts(
+    s: &mut String,
+    t: &ProcessTable,
+    window: &str,
+    suspected: impl Fn(u64) -> Option<String>,
+) {
     let open: Vec<_> = t.contexts.iter().filter(|c| c.uncancelled > 0).collect();
     let _ = writeln!(
         s,
@@ -288,6 +309,9 @@ fn observed_contexts(s: &mut String, t: &ProcessTable, window: &str) {
     for c in open {
         let _ = writeln!(s);
         let _ = writeln!(s, "{} uncancelled @ {}", c.uncancelled, c.location());
+        if let Some(l) = suspected(c.pc) {
+            let _ = writeln!(s, "{l}");
+        }
         let _ = writeln!(
             s,
             "#\tcreated {}, cancelled {}, oldest {}",
