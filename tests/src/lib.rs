@@ -136,11 +136,10 @@ fn newest_mtime(path: &Path) -> Option<std::time::SystemTime> {
         .max()
 }
 
-/// Runs `goroscope ARGS --json`, asserts success, and returns the parsed output.
-pub fn goroscope_json(args: &[&str]) -> serde_json::Value {
+/// Runs `goroscope ARGS`, asserts success, and returns what it printed.
+pub fn goroscope_text(args: &[&str]) -> String {
     let out = Command::new(goroscope_bin())
         .args(args)
-        .arg("--json")
         .output()
         .expect("run goroscope");
     assert!(
@@ -148,7 +147,13 @@ pub fn goroscope_json(args: &[&str]) -> serde_json::Value {
         "goroscope {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("goroscope printed JSON")
+    String::from_utf8(out.stdout).expect("goroscope printed UTF-8")
+}
+
+/// Runs `goroscope ARGS --json`, asserts success, and returns the parsed output.
+pub fn goroscope_json(args: &[&str]) -> serde_json::Value {
+    let args: Vec<&str> = args.iter().copied().chain(["--json"]).collect();
+    serde_json::from_str(&goroscope_text(&args)).expect("goroscope printed JSON")
 }
 
 /// Source line (1-based) of the first line of `file` containing `needle`.

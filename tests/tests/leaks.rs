@@ -330,16 +330,13 @@ fn snapshot_observe_judges_the_sites_over_its_window() {
     // 10 goroutines and 2 × 20 contexts a second leak: the 30 s scale catches them within
     // a 36 s observation.
     let c = start(27, "default", &["-slow", "600", "-ctxfast", "20"]);
-    let out = std::process::Command::new(integration_tests::goroscope_bin())
-        .args(["snapshot", "--pid", &c.pid.to_string(), "--observe", "36"])
-        .output()
-        .expect("goroscope snapshot --observe");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = integration_tests::goroscope_text(&[
+        "snapshot",
+        "--pid",
+        &c.pid.to_string(),
+        "--observe",
+        "36",
+    ]);
     for marker in ["slow leak", "retry without cancel", "children pile-up"] {
         let at = site(marker);
         let block: Vec<&str> = text
