@@ -108,10 +108,6 @@ impl ProcessReader {
         self.stacks.budget = budget;
     }
 
-    pub fn stack_interest(&self) -> &StackInterest {
-        &self.stacks.interest
-    }
-
     /// Observes the process now; `kernel` is its share of the kernel's records (None
     /// without probes). At most `max_goroutines` are read into the inventory.
     pub fn observe(

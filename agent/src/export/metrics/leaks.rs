@@ -6,50 +6,47 @@
 use prometheus::proto::MetricFamily;
 
 use super::{family, process_labels};
+use crate::export::fold::{JudgedContext, JudgedSite, SeriesLabels};
 use crate::export::Snapshot;
 
 pub(super) fn families(snap: &Snapshot, out: &mut Vec<MetricFamily>) {
     let mut samples = Vec::new();
     for r in &snap.processes {
         let pid = r.table.pid.to_string();
-        let sites = r
-            .table
-            .sites
-            .iter()
-            .map(|s| (s.gopc, s.file.as_str(), s.line, s.function.as_str()));
-        let contexts = r
-            .table
-            .contexts
-            .iter()
-            .map(|c| (c.pc, c.file.as_str(), c.line, c.function.as_str()));
-        for s in r.suspicions() {
-            let found = match s.kind {
-                crate::detect::leak::LeakKind::Goroutines => sites.clone().find(|x| x.0 == s.pc),
-                crate::detect::leak::LeakKind::Contexts => contexts.clone().find(|x| x.0 == s.pc),
+        // (kind, labels, scale, blocked_at) of each suspected site.
+        let goroutines = r.table.sites.iter().filter_map(|site| {
+            let j = JudgedSite {
+                site,
+                verdict: r.verdict(site),
             };
-            let Some((_, file, line, function)) = found else {
-                continue;
+            let blocked_at = r.table.blocked_at(site).unwrap_or_default();
+            j.verdict.suspected.then(|| {
+                let labels = SeriesLabels::of(&j, true);
+                ("goroutines", labels, j.verdict.scale, blocked_at)
+            })
+        });
+        let contexts = r.table.contexts.iter().filter_map(|ctx| {
+            let j = JudgedContext {
+                ctx,
+                verdict: r.context_verdict(ctx),
             };
-            let (site, function) = if file.is_empty() {
-                ("unknown".to_string(), "unknown")
-            } else {
-                (format!("{file}:{line}"), function)
-            };
-            let kind = serde_json::to_value(s.kind)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
-            let blocked_at = s.blocked_at.clone().unwrap_or_default();
+            j.verdict.suspected.then(|| {
+                let labels = SeriesLabels::of(&j, true);
+                ("contexts", labels, j.verdict.scale, "")
+            })
+        });
+        for (kind, l, scale, blocked_at) in goroutines.chain(contexts) {
+            let scale = scale.unwrap_or_default();
             samples.push((
                 process_labels(
                     &pid,
                     &r.table,
                     &[
-                        ("kind", &kind),
-                        ("site", &site),
-                        ("function", function),
-                        ("scale", &s.scale),
-                        ("blocked_at", &blocked_at),
+                        ("kind", kind),
+                        ("site", &l.site),
+                        ("function", &l.function),
+                        ("scale", &scale),
+                        ("blocked_at", blocked_at),
                     ],
                 ),
                 1.0,
