@@ -415,8 +415,6 @@ fn context_sample(c: &ContextSiteView) -> Sample<'_> {
     }
 }
 
-static NO_AGES: std::sync::OnceLock<AgeHistogram> = std::sync::OnceLock::new();
-
 impl Sites {
     fn observe<'a>(
         &mut self,
@@ -441,14 +439,15 @@ impl Sites {
             });
         }
         self.seen = true;
-        let none = NO_AGES.get_or_init(AgeHistogram::default);
+        // An empty histogram (no allocation) for sites with nothing live.
+        let none = AgeHistogram::default();
         let mut verdicts = HashMap::with_capacity(present.len());
         for (pc, h) in self.sites.iter_mut() {
             let sample = present.get(pc);
             let zero = Sample {
                 live: 0,
                 waiting_ratio: Some(0.0),
-                ages: none,
+                ages: &none,
                 proven: 0,
                 exempt: true,
             };
