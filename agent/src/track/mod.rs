@@ -208,12 +208,19 @@ impl Tracker {
                 })
             })
             .collect();
-        // Stopped goroutines without a stack, per site.
+        // Stopped goroutines without a stack, per site, for the sites with stacks read
+        // (only theirs are shown).
+        let read_sites: HashSet<u64> = stopped.iter().map(|s| s.gopc).collect();
         let mut unread: HashMap<u64, u64> = HashMap::new();
         if let Ok(gs) = &obs.inventory {
-            let shown: HashSet<u64> = goroutines.iter().map(|(_, g)| g.goid).collect();
+            let shown: HashSet<u64> = goroutines
+                .iter()
+                .filter(|(gopc, _)| read_sites.contains(gopc))
+                .map(|(_, g)| g.goid)
+                .collect();
             for g in gs {
-                if goroutines::stack_readable(g.status)
+                if read_sites.contains(&g.gopc)
+                    && goroutines::stack_readable(g.status)
                     && shown.contains(&g.goid)
                     && !obs.stacks.contains_key(&g.goid)
                 {
