@@ -45,10 +45,21 @@ impl AgeHistogram {
     }
 
     pub fn add(&mut self, age_seconds: f64) {
+        self.add_to(Self::bucket(age_seconds));
+    }
+
+    /// The bucket of an age in ns (for [`AgeHistogram::add_to`]): callers adding many
+    /// equal ages compute it once.
+    pub fn bucket_of_ns(age_ns: u64) -> usize {
+        Self::bucket(age_ns as f64 / 1e9)
+    }
+
+    /// Adds one age to bucket `b` (from [`AgeHistogram::bucket_of_ns`]).
+    pub fn add_to(&mut self, b: usize) {
         if self.0.is_empty() {
             self.0 = vec![0; Self::BUCKETS];
         }
-        let b = &mut self.0[Self::bucket(age_seconds)];
+        let b = &mut self.0[b.min(Self::BUCKETS - 1)];
         *b = b.saturating_add(1);
     }
 
@@ -299,6 +310,10 @@ pub struct ProcessTable {
     /// The container and pod of the process (empty on a plain host).
     pub identity: Identity,
     pub sites: Vec<SiteView>,
+    /// Tracked live goroutines by state (running, runnable, syscall, or the wait reason).
+    pub states: BTreeMap<String, u64>,
+    /// Every tracked goroutine, when asked for (`Session::set_goroutine_views`; the
+    /// daemon does not keep them: their sums per site and state are what it needs).
     pub goroutines: Vec<GoroutineView>,
     /// Kernel counters (None without probes).
     pub counters: Option<Totals>,

@@ -125,6 +125,8 @@ pub struct Session {
     contexts: bool,
     /// Stack interest of processes traced from now on.
     default_interest: StackInterest,
+    /// Whether tables list every goroutine (see [`Session::set_goroutine_views`]).
+    goroutine_views: bool,
 }
 
 /// One traced process: how it is read, and what is remembered about it.
@@ -280,6 +282,7 @@ impl Session {
             attach_failures: 0,
             contexts: false,
             default_interest: StackInterest::None,
+            goroutine_views: true,
         }
     }
 
@@ -376,7 +379,8 @@ impl Session {
                 .to_string(),
             go_version: analysis.go_version.clone(),
         };
-        let tracker = Tracker::new(meta, &reader.observe(None, self.attach_max), &*analysis);
+        let mut tracker = Tracker::new(meta, &reader.observe(None, self.attach_max), &*analysis);
+        tracker.set_keep_goroutines(self.goroutine_views);
         reader.set_stack_interest(self.default_interest.clone());
         tracing::info!(pid = id.pid, exe = %tracker.meta().exe, container = container.as_ref().map_or("", |c| c.id.as_str()), "tracing process");
         self.procs.insert(
@@ -542,6 +546,17 @@ impl Session {
         }
     }
 
+    /// Whether the tables list every goroutine (`ProcessTable::goroutines`, on by
+    /// default), for every traced process and those traced later. Off, a table's size
+    /// does not grow with the goroutines (only their sums per site and state are kept):
+    /// what the daemon needs.
+    pub fn set_goroutine_views(&mut self, keep: bool) {
+        for t in self.procs.values_mut() {
+            t.tracker.set_keep_goroutines(keep);
+        }
+        self.goroutine_views = keep;
+    }
+
     /// The same stack interest for every traced process and those traced later.
     pub fn set_stack_interest_all(&mut self, interest: StackInterest) {
         for t in self.procs.values_mut() {
@@ -579,6 +594,7 @@ impl Session {
                 budget.spend(gs.len());
             }
             let mut table = t.tracker.update(&obs, &**t.reader.analysis());
+            t.reader.recycle(obs);
             table.identity = identity(t.container.as_ref(), pods);
             out.push(table);
         }

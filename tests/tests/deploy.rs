@@ -272,7 +272,7 @@ fn daemonset_config_file_is_valid() {
     assert_eq!(c.cri_socket, None);
     assert_eq!(
         (c.max_goroutines_per_process, c.max_goroutines_per_node),
-        (100_000, 250_000)
+        (1_000_000, 2_000_000)
     );
 }
 

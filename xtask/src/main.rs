@@ -114,6 +114,25 @@ enum Bench {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
+    /// Cost of `goroscope run` on a service with many goroutines: agent peak RSS,
+    /// refresh time, CPU per minute and scrape time for each number of goroutines.
+    Scale {
+        /// Runs per size (sizes interleaved; medians and spreads reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Numbers of blocked goroutines, comma-separated (the smallest is the base).
+        #[arg(long, value_delimiter = ',', default_values_t = [0u64, 10_000, 100_000, 1_000_000])]
+        sizes: Vec<u64>,
+        /// Seconds after the agent first counted them, before measuring.
+        #[arg(long, default_value_t = 30)]
+        warmup: u64,
+        /// Seconds measured per run.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Short goroutines started per second beside the blocked ones.
+        #[arg(long, default_value_t = 10_000)]
+        churn: u64,
+    },
     /// Time of a /metrics scrape of `goroscope run` tracing many processes with many
     /// `go` sites each.
     Scrape {
@@ -150,6 +169,13 @@ fn main() {
                 contexts,
                 http_seconds,
             } => bench::contexts::run(runs, contexts, http_seconds),
+            Bench::Scale {
+                runs,
+                sizes,
+                warmup,
+                seconds,
+                churn,
+            } => bench::scale::run(runs, &sizes, warmup, seconds, churn),
             Bench::Scrape { processes, scrapes } => bench::scrape::run(processes, scrapes),
             Bench::Discovery {
                 processes,

@@ -32,8 +32,8 @@
 //! pod_labels = []             # pod labels copied into goroscope_pod_info
 //!
 //! [limits]
-//! max_goroutines_per_process = 100000
-//! max_goroutines_per_node = 250000
+//! max_goroutines_per_process = 1000000
+//! max_goroutines_per_node = 2000000
 //!
 //! [leak]
 //! min_waiting_ratio = 0.8
@@ -113,8 +113,8 @@ pub struct LimitsConfig {
     pub max_goroutines_per_node: Option<usize>,
 }
 
-pub const DEFAULT_MAX_GOROUTINES_PER_PROCESS: usize = 100_000;
-pub const DEFAULT_MAX_GOROUTINES_PER_NODE: usize = 250_000;
+pub const DEFAULT_MAX_GOROUTINES_PER_PROCESS: usize = 1_000_000;
+pub const DEFAULT_MAX_GOROUTINES_PER_NODE: usize = 2_000_000;
 
 /// Flags and environment variables of `goroscope run` (all optional: they override the
 /// file).
@@ -152,10 +152,10 @@ pub struct RunArgs {
     /// usual paths of containerd and CRI-O].
     #[arg(long, env = "GOROSCOPE_CRI_SOCKET")]
     pub cri_socket: Option<PathBuf>,
-    /// Goroutines tracked per process; beyond, they are counted only [default: 100000].
+    /// Goroutines tracked per process; beyond, they are counted only [default: 1000000].
     #[arg(long, env = "GOROSCOPE_MAX_GOROUTINES_PER_PROCESS")]
     pub max_goroutines_per_process: Option<usize>,
-    /// Goroutines tracked on the node, all processes together [default: 250000].
+    /// Goroutines tracked on the node, all processes together [default: 2000000].
     #[arg(long, env = "GOROSCOPE_MAX_GOROUTINES_PER_NODE")]
     pub max_goroutines_per_node: Option<usize>,
     /// Address of the HTTP server (/metrics, /healthz, /readyz, /debug/goroutines)
@@ -483,8 +483,8 @@ mod tests {
         assert_eq!(c.top_sites, 20);
         assert!(c.contexts);
         assert_eq!(c.leak, LeakConfig::default());
-        assert_eq!(c.max_goroutines_per_process, 100_000);
-        assert_eq!(c.max_goroutines_per_node, 250_000);
+        assert_eq!(c.max_goroutines_per_process, 1_000_000);
+        assert_eq!(c.max_goroutines_per_node, 2_000_000);
         // Nothing named: the whole node.
         let node = Config::resolve(&RunArgs::default()).unwrap();
         assert_eq!(node.targets, vec![Target::Node]);

@@ -115,13 +115,16 @@ fn session(t: &Target, cfg: &Config, pods: &Arc<PodResolver>) -> Result<Session>
             // Two listings of the runtime.
             pod_wait: cfg.pod_cache * 2,
         };
-        return Session::attach_node(
+        let mut s = Session::attach_node(
             node,
             Some(pods.clone()),
             cfg.max_live_goroutines,
             cfg.contexts,
             cfg.max_goroutines_per_process,
-        );
+        )?;
+        // Sums per site and state only: memory that does not grow with the goroutines.
+        s.set_goroutine_views(false);
+        return Ok(s);
     }
     let mut s = Session::attach_limited(
         t.clone(),
@@ -129,6 +132,7 @@ fn session(t: &Target, cfg: &Config, pods: &Arc<PodResolver>) -> Result<Session>
         cfg.contexts,
         cfg.max_goroutines_per_process,
     )?;
+    s.set_goroutine_views(false);
     s.set_pods(pods.clone());
     Ok(s)
 }

@@ -64,6 +64,8 @@ pub struct ProcessReader {
     starts: HashMap<u64, Option<Arc<str>>>,
     /// Stacks of the goroutines of the sites of interest, cached while they stay put.
     stacks: stacks::StackReader,
+    /// How the goroutines are read (kept between refreshes).
+    plan: goroutines::Plan,
 }
 
 /// Stacks walked per refresh at most, so a process with many new wrapper-started
@@ -86,6 +88,7 @@ impl ProcessReader {
             contexts: Default::default(),
             starts: HashMap::new(),
             stacks: Default::default(),
+            plan: Default::default(),
         })
     }
 
@@ -123,6 +126,7 @@ impl ProcessReader {
             self.bias,
             max_goroutines,
             &self.stacks.interest,
+            &mut self.plan,
         ) {
             Ok(inv) => {
                 self.resolve_starts(&inv.goroutines, &inv.wrapper_stacks);
@@ -156,6 +160,13 @@ impl ProcessReader {
             contexts,
             starts,
             stacks,
+        }
+    }
+
+    /// Hands an observation back once it is tracked: its buffers serve the next one.
+    pub fn recycle(&mut self, obs: Observation) {
+        if let Ok(gs) = obs.inventory {
+            self.plan.recycle(gs);
         }
     }
 

@@ -74,7 +74,6 @@ fn g(goid: u64, gopc: u64) -> G {
         goid,
         status: STATUS_WAITING,
         wait_reason: CHAN_RECEIVE,
-        wait_since: 0,
         gopc,
         startpc: gopc + 1,
         parent_goid: 1,

@@ -6,6 +6,7 @@ pub mod discovery;
 mod driven;
 pub mod overhead;
 mod report;
+pub mod scale;
 pub mod scrape;
 
 use std::collections::HashMap;

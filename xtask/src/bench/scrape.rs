@@ -120,13 +120,13 @@ fn report(
 
 /// Scrapes the agent's /metrics like a Prometheus without keep-alive: HTTP/1.0, a new
 /// connection per scrape.
-struct Scraper {
+pub(super) struct Scraper {
     http: ureq::Agent,
     url: String,
 }
 
 impl Scraper {
-    fn new(addr: &str) -> Scraper {
+    pub(super) fn new(addr: &str) -> Scraper {
         let http = ureq::Agent::config_builder()
             .proxy(None)
             .max_idle_connections(0)
@@ -139,7 +139,7 @@ impl Scraper {
     }
 
     /// The body of a 200 response (any other status is an error).
-    fn metrics(&self) -> Result<String> {
+    pub(super) fn metrics(&self) -> Result<String> {
         let mut response = self
             .http
             .get(&self.url)

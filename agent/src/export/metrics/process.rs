@@ -1,8 +1,6 @@
 //! Per traced process: who it is, its live goroutines (in all and by state), and the
 //! probe events the kernel could not record for it.
 
-use std::collections::BTreeMap;
-
 use prometheus::proto::MetricFamily;
 
 use super::{family, process_labels};
@@ -36,13 +34,9 @@ pub(super) fn families(snap: &Snapshot, out: &mut Vec<MetricFamily>) {
     out.push(family(
         "goroscope_process_goroutines_by_state",
         processes.iter().flat_map(|(pid, t)| {
-            let mut states: BTreeMap<&str, u64> = BTreeMap::new();
-            for g in &t.goroutines {
-                *states.entry(g.state.as_str()).or_default() += 1;
-            }
-            states
-                .into_iter()
-                .map(move |(state, n)| (process_labels(pid, t, &[("state", state)]), n as f64))
+            t.states
+                .iter()
+                .map(move |(state, n)| (process_labels(pid, t, &[("state", state)]), *n as f64))
         }),
     ));
     out.push(family(

@@ -6,8 +6,8 @@ use super::*;
 use crate::detect::leak::Verdict;
 use crate::export::TargetStatus;
 use crate::model::{
-    bucket_upper_seconds, ContextSiteView, GoroutineView, Identity, Lifetime, Losses, MapFill,
-    ParentView, ProcessTable, SiteView, Totals,
+    bucket_upper_seconds, ContextSiteView, Identity, Lifetime, Losses, MapFill, ParentView,
+    ProcessTable, SiteView, Totals,
 };
 
 fn render_ok(s: &Snapshot, f: Format) -> String {
@@ -88,17 +88,7 @@ fn small_table() -> ProcessTable {
         go_version: "go1.27.3".into(),
         live: 3,
         sites: vec![site(10, 2), site(11, 1)],
-        goroutines: vec![GoroutineView {
-            goid: 1,
-            parent_goid: 0,
-            state: "chan receive".into(),
-            created_at: String::new(),
-            start_function: String::new(),
-            age_seconds: 1.0,
-            age_is_lower_bound: false,
-            waiting: true,
-            leaked: false,
-        }],
+        states: [("chan receive".to_string(), 1)].into(),
         counters: Some(Totals {
             created: 3,
             exited: 2,
