@@ -622,3 +622,68 @@ fn blocking_line_rules() {
     assert!(!is_standard("main.main"));
     assert!(!is_standard("gopkg.in/yaml%2ev3.(*parser).parse"));
 }
+
+/// Without goroutine views (the daemon), a table is the same but for its goroutine list:
+/// sites, states, ages and sample goids come from the per-site sums.
+#[test]
+fn tables_without_goroutine_views_are_the_same_but_for_the_list() {
+    let attach = obs(0, vec![g(9, SITE_A), g(3, SITE_A), g(1, SITE_A)], None);
+    let refresh = || {
+        let inv = vec![
+            g(1, SITE_A),
+            g(3, SITE_A),
+            g(4, SITE_B),
+            running(5, SITE_B),
+            g(6, SITE_B),
+            g(8, SITE_A),
+            g(7, SITE_A),
+            g(2, SITE_A),
+            running(11, SITE_A),
+        ];
+        let k = kernel(
+            &[
+                (4, SITE_B, 8),
+                (5, SITE_B, 8),
+                (6, SITE_B, 9),
+                (7, SITE_A, 2),
+            ],
+            &[(SITE_B, &[1, 3])],
+        );
+        obs(10, inv, Some(k))
+    };
+    let mut with = Tracker::new(meta(), &attach, &FakeBinary);
+    let mut without = Tracker::new(meta(), &attach, &FakeBinary);
+    without.set_keep_goroutines(false);
+    let a = with.update(&refresh(), &FakeBinary);
+    let b = without.update(&refresh(), &FakeBinary);
+    assert_eq!(a.goroutines.len(), 6);
+    assert!(b.goroutines.is_empty());
+    assert_eq!(a.sites, b.sites);
+    assert_eq!(a.states, b.states);
+    assert_eq!(
+        a.states,
+        [("chan receive".to_string(), 5), ("running".to_string(), 1)].into()
+    );
+    assert_eq!(a.live, 6);
+    let s = site(&b, SITE_A);
+    // 1 and 3 alive since attach (10 s, a lower bound), 7 created at 2 s; 8, 2 and 11
+    // neither alive at attach nor seen created: not counted yet.
+    assert_eq!(s.sample_goids, [1, 3, 7]);
+    assert_eq!(
+        (s.oldest_age_seconds, s.oldest_age_is_lower_bound),
+        (10.0, true)
+    );
+    assert_eq!(s.ages.at_least(9.0), 2);
+    // Goroutine 9 exited: forgotten, a new 9 later would not count as alive at attach.
+    let mut c = Tracker::new(meta(), &attach, &FakeBinary);
+    let t = c.update(
+        &obs(5, vec![g(1, SITE_A)], Some(kernel(&[], &[]))),
+        &FakeBinary,
+    );
+    assert_eq!(t.live, 1);
+    let t = c.update(
+        &obs(6, vec![g(1, SITE_A), g(9, SITE_A)], Some(kernel(&[], &[]))),
+        &FakeBinary,
+    );
+    assert_eq!(t.live, 1, "{:?}", t.goroutines);
+}

@@ -255,7 +255,11 @@ fn report(
                 "— (the base)".into()
             },
             spread(&refresh, 3),
-            spread(&cpu, 2),
+            format!(
+                "{} = {:.1} s a minute",
+                spread(&cpu, 2),
+                super::median(&mut cpu.clone()) * 0.6
+            ),
             spread(&scrape, 1),
         ]);
         json_rows.push(json!({
