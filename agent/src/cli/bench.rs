@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use crate::gobin::{self, Hook};
 use crate::probe::{Probes, Program, Scope};
 use crate::process;
-use crate::session::{Session, Target};
+use crate::session::{ContextMode, Session, Target};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
@@ -32,12 +32,16 @@ fn rusage() -> (f64, u64) {
 }
 
 /// Which hooks the floor and entry modes attach empty programs to (goroscope mode:
-/// `goroutines` leaves the context probes out, like `contexts = false`).
+/// `goroutines` leaves the context probes out, like `contexts = false`; `created` is the
+/// default context mode, one probe per context; `all` adds the cancel probe, like
+/// `context_cancel_probe = true`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Hooks {
     Goroutines,
     Contexts,
-    /// Goroutine and context sites (what goroscope attaches).
+    /// Goroutine sites and the context creation site (goroscope's default).
+    Created,
+    /// Goroutine and context sites, creation and cancel.
     All,
 }
 
@@ -49,12 +53,18 @@ pub fn run(pid: u32, mode: Mode, hooks: Hooks) -> Result<()> {
     });
     let mut refreshes = 0u64;
     let mut contexts_created = 0u64;
+    let mut context_hits = serde_json::Map::new();
     let counters = match mode {
         Mode::Goroscope => {
+            let contexts = match hooks {
+                Hooks::Goroutines => ContextMode::Off,
+                Hooks::Created => ContextMode::Created,
+                Hooks::Contexts | Hooks::All => ContextMode::CancelProbe,
+            };
             let mut s = Session::attach_with(
                 Target::Pid(pid),
                 goroscope_common::DEFAULT_MAX_LIVE,
-                hooks != Hooks::Goroutines,
+                contexts,
             )?;
             println!("attached");
             while rx.recv_timeout(Duration::from_secs(5)).is_err() {
@@ -70,9 +80,12 @@ pub fn run(pid: u32, mode: Mode, hooks: Hooks) -> Result<()> {
             t.counters.unwrap_or_default()
         }
         Mode::Floor | Mode::Entry => {
-            let _probes = attach_empty(pid, mode, hooks)?;
+            let probes = attach_empty(pid, mode, hooks)?;
             println!("attached");
             let _ = rx.recv();
+            for (hook, n) in probes.noop_hits()? {
+                context_hits.insert(hook.name().to_string(), n.into());
+            }
             Default::default()
         }
     };
@@ -85,6 +98,7 @@ pub fn run(pid: u32, mode: Mode, hooks: Hooks) -> Result<()> {
             "exited": counters.exited,
             "lost": counters.lost.total(),
             "contexts_created": contexts_created,
+            "hits": context_hits,
             "agent_cpu_seconds": cpu,
             "agent_max_rss_kib": rss_kb,
             "refreshes": refreshes,
@@ -103,6 +117,11 @@ fn attach_empty(pid: u32, mode: Mode, hooks: Hooks) -> Result<Probes> {
     let hook_set: &[Hook] = match hooks {
         Hooks::Goroutines => &[Hook::GoroutineCreate, Hook::GoroutineExit],
         Hooks::Contexts => &[Hook::ContextCreate, Hook::ContextCancel],
+        Hooks::Created => &[
+            Hook::GoroutineCreate,
+            Hook::GoroutineExit,
+            Hook::ContextCreate,
+        ],
         Hooks::All => &[
             Hook::GoroutineCreate,
             Hook::GoroutineExit,

@@ -20,7 +20,7 @@ use crate::export::http::Shared;
 use crate::export::{OtherFold, ProcessReport, Snapshot, TargetStatus};
 use crate::intake::StackInterest;
 use crate::model::MapFill;
-use crate::session::{Budget, NodeDiscovery, Session, Target};
+use crate::session::{Budget, ContextMode, NodeDiscovery, Session, Target};
 
 /// Identity of an `exe` target's file: device, inode, size and modification time (a file
 /// still being written changes between refreshes and is tried again); None when it does
@@ -119,14 +119,14 @@ fn session(t: &Target, cfg: &Config, pods: &Arc<PodResolver>) -> Result<Session>
             node,
             Some(pods.clone()),
             cfg.max_live_goroutines,
-            cfg.contexts,
+            ContextMode::of(cfg.contexts, cfg.context_cancel_probe),
             cfg.max_goroutines_per_process,
         );
     }
     let mut s = Session::attach_limited(
         t.clone(),
         cfg.max_live_goroutines,
-        cfg.contexts,
+        ContextMode::of(cfg.contexts, cfg.context_cancel_probe),
         cfg.max_goroutines_per_process,
     )?;
     s.set_pods(pods.clone());

@@ -208,6 +208,49 @@ impl Probes {
         }
     }
 
+    /// Frees the records of contexts of process `tgid` that the agent judged cancelled or
+    /// gone (one-probe mode): each `(context, created_ns)` is freed only if its record is
+    /// still the one judged (same creation time), so a newer context at the same address
+    /// recorded meanwhile is kept (the kernel counted the judged one then). Returns, per
+    /// context, whether its record was freed: only those are the agent's to count.
+    ///
+    /// The slot table is changed in place (compare-and-swap, see `SlotTable::free_if`).
+    /// An overflow entry is looked up, checked and deleted in two system calls: if the
+    /// kernel replaces it in between (a new context at the same address, counted by the
+    /// kernel), the new record is deleted too and the old context counted twice — a
+    /// window of microseconds against a refresh interval.
+    pub fn free_contexts(&mut self, tgid: u32, judged: &[(u64, u64)]) -> Result<Vec<bool>> {
+        let mut freed = vec![false; judged.len()];
+        let mut overflow = Vec::new();
+        for (i, &(ctx, created_ns)) in judged.iter().enumerate() {
+            let slot = goroscope_common::ctx_slot_index(tgid, ctx) as usize;
+            if self
+                .ctx_slots
+                .free_if(slot, tgid, ctx, |s| s.info.created_ns == created_ns)
+            {
+                freed[i] = true;
+            } else {
+                overflow.push(i);
+            }
+        }
+        if overflow.is_empty() {
+            return Ok(freed);
+        }
+        let mut live: BpfHashMap<_, CtxKey, CtxInfo> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut("CTX_LIVE")
+                .context("map CTX_LIVE missing")?,
+        )?;
+        for i in overflow {
+            let (ctx, created_ns) = judged[i];
+            let key = CtxKey { tgid, _pad: 0, ctx };
+            if live.get(&key, 0).is_ok_and(|v| v.created_ns == created_ns) {
+                freed[i] = live.remove(&key).is_ok();
+            }
+        }
+        Ok(freed)
+    }
+
     /// Removes the entries of process `tgid` from a hash map keyed by process.
     fn remove_process<K: ProcessKey, V: Pod>(&mut self, name: &str, tgid: u32) -> Result<()> {
         let mut map: BpfHashMap<_, K, V> = BpfHashMap::try_from(
