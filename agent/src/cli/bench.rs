@@ -1,6 +1,7 @@
 //! `goroscope bench-attach` (hidden): attaches in one of the benchmark's modes, prints
-//! `attached`, keeps attached until stdin closes, then prints a JSON report. Driven by
-//! `cargo xtask bench overhead`.
+//! `attached`, keeps attached until stdin closes, then prints a JSON report; a `hits`
+//! line on stdin prints the probe hits so far (empty programs) or the contexts recorded
+//! so far (goroscope). Driven by `cargo xtask bench overhead` and `bench contexts`.
 
 use std::io::BufRead;
 use std::time::Duration;
@@ -46,10 +47,16 @@ pub enum Hooks {
 }
 
 pub fn run(pid: u32, mode: Mode, hooks: Hooks) -> Result<()> {
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    // Each stdin line: `hits` asks for the probe hits so far (one JSON line); closing
+    // stdin ends the run.
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {
-        for _ in std::io::stdin().lock().lines() {}
-        let _ = tx.send(());
+        for l in std::io::stdin().lock().lines() {
+            let Ok(l) = l else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
     });
     let mut refreshes = 0u64;
     let mut contexts_created = 0u64;
@@ -67,9 +74,23 @@ pub fn run(pid: u32, mode: Mode, hooks: Hooks) -> Result<()> {
                 contexts,
             )?;
             println!("attached");
-            while rx.recv_timeout(Duration::from_secs(5)).is_err() {
-                s.refresh()?;
-                refreshes += 1;
+            let created = |t: &[crate::model::ProcessTable]| -> u64 {
+                t.iter().flat_map(|t| &t.contexts).map(|c| c.created).sum()
+            };
+            loop {
+                match rx.recv_timeout(Duration::from_secs(5)) {
+                    Ok(l) if l == "hits" => {
+                        // goroscope's programs do not count hits: the contexts it recorded.
+                        let n = created(&s.refresh()?);
+                        println!("{}", serde_json::json!({ "contexts_created": n }));
+                    }
+                    Ok(_) => {}
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                        s.refresh()?;
+                        refreshes += 1;
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                }
             }
             let t = s
                 .refresh()?
@@ -82,10 +103,18 @@ pub fn run(pid: u32, mode: Mode, hooks: Hooks) -> Result<()> {
         Mode::Floor | Mode::Entry => {
             let probes = attach_empty(pid, mode, hooks)?;
             println!("attached");
-            let _ = rx.recv();
-            for (hook, n) in probes.noop_hits()? {
-                context_hits.insert(hook.name().to_string(), n.into());
+            let hits = |p: &Probes| -> Result<serde_json::Map<String, serde_json::Value>> {
+                Ok(p.noop_hits()?
+                    .into_iter()
+                    .map(|(hook, n)| (hook.name().to_string(), n.into()))
+                    .collect())
+            };
+            while let Ok(l) = rx.recv() {
+                if l == "hits" {
+                    println!("{}", serde_json::Value::Object(hits(&probes)?));
+                }
             }
+            context_hits = hits(&probes)?;
             Default::default()
         }
     };
