@@ -634,16 +634,12 @@ impl Session {
             }
             let obs = t.reader.observe(records, budget.allowance());
             // Learned while observing (from the busiest parents), told at once.
-            if let (true, Some(p), Some(ct)) = (
-                one_probe,
-                self.probes.as_mut(),
-                t.reader.context_chan_type(),
-            ) {
+            if let (true, Some(p)) = (one_probe, self.probes.as_mut()) {
                 let group = t
                     .ident
                     .and_then(|i| self.binaries.get(&i))
                     .map_or(0, |b| b.group);
-                p.set_context_chan_type(group, ct)?;
+                tell_context_types(p, group, &t.reader)?;
             }
             if let Ok(gs) = &obs.inventory {
                 budget.spend(gs.len());
@@ -658,9 +654,9 @@ impl Session {
 
 /// One-probe mode, one process: judges its tracked contexts from its memory, frees the
 /// records of those cancelled or gone, counts them, and tells the kernel the process's
-/// `chan struct{}` type once learned (it tells held contexts apart when their address
-/// comes back before a refresh; written again after the observation, which may learn
-/// it too: a no-op once written).
+/// context types once learned (they tell held contexts apart when their address comes
+/// back before a refresh; told again after the observation, which may learn them too: a
+/// no-op when unchanged).
 fn settle_contexts(
     p: &mut Probes,
     group: u64,
@@ -674,10 +670,16 @@ fn settle_contexts(
         let freed = p.free_contexts(pid, &keys)?;
         reader.settle_contexts(c, &judged, &freed);
     }
-    if let Some(t) = reader.context_chan_type() {
-        p.set_context_chan_type(group, t)?;
+    tell_context_types(p, group, reader)
+}
+
+/// Tells the kernel what the agent learned about a process's context types (its `chan
+/// struct{}` type, the parent types that hold their children), once it knows the first.
+fn tell_context_types(p: &mut Probes, group: u64, reader: &ProcessReader) -> Result<()> {
+    match reader.context_chan_type() {
+        Some(t) => p.set_context_types(group, t, &reader.context_holder_itabs()),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// A process's container and pod, as far as known now.

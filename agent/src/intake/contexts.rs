@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use goroscope_common::{CtxInfo, CtxSiteStats, CTX_HOLDER_DEPTH};
+use goroscope_common::{CtxInfo, CtxSiteStats};
 
 use super::goroutines::{self, G};
 use super::memory::{u64_at, ProcMem};
@@ -119,6 +119,13 @@ pub fn judge(ctx: u64, info: CtxInfo, seen: Seen, held: impl FnOnce() -> bool) -
     })
 }
 
+/// Whether a context's parent type is one seen holding children (`holders`): then the
+/// context was registered in its parent's `children` map (or cancelled at once), whatever
+/// became of the parent since — unlike reading the parent, which may be gone too.
+pub fn held_by_type(holders: &[u64], info: &CtxInfo) -> bool {
+    info.parent_itab != 0 && holders.contains(&info.parent_itab)
+}
+
 /// Counts a judged context (whose record the agent freed) for its site: cancelled with a
 /// lifetime up to `now_ns` (an upper bound: cancelled at most one refresh earlier), or
 /// collected.
@@ -150,12 +157,52 @@ pub struct ContextReader {
     /// One-probe mode: the cancellations and collections the agent saw (and whose
     /// records it freed), per creation site, since attach.
     seen: HashMap<u64, CtxSiteStats>,
+    /// Itabs (runtime addresses) of parent types seen holding children: a parent of that
+    /// type had the `chan struct{}` type in its own `done` (`*cancelCtx`, `*timerCtx`, …),
+    /// in the order learned.
+    holder_itabs: Vec<u64>,
 }
+
+/// Distinct parent types checked per refresh at most to learn holder itabs.
+const HOLDER_CHECKS: usize = 16;
 
 impl ContextReader {
     /// The `chan struct{}` type word (runtime address), once learned.
     pub fn chan_type(&self) -> Option<u64> {
         self.chan_type
+    }
+
+    /// Itabs (runtime addresses) of the parent types seen holding children.
+    pub fn holder_itabs(&self) -> &[u64] {
+        &self.holder_itabs
+    }
+
+    /// Learns which parent types hold their children: for a few parent types not known
+    /// yet, one live parent of each is read (its own `done` has the `chan struct{}` type).
+    fn learn_holders(
+        &mut self,
+        mem: &ProcMem,
+        off: CancelCtxOffsets,
+        live: &HashMap<u64, CtxInfo>,
+    ) {
+        let Some(chan_type) = self.chan_type else {
+            return;
+        };
+        let mut checked: HashMap<u64, ()> = HashMap::new();
+        for info in live.values() {
+            if checked.len() >= HOLDER_CHECKS {
+                break;
+            }
+            if info.parent_itab == 0
+                || self.holder_itabs.contains(&info.parent_itab)
+                || checked.insert(info.parent_itab, ()).is_some()
+            {
+                continue;
+            }
+            if mem.read_u64(info.parent + u64::from(off.done)).ok() == Some(chan_type) {
+                self.holder_itabs.push(info.parent_itab);
+            }
+        }
     }
 
     /// One-probe mode: reads every tracked context of `live` in the process (one batch
@@ -197,6 +244,7 @@ impl ContextReader {
                 }
             }
         }
+        self.learn_holders(mem, cc, live);
         let mut held_memo: HashMap<u64, bool> = HashMap::new();
         let mut out = Vec::new();
         for (i, ((c, info), b)) in ctxs.iter().zip(bufs.chunks(len)).enumerate() {
@@ -211,10 +259,12 @@ impl ContextReader {
                 self.chan_type = learn_chan_type_at(mem, cc, info.parent);
             }
             let chan_type = self.chan_type;
+            let by_type = held_by_type(&self.holder_itabs, info);
             let held = || {
-                *held_memo
-                    .entry(info.parent)
-                    .or_insert_with(|| chan_type.is_some_and(|t| holds(mem, cc, t, info.parent)))
+                by_type
+                    || *held_memo.entry(info.parent).or_insert_with(|| {
+                        chan_type.is_some_and(|t| holds(mem, cc, t, info.parent))
+                    })
             };
             out.extend(judge(*c, *info, s, held));
         }
@@ -360,23 +410,10 @@ fn learn_chan_type_at(mem: &ProcMem, off: CancelCtxOffsets, parent: u64) -> Opti
 }
 
 /// Whether `parent` holds its children in a `children` map: it is a `*cancelCtx` (or a
-/// struct starting with one) — its `done` has the `chan struct{}` type word — or a chain
-/// of contexts embedding one at offset 0 (`valueCtx`), up to [`CTX_HOLDER_DEPTH`] links.
-/// The kernel's twin is `held` in the BPF program.
+/// struct starting with one) — its `done` has the `chan struct{}` type word. A wrapper
+/// (`valueCtx`) is not followed (see `held` in the BPF program, its twin).
 fn holds(mem: &ProcMem, off: CancelCtxOffsets, chan_type: u64, parent: u64) -> bool {
-    let mut p = parent;
-    for _ in 0..CTX_HOLDER_DEPTH {
-        if p == 0 {
-            return false;
-        }
-        match mem.read_u64(p + u64::from(off.done)) {
-            Ok(t) if t == chan_type => return true,
-            Ok(_) => {}
-            Err(_) => return false,
-        }
-        p = mem.read_u64(p + 8).unwrap_or(0);
-    }
-    false
+    parent != 0 && mem.read_u64(parent + u64::from(off.done)).ok() == Some(chan_type)
 }
 
 /// `len(parent.children)` of each parent that is a `*cancelCtx` (its done value has
@@ -453,6 +490,18 @@ mod tests {
         // its `err` word holds.
         assert_eq!(seen(&i, &block(0x4a_0000, 0xc000_0200, 1), OFF), Seen::Gone);
         assert_eq!(seen(&i, &block(0x4a_0008, 0xc000_0100, 0), OFF), Seen::Gone);
+    }
+
+    #[test]
+    fn held_by_the_parent_type() {
+        let i = rec(7, 0);
+        assert!(held_by_type(&[0x4b_0000, 0x4a_0000], &i));
+        assert!(!held_by_type(&[0x4b_0000], &i));
+        let no_itab = CtxInfo {
+            parent_itab: 0,
+            ..i
+        };
+        assert!(!held_by_type(&[0], &no_itab));
     }
 
     #[test]

@@ -125,6 +125,15 @@ impl ProcessReader {
         self.contexts.chan_type().map(|t| t.wrapping_sub(self.bias))
     }
 
+    /// Link-time itabs of the parent types seen holding their children.
+    pub fn context_holder_itabs(&self) -> Vec<u64> {
+        self.contexts
+            .holder_itabs()
+            .iter()
+            .map(|t| t.wrapping_sub(self.bias))
+            .collect()
+    }
+
     /// Observes the process now; `kernel` is its share of the kernel's records (None
     /// without probes). At most `max_goroutines` are read into the inventory.
     pub fn observe(

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use aya::maps::Array;
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope};
 use aya::programs::UProbe;
-use goroscope_common::{CtxConfig, SiteConfig, CTX_RANGES, MAX_SITE_CONFIGS};
+use goroscope_common::{CtxConfig, SiteConfig, CTX_HOLDER_ITABS, CTX_RANGES, MAX_SITE_CONFIGS};
 
 use super::{Attached, Probes, Program, Scope};
 use crate::gobin::{Analysis, Hook, ProbeSite};
@@ -217,10 +217,12 @@ impl Probes {
     }
 
     /// Tells the context-creation probes of `group` (one binary) where the process's
-    /// `chan struct{}` type descriptor is (link-time address), once the agent has learned
-    /// it: from then on, a context garbage collected before the agent judged it is told
-    /// held (cancelled) from not (see `CTX_ONE_PROBE`). Written once per probe.
-    pub fn set_context_chan_type(&mut self, group: u64, chan_type: u64) -> Result<()> {
+    /// `chan struct{}` type descriptor is and which parent types hold their children
+    /// (link-time addresses; the first `CTX_HOLDER_ITABS` are kept), once the agent has
+    /// learned them: from then on, a context garbage collected before the agent judged it
+    /// is told held (cancelled) from not (see `CTX_ONE_PROBE`). Written only when it
+    /// changes.
+    pub fn set_context_types(&mut self, group: u64, chan_type: u64, holders: &[u64]) -> Result<()> {
         let cookies: Vec<u32> = self
             .links
             .iter()
@@ -230,6 +232,10 @@ impl Probes {
         if cookies.is_empty() {
             return Ok(());
         }
+        let mut itabs = [0u64; CTX_HOLDER_ITABS];
+        for (slot, h) in itabs.iter_mut().zip(holders) {
+            *slot = *h;
+        }
         let mut ctx_configs: Array<_, CtxConfig> = Array::try_from(
             self.ebpf
                 .map_mut("CTX_CONFIG")
@@ -237,8 +243,9 @@ impl Probes {
         )?;
         for cookie in cookies {
             let mut c = ctx_configs.get(&cookie, 0).context("reading CTX_CONFIG")?;
-            if c.chan_type != chan_type {
+            if (c.chan_type, c.holder_itabs) != (chan_type, itabs) {
                 c.chan_type = chan_type;
+                c.holder_itabs = itabs;
                 ctx_configs
                     .set(cookie, c, 0)
                     .context("writing CTX_CONFIG")?;

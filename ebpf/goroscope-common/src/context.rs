@@ -30,16 +30,22 @@ pub struct CtxConfig {
     /// Offset of `cancelCtx.done`.
     pub done_off: u32,
     pub _pad: u32,
+    /// Link-time itabs of the parent types known to hold their children (`*cancelCtx`,
+    /// `*timerCtx`, …: a parent seen with the `chan struct{}` type in its own `done`),
+    /// learned by the agent; 0: unused. A context whose parent has one of these types was
+    /// registered in the parent's `children` map (or cancelled at once), whatever became
+    /// of the parent since.
+    pub holder_itabs: [u64; CTX_HOLDER_ITABS],
 }
+
+/// Entries of [`CtxConfig::holder_itabs`].
+pub const CTX_HOLDER_ITABS: usize = 4;
 
 /// [`CtxConfig::flags`]: no cancel probe is attached (the agent sees cancellations by
 /// reading the contexts' memory), so a context whose address comes back in a new context
 /// before the agent judged it may have been cancelled: it is counted cancelled when its
 /// parent held it (see [`CtxSiteStats`]), collected otherwise.
 pub const CTX_ONE_PROBE: u32 = 1;
-/// Parent links followed (a `valueCtx` chain: the embedded `Context` at offset 0) to find
-/// the `*cancelCtx` that holds a context in its `children` map.
-pub const CTX_HOLDER_DEPTH: usize = 3;
 
 /// Key of the live-context map: a context (`*cancelCtx`) in one process.
 #[repr(C)]

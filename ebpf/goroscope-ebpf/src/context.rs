@@ -14,7 +14,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use goroscope_common::{
     ctx_slot_index, CtxConfig, CtxInfo, CtxKey, CtxSiteStats, CtxSlot, Loss, SiteKey, CTX_FRAMES,
-    CTX_HOLDER_DEPTH, CTX_ONE_PROBE, CTX_SLOTS, DEFAULT_MAX_CONTEXTS, MAX_SITES, MAX_SITE_CONFIGS,
+    CTX_HOLDER_ITABS, CTX_ONE_PROBE, CTX_SLOTS, DEFAULT_MAX_CONTEXTS, MAX_SITES, MAX_SITE_CONFIGS,
     SLOT_BUSY,
 };
 
@@ -228,7 +228,7 @@ fn reused(ctx: &ProbeContext, (cfg, bias): (&CtxConfig, u64), tgid: u32, old: &C
         lost(ctx, tgid, Loss::ContextSiteMapFull);
         return;
     };
-    if cfg.flags & CTX_ONE_PROBE != 0 && held(cfg, bias, old.parent) {
+    if cfg.flags & CTX_ONE_PROBE != 0 && held(cfg, bias, old) {
         let lifetime = now_ns().saturating_sub(old.created_ns);
         // SAFETY: `st` points into a map value.
         unsafe {
@@ -241,30 +241,30 @@ fn reused(ctx: &ProbeContext, (cfg, bias): (&CtxConfig, u64), tgid: u32, old: &C
     }
 }
 
-/// Whether `parent` (a context's parent, interface data word) is a `*cancelCtx` (or a
-/// struct starting with one: `timerCtx`, …), or a `valueCtx` chain over one: the type word
-/// of its `done` is the process's `chan struct{}` type (`cfg.chan_type`, learned by the
-/// agent; false while unknown).
+/// Whether the parent of context `c` held it in a `children` map: its type (itab) is one
+/// the agent saw holding children (`cfg.holder_itabs`: no memory read, and right even
+/// when the parent is gone too), or, read now, the parent is a `*cancelCtx` (or a struct
+/// starting with one: `timerCtx`, …): the type word of its `done` is the process's `chan
+/// struct{}` type (`cfg.chan_type`, learned by the agent; false while unknown). A parent
+/// that wraps one (`valueCtx`) is not followed: its first words are not a context for
+/// every type (`Background`'s data word points at `runtime.zerobase`), and reading on
+/// from there once counted children of `Background` as held.
 #[inline(always)]
-fn held(cfg: &CtxConfig, bias: u64, parent: u64) -> bool {
-    if cfg.chan_type == 0 {
-        return false;
-    }
-    let want = cfg.chan_type.wrapping_add(bias);
-    let mut p = parent;
-    for _ in 0..CTX_HOLDER_DEPTH {
-        if p == 0 {
-            return false;
+fn held(cfg: &CtxConfig, bias: u64, c: &CtxInfo) -> bool {
+    let itab = c.parent_itab.wrapping_sub(bias);
+    for i in 0..CTX_HOLDER_ITABS {
+        let h = cfg.holder_itabs[i];
+        if h == 0 {
+            break;
         }
-        match read::<u64>(p + cfg.done_off as u64) {
-            Ok(t) if t == want => return true,
-            Ok(_) => {}
-            Err(_) => return false,
+        if h == itab {
+            return true;
         }
-        // The data word of the `Context` embedded at offset 0 (`valueCtx.Context`).
-        p = read::<u64>(p + 8).unwrap_or(0);
     }
-    false
+    cfg.chan_type != 0
+        && c.parent != 0
+        && read::<u64>(c.parent + cfg.done_off as u64)
+            .is_ok_and(|t| t == cfg.chan_type.wrapping_add(bias))
 }
 
 /// Takes the record of a context being cancelled out of its slot or `CTX_LIVE`; `None`
