@@ -630,7 +630,11 @@ impl Session {
                     .ident
                     .and_then(|i| self.binaries.get(&i))
                     .map_or(0, |b| b.group);
-                settle_contexts(p, group, *pid, &mut t.reader, c)?;
+                let stale = kernel
+                    .as_mut()
+                    .map(|k| k.take_stale_contexts(*pid))
+                    .unwrap_or_default();
+                settle_contexts(p, group, *pid, &mut t.reader, c, &stale)?;
             }
             let obs = t.reader.observe(records, budget.allowance());
             // Learned while observing (from the busiest parents), told at once.
@@ -663,7 +667,14 @@ fn settle_contexts(
     pid: u32,
     reader: &mut ProcessReader,
     c: &mut crate::probe::ContextRecords,
+    stale: &HashMap<u64, goroscope_common::CtxInfo>,
 ) -> Result<()> {
+    if !stale.is_empty() {
+        let judged = reader.judge_stale_contexts(stale);
+        let keys: Vec<(u64, u64)> = judged.iter().map(|j| (j.ctx, j.info.created_ns)).collect();
+        let freed = p.free_contexts(pid, &keys)?;
+        reader.settle_stale_contexts(&judged, &freed);
+    }
     let judged = reader.judge_contexts(c);
     if !judged.is_empty() {
         let keys: Vec<(u64, u64)> = judged.iter().map(|j| (j.ctx, j.info.created_ns)).collect();

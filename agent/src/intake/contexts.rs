@@ -288,6 +288,38 @@ impl ContextReader {
         }
     }
 
+    /// Judges stale records (an older record of an address that has a newer one): their
+    /// context is gone, cancelled if its parent held it, else collected.
+    pub fn judge_stale(
+        &mut self,
+        mem: &ProcMem,
+        a: &Analysis,
+        stale: &HashMap<u64, CtxInfo>,
+    ) -> Vec<Judged> {
+        let Some(cc) = a.offsets.cancel_ctx else {
+            return Vec::new();
+        };
+        let chan_type = self.chan_type;
+        stale
+            .iter()
+            .filter_map(|(c, info)| {
+                let held = || {
+                    held_by_type(&self.holder_itabs, info)
+                        || chan_type.is_some_and(|t| holds(mem, cc, t, info.parent))
+                };
+                judge(*c, *info, Seen::Gone, held)
+            })
+            .collect()
+    }
+
+    /// Counts the judged stale records that were freed (their addresses stay live with
+    /// the newer records).
+    pub fn settle_stale(&mut self, judged: &[Judged], freed: &[bool], now_ns: u64) {
+        for (j, _) in judged.iter().zip(freed).filter(|(_, f)| **f) {
+            account(&mut self.seen, j, now_ns);
+        }
+    }
+
     /// Adds what the agent saw (one-probe mode) to the kernel's per-site counters.
     pub fn merge_seen(&self, sites: &mut HashMap<u64, CtxSiteStats>) {
         merge_sites(sites, &self.seen);

@@ -115,6 +115,19 @@ impl ProcessReader {
         self.contexts.judge(&self.mem, &self.analysis, &c.live)
     }
 
+    /// One-probe mode: judges stale records (see `KernelState::take_stale_contexts`).
+    pub fn judge_stale_contexts(
+        &mut self,
+        stale: &HashMap<u64, goroscope_common::CtxInfo>,
+    ) -> Vec<Judged> {
+        self.contexts.judge_stale(&self.mem, &self.analysis, stale)
+    }
+
+    /// Counts the judged stale records that were freed.
+    pub fn settle_stale_contexts(&mut self, judged: &[Judged], freed: &[bool]) {
+        self.contexts.settle_stale(judged, freed, mono_ns());
+    }
+
     /// Counts the judged contexts whose records were freed and takes them out of `c`.
     pub fn settle_contexts(&mut self, c: &mut ContextRecords, judged: &[Judged], freed: &[bool]) {
         self.contexts.settle(&mut c.live, judged, freed, mono_ns());

@@ -100,9 +100,19 @@ pub struct KernelState {
     counters: HashMap<u32, ProcCounters>,
     /// None: context probes not attached.
     contexts: Option<(ByProcess<CtxInfo>, ByProcess<CtxSiteStats>)>,
+    /// Older records of an address that also has a newer one (one in the slot table, one
+    /// in the overflow map: the kernel claims a free slot without looking in the overflow
+    /// map), by process: their context was garbage collected and its address came back.
+    stale_contexts: ByProcess<CtxInfo>,
 }
 
 impl KernelState {
+    /// The stale context records of process `tgid` (see `stale_contexts`), by pointer:
+    /// the newer record of each address is in its [`ContextRecords::live`].
+    pub fn take_stale_contexts(&mut self, tgid: u32) -> HashMap<u64, CtxInfo> {
+        self.stale_contexts.remove(&tgid).unwrap_or_default()
+    }
+
     /// The records of process `tgid` (moved out: each process is taken once).
     pub fn take(&mut self, tgid: u32) -> ProcessRecords {
         ProcessRecords {
@@ -147,11 +157,27 @@ impl Probes {
         for s in self.slots.entries() {
             goroutines.entry(s.tgid).or_default().insert(s.goid, s.info);
         }
+        let mut stale_contexts: ByProcess<CtxInfo> = HashMap::new();
         let contexts = if contexts {
             let mut live = self.by_process::<CtxKey, CtxInfo>("CTX_LIVE")?;
-            // The slot table wins over a stale overflow entry of the same address.
+            // An address in both the slot table and the overflow map: the newer record is
+            // live, the older one stale.
             for s in self.ctx_slots.entries() {
-                live.entry(s.tgid).or_default().insert(s.ctx, s.info);
+                let l = live.entry(s.tgid).or_default();
+                if let Some(old) = l.insert(s.ctx, s.info) {
+                    let stale = if old.created_ns <= s.info.created_ns {
+                        old
+                    } else {
+                        l.insert(s.ctx, old);
+                        s.info
+                    };
+                    if stale != l[&s.ctx] {
+                        stale_contexts
+                            .entry(s.tgid)
+                            .or_default()
+                            .insert(s.ctx, stale);
+                    }
+                }
             }
             Some((live, self.by_process::<SiteKey, CtxSiteStats>("CTX_SITES")?))
         } else {
@@ -162,6 +188,7 @@ impl Probes {
             sites: self.by_process::<SiteKey, SiteStats>("SITES")?,
             counters: self.counters()?,
             contexts,
+            stale_contexts,
         })
     }
 
