@@ -50,8 +50,11 @@ fn command(command: Command) -> anyhow::Result<()> {
             iterations,
             all,
             no_contexts,
-        } => cli::check_interval("interval", interval)
-            .and_then(|i| cli::top::run(target.target(), i, iterations, all, !no_contexts)),
+            context_cancel_probe,
+        } => cli::check_interval("interval", interval).and_then(|i| {
+            let contexts = goroscope::session::ContextMode::of(!no_contexts, context_cancel_probe);
+            cli::top::run(target.target(), i, iterations, all, contexts)
+        }),
         Command::Snapshot { pid, json, observe } => cli::snapshot::run(pid, json, observe),
         Command::BenchAttach { pid, mode, hooks } => cli::bench::run(pid, mode, hooks),
         Command::Watch {

@@ -49,6 +49,46 @@ impl std::fmt::Display for Target {
     }
 }
 
+/// Whether and how contexts are traced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ContextMode {
+    /// Goroutines only.
+    Off,
+    /// One probe per context, at its creation; cancellations are read from the
+    /// contexts' memory at each refresh (the default).
+    #[default]
+    Created,
+    /// Two probes per context: creation and `(*cancelCtx).cancel` (cancellations exact
+    /// and at once, about twice the cost).
+    CancelProbe,
+}
+
+impl ContextMode {
+    /// From the `contexts` and `context_cancel_probe` settings.
+    pub fn of(contexts: bool, cancel_probe: bool) -> ContextMode {
+        match (contexts, cancel_probe) {
+            (false, _) => ContextMode::Off,
+            (true, false) => ContextMode::Created,
+            (true, true) => ContextMode::CancelProbe,
+        }
+    }
+
+    fn hooks(self) -> &'static [Hook] {
+        match self {
+            ContextMode::Off => &[],
+            ContextMode::Created => &[Hook::ContextCreate],
+            ContextMode::CancelProbe => &[Hook::ContextCreate, Hook::ContextCancel],
+        }
+    }
+}
+
+/// `true`: the default mode, `false`: goroutines only.
+impl From<bool> for ContextMode {
+    fn from(contexts: bool) -> ContextMode {
+        ContextMode::of(contexts, false)
+    }
+}
+
 /// How many goroutines may still be tracked: per process, and left for the whole node
 /// (shared by every process refreshed with it, in order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,8 +152,8 @@ pub struct Session {
     skipped: HashMap<ProcessId, Skipped>,
     /// Binaries seen at the target path that cannot be traced (tried once).
     rejected: HashSet<(u64, u64)>,
-    /// Whether context probes are wanted.
-    want_contexts: bool,
+    /// Which context probes are wanted.
+    want_contexts: ContextMode,
     /// Pod identity: decorates every traced process; node discovery's selectors use it.
     pods: Option<Arc<PodResolver>>,
     /// Bound of the goroutines kept from a process's attach-time inventory.
@@ -139,7 +179,6 @@ struct Traced {
 }
 
 const HOOKS: [Hook; 2] = [Hook::GoroutineCreate, Hook::GoroutineExit];
-const CONTEXT_HOOKS: [Hook; 2] = [Hook::ContextCreate, Hook::ContextCancel];
 
 /// Attaches the goroutine probes, and the context probes when wanted and the binary has
 /// their sites (package context linked and not inlined away); returns whether contexts
@@ -150,22 +189,23 @@ fn attach_all(
     analysis: &Analysis,
     path: &Path,
     scope: Scope,
-    contexts: bool,
+    contexts: ContextMode,
 ) -> Result<bool> {
     probes.attach_group(group, analysis, path, &HOOKS, scope, Program::Goroscope)?;
-    if !contexts {
+    if contexts == ContextMode::Off {
         tracing::info!(binary = %analysis.path.display(), "contexts not traced: disabled by configuration");
         return Ok(false);
     }
-    if analysis.has_sites(&CONTEXT_HOOKS) {
-        probes.attach_group(
-            group,
-            analysis,
-            path,
-            &CONTEXT_HOOKS,
-            scope,
-            Program::Goroscope,
-        )?;
+    // Reading cancellations from memory needs the `cancelCtx` layout.
+    let contexts = if analysis.offsets.cancel_ctx.is_none() {
+        ContextMode::CancelProbe
+    } else {
+        contexts
+    };
+    let hooks = contexts.hooks();
+    if analysis.has_sites(hooks) {
+        probes.set_context_cancel_probe(contexts == ContextMode::CancelProbe);
+        probes.attach_group(group, analysis, path, hooks, scope, Program::Goroscope)?;
         Ok(true)
     } else {
         tracing::info!(
@@ -183,8 +223,13 @@ impl Session {
         Session::attach_with(target, max_live, true)
     }
 
-    /// As [`Session::attach`]; `contexts: false` attaches the goroutine probes only.
-    pub fn attach_with(target: Target, max_live: u32, contexts: bool) -> Result<Session> {
+    /// As [`Session::attach`]; `contexts: false` attaches the goroutine probes only,
+    /// `true` the default context mode (see [`ContextMode`]).
+    pub fn attach_with(
+        target: Target,
+        max_live: u32,
+        contexts: impl Into<ContextMode>,
+    ) -> Result<Session> {
         Session::attach_limited(target, max_live, contexts, usize::MAX)
     }
 
@@ -193,9 +238,10 @@ impl Session {
     pub fn attach_limited(
         target: Target,
         max_live: u32,
-        contexts: bool,
+        contexts: impl Into<ContextMode>,
         max_goroutines: usize,
     ) -> Result<Session> {
+        let contexts = contexts.into();
         let mut probes = Probes::load(max_live)?;
         let mut s = Session::empty(target.clone(), contexts);
         s.attach_max = max_goroutines;
@@ -228,7 +274,7 @@ impl Session {
     pub fn inventory_only(pid: u32) -> Result<Session> {
         let id = process::check_pid(pid)?;
         let analysis = Arc::new(gobin::analyze(&id.exe_link())?);
-        let mut s = Session::empty(Target::Pid(pid), false);
+        let mut s = Session::empty(Target::Pid(pid), ContextMode::Off);
         s.add(id, analysis, None, None)?;
         Ok(s)
     }
@@ -239,7 +285,7 @@ impl Session {
         node: NodeDiscovery,
         pods: Option<Arc<PodResolver>>,
         max_live: u32,
-        contexts: bool,
+        contexts: impl Into<ContextMode>,
         max_goroutines: usize,
     ) -> Result<Session> {
         let mut s = Session::attach_limited(Target::Node, max_live, contexts, max_goroutines)?;
@@ -265,7 +311,7 @@ impl Session {
         Some(st)
     }
 
-    fn empty(target: Target, want_contexts: bool) -> Session {
+    fn empty(target: Target, want_contexts: ContextMode) -> Session {
         Session {
             target,
             probes: None,
@@ -587,9 +633,33 @@ impl Session {
         };
         let mut out = Vec::with_capacity(self.procs.len());
         let pods = self.pods.as_ref();
+        let one_probe = self.contexts && self.want_contexts == ContextMode::Created;
         for (pid, t) in self.procs.iter_mut() {
-            let records = kernel.as_mut().map(|k| k.take(*pid));
+            let mut records = kernel.as_mut().map(|k| k.take(*pid));
+            if let (true, Some(p), Some(c)) = (
+                one_probe,
+                self.probes.as_mut(),
+                records.as_mut().and_then(|r| r.contexts.as_mut()),
+            ) {
+                let group = t
+                    .ident
+                    .and_then(|i| self.binaries.get(&i))
+                    .map_or(0, |b| b.group);
+                let stale = kernel
+                    .as_mut()
+                    .map(|k| k.take_stale_contexts(*pid))
+                    .unwrap_or_default();
+                settle_contexts(p, group, *pid, &mut t.reader, c, &stale)?;
+            }
             let obs = t.reader.observe(records, budget.allowance());
+            // Learned while observing (from the busiest parents), told at once.
+            if let (true, Some(p)) = (one_probe, self.probes.as_mut()) {
+                let group = t
+                    .ident
+                    .and_then(|i| self.binaries.get(&i))
+                    .map_or(0, |b| b.group);
+                tell_context_types(p, group, &t.reader)?;
+            }
             if let Ok(gs) = &obs.inventory {
                 budget.spend(gs.len());
             }
@@ -599,6 +669,43 @@ impl Session {
             out.push(table);
         }
         Ok(out)
+    }
+}
+
+/// One-probe mode, one process: judges its tracked contexts from its memory, frees the
+/// records of those cancelled or gone, counts them, and tells the kernel the process's
+/// context types once learned (they tell held contexts apart when their address comes
+/// back before a refresh; told again after the observation, which may learn them too: a
+/// no-op when unchanged).
+fn settle_contexts(
+    p: &mut Probes,
+    group: u64,
+    pid: u32,
+    reader: &mut ProcessReader,
+    c: &mut crate::probe::ContextRecords,
+    stale: &HashMap<u64, goroscope_common::CtxInfo>,
+) -> Result<()> {
+    if !stale.is_empty() {
+        let judged = reader.judge_stale_contexts(stale);
+        let keys: Vec<(u64, u64)> = judged.iter().map(|j| (j.ctx, j.info.created_ns)).collect();
+        let freed = p.free_contexts(pid, &keys)?;
+        reader.settle_stale_contexts(&judged, &freed);
+    }
+    let judged = reader.judge_contexts(c);
+    if !judged.is_empty() {
+        let keys: Vec<(u64, u64)> = judged.iter().map(|j| (j.ctx, j.info.created_ns)).collect();
+        let freed = p.free_contexts(pid, &keys)?;
+        reader.settle_contexts(c, &judged, &freed);
+    }
+    tell_context_types(p, group, reader)
+}
+
+/// Tells the kernel what the agent learned about a process's context types (its `chan
+/// struct{}` type, the parent types that hold their children), once it knows the first.
+fn tell_context_types(p: &mut Probes, group: u64, reader: &ProcessReader) -> Result<()> {
+    match reader.context_chan_type() {
+        Some(t) => p.set_context_types(group, t, &reader.context_holder_itabs()),
+        None => Ok(()),
     }
 }
 

@@ -1,6 +1,7 @@
 //! `goroscope bench-attach` (hidden): attaches in one of the benchmark's modes, prints
-//! `attached`, keeps attached until stdin closes, then prints a JSON report. Driven by
-//! `cargo xtask bench overhead`.
+//! `attached`, keeps attached until stdin closes, then prints a JSON report; a `hits`
+//! line on stdin prints the probe hits so far (empty programs) or the contexts recorded
+//! so far (goroscope). Driven by `cargo xtask bench overhead` and `bench contexts`.
 
 use std::io::BufRead;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use anyhow::{Context, Result};
 use crate::gobin::{self, Hook};
 use crate::probe::{Probes, Program, Scope};
 use crate::process;
-use crate::session::{Session, Target};
+use crate::session::{ContextMode, Session, Target};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
@@ -32,34 +33,64 @@ fn rusage() -> (f64, u64) {
 }
 
 /// Which hooks the floor and entry modes attach empty programs to (goroscope mode:
-/// `goroutines` leaves the context probes out, like `contexts = false`).
+/// `goroutines` leaves the context probes out, like `contexts = false`; `created` is the
+/// default context mode, one probe per context; `all` adds the cancel probe, like
+/// `context_cancel_probe = true`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Hooks {
     Goroutines,
     Contexts,
-    /// Goroutine and context sites (what goroscope attaches).
+    /// Goroutine sites and the context creation site (goroscope's default).
+    Created,
+    /// Goroutine and context sites, creation and cancel.
     All,
 }
 
 pub fn run(pid: u32, mode: Mode, hooks: Hooks) -> Result<()> {
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    // Each stdin line: `hits` asks for the probe hits so far (one JSON line); closing
+    // stdin ends the run.
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {
-        for _ in std::io::stdin().lock().lines() {}
-        let _ = tx.send(());
+        for l in std::io::stdin().lock().lines() {
+            let Ok(l) = l else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
     });
     let mut refreshes = 0u64;
     let mut contexts_created = 0u64;
+    let mut context_hits = serde_json::Map::new();
     let counters = match mode {
         Mode::Goroscope => {
+            let contexts = match hooks {
+                Hooks::Goroutines => ContextMode::Off,
+                Hooks::Created => ContextMode::Created,
+                Hooks::Contexts | Hooks::All => ContextMode::CancelProbe,
+            };
             let mut s = Session::attach_with(
                 Target::Pid(pid),
                 goroscope_common::DEFAULT_MAX_LIVE,
-                hooks != Hooks::Goroutines,
+                contexts,
             )?;
             println!("attached");
-            while rx.recv_timeout(Duration::from_secs(5)).is_err() {
-                s.refresh()?;
-                refreshes += 1;
+            let created = |t: &[crate::model::ProcessTable]| -> u64 {
+                t.iter().flat_map(|t| &t.contexts).map(|c| c.created).sum()
+            };
+            loop {
+                match rx.recv_timeout(Duration::from_secs(5)) {
+                    Ok(l) if l == "hits" => {
+                        // goroscope's programs do not count hits: the contexts it recorded.
+                        let n = created(&s.refresh()?);
+                        println!("{}", serde_json::json!({ "contexts_created": n }));
+                    }
+                    Ok(_) => {}
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                        s.refresh()?;
+                        refreshes += 1;
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                }
             }
             let t = s
                 .refresh()?
@@ -70,9 +101,20 @@ pub fn run(pid: u32, mode: Mode, hooks: Hooks) -> Result<()> {
             t.counters.unwrap_or_default()
         }
         Mode::Floor | Mode::Entry => {
-            let _probes = attach_empty(pid, mode, hooks)?;
+            let probes = attach_empty(pid, mode, hooks)?;
             println!("attached");
-            let _ = rx.recv();
+            let hits = |p: &Probes| -> Result<serde_json::Map<String, serde_json::Value>> {
+                Ok(p.noop_hits()?
+                    .into_iter()
+                    .map(|(hook, n)| (hook.name().to_string(), n.into()))
+                    .collect())
+            };
+            while let Ok(l) = rx.recv() {
+                if l == "hits" {
+                    println!("{}", serde_json::Value::Object(hits(&probes)?));
+                }
+            }
+            context_hits = hits(&probes)?;
             Default::default()
         }
     };
@@ -85,6 +127,7 @@ pub fn run(pid: u32, mode: Mode, hooks: Hooks) -> Result<()> {
             "exited": counters.exited,
             "lost": counters.lost.total(),
             "contexts_created": contexts_created,
+            "hits": context_hits,
             "agent_cpu_seconds": cpu,
             "agent_max_rss_kib": rss_kb,
             "refreshes": refreshes,
@@ -103,6 +146,11 @@ fn attach_empty(pid: u32, mode: Mode, hooks: Hooks) -> Result<Probes> {
     let hook_set: &[Hook] = match hooks {
         Hooks::Goroutines => &[Hook::GoroutineCreate, Hook::GoroutineExit],
         Hooks::Contexts => &[Hook::ContextCreate, Hook::ContextCancel],
+        Hooks::Created => &[
+            Hook::GoroutineCreate,
+            Hook::GoroutineExit,
+            Hook::ContextCreate,
+        ],
         Hooks::All => &[
             Hook::GoroutineCreate,
             Hook::GoroutineExit,

@@ -85,6 +85,10 @@ pub enum Command {
         /// Goroutines only: do not attach the context probes.
         #[arg(long)]
         no_contexts: bool,
+        /// A second context probe, at cancel: cancellations exact and at once (default:
+        /// one probe per context, cancellations read from memory at each refresh).
+        #[arg(long, conflicts_with = "no_contexts")]
+        context_cancel_probe: bool,
     },
     /// One-shot dump of a process's goroutines grouped by creation site, like
     /// `debug/pprof/goroutine?debug=1`, without any cooperation from the program (needs

@@ -42,7 +42,7 @@ pub fn run(
     interval: Duration,
     iterations: Option<u64>,
     all: bool,
-    contexts: bool,
+    contexts: crate::session::ContextMode,
 ) -> Result<()> {
     let mut session = Session::attach_with(target, goroscope_common::DEFAULT_MAX_LIVE, contexts)?;
     // Where goroutines block: every site's at first, then the sites on screen.

@@ -9,6 +9,7 @@
 //! max_live_goroutines = 65536
 //! log_format = "json"
 //! contexts = true      # false: goroutines only, no context probes (cheaper)
+//! context_cancel_probe = false  # true: a second probe per context, at its cancel
 //!
 //! # No [[targets]]: every Go process of the host (discovery), selected by [discovery].
 //! [[targets]]
@@ -86,6 +87,7 @@ pub struct FileConfig {
     pub max_live_goroutines: Option<u32>,
     pub log_format: Option<LogFormat>,
     pub contexts: Option<bool>,
+    pub context_cancel_probe: Option<bool>,
     #[serde(default)]
     pub targets: Vec<TargetEntry>,
     pub leak: Option<LeakConfig>,
@@ -175,10 +177,15 @@ pub struct RunArgs {
     /// Log format [default: text].
     #[arg(long, value_enum, env = "GOROSCOPE_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
-    /// Trace contexts too (two more probes, hit per cancelable context created and
-    /// cancelled); `false` traces goroutines only [default: true].
+    /// Trace contexts too (one more probe, hit per cancelable context created;
+    /// cancellations are read from memory at each refresh); `false` traces goroutines
+    /// only [default: true].
     #[arg(long, env = "GOROSCOPE_CONTEXTS", value_name = "BOOL")]
     pub contexts: Option<bool>,
+    /// With contexts traced, a second probe at `(*cancelCtx).cancel`: cancellations
+    /// exact and at once, about twice the cost per context [default: false].
+    #[arg(long, env = "GOROSCOPE_CONTEXT_CANCEL_PROBE", value_name = "BOOL")]
+    pub context_cancel_probe: Option<bool>,
     /// Leak model: its time scales, `WINDOW_SECONDS:MIN_GROWTH[:BUCKETS]`, fastest
     /// first [default: 30:10:3,600:20:6,5400:30:6].
     #[arg(long, env = "GOROSCOPE_LEAK_SCALES", value_name = "SCALES")]
@@ -197,6 +204,8 @@ pub struct Config {
     pub max_live_goroutines: u32,
     pub log_format: LogFormat,
     pub contexts: bool,
+    /// A probe at cancel too (two per context), not cancellations read from memory.
+    pub context_cancel_probe: bool,
     pub targets: Vec<Target>,
     pub leak: LeakConfig,
     /// Selectors of node discovery (when `targets` is `[Target::Node]`).
@@ -368,6 +377,10 @@ impl Config {
             max_live_goroutines: max_live,
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             contexts: args.contexts.or(file.contexts).unwrap_or(true),
+            context_cancel_probe: args
+                .context_cancel_probe
+                .or(file.context_cancel_probe)
+                .unwrap_or(false),
             targets,
             leak,
             discovery,
@@ -467,6 +480,9 @@ mod tests {
         assert!(!c.contexts);
         a.contexts = Some(true);
         assert!(Config::resolve(&a).unwrap().contexts);
+        assert!(!Config::resolve(&a).unwrap().context_cancel_probe);
+        a.context_cancel_probe = Some(true);
+        assert!(Config::resolve(&a).unwrap().context_cancel_probe);
         // Duplicates collapse.
         assert_eq!(c.targets.len(), 3);
     }
@@ -482,6 +498,7 @@ mod tests {
         assert_eq!(c.interval, Duration::from_secs(5));
         assert_eq!(c.top_sites, 20);
         assert!(c.contexts);
+        assert!(!c.context_cancel_probe, "one probe per context by default");
         assert_eq!(c.leak, LeakConfig::default());
         assert_eq!(c.max_goroutines_per_process, 1_000_000);
         assert_eq!(c.max_goroutines_per_node, 2_000_000);

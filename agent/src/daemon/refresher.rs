@@ -20,7 +20,7 @@ use crate::export::http::Shared;
 use crate::export::{OtherFold, ProcessReport, Snapshot, TargetStatus};
 use crate::intake::StackInterest;
 use crate::model::MapFill;
-use crate::session::{Budget, NodeDiscovery, Session, Target};
+use crate::session::{Budget, ContextMode, NodeDiscovery, Session, Target};
 
 /// Identity of an `exe` target's file: device, inode, size and modification time (a file
 /// still being written changes between refreshes and is tried again); None when it does
@@ -119,7 +119,7 @@ fn session(t: &Target, cfg: &Config, pods: &Arc<PodResolver>) -> Result<Session>
             node,
             Some(pods.clone()),
             cfg.max_live_goroutines,
-            cfg.contexts,
+            ContextMode::of(cfg.contexts, cfg.context_cancel_probe),
             cfg.max_goroutines_per_process,
         )?;
         // Sums per site and state only: memory that does not grow with the goroutines.
@@ -129,7 +129,7 @@ fn session(t: &Target, cfg: &Config, pods: &Arc<PodResolver>) -> Result<Session>
     let mut s = Session::attach_limited(
         t.clone(),
         cfg.max_live_goroutines,
-        cfg.contexts,
+        ContextMode::of(cfg.contexts, cfg.context_cancel_probe),
         cfg.max_goroutines_per_process,
     )?;
     s.set_goroutine_views(false);

@@ -1,11 +1,12 @@
 //! What is read from a process about the contexts the kernel tracks: which goroutines
 //! are blocked on their done channels, and how many children the busiest parents hold
 //! in their `children` maps (every child registered and not cancelled, including those
-//! created before attach).
+//! created before attach); and, with one probe per context (no cancel probe), which
+//! tracked contexts were cancelled or garbage collected since the last refresh.
 
 use std::collections::HashMap;
 
-use goroscope_common::CtxInfo;
+use goroscope_common::{CtxInfo, CtxSiteStats};
 
 use super::goroutines::{self, G};
 use super::memory::{u64_at, ProcMem};
@@ -64,14 +65,266 @@ pub fn busiest_parents(live: &HashMap<u64, CtxInfo>, n: usize) -> Vec<ParentReco
     out
 }
 
+/// What the process's memory says about a tracked context (one-probe mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// Its parent is still in its `Context` field and its `err` is nil.
+    Live,
+    /// `err` is set: cancelled.
+    Cancelled,
+    /// Its `Context` field no longer holds the recorded parent: the context was garbage
+    /// collected and its memory reused (or the memory could not be read).
+    Gone,
+}
+
+/// What `block` (read at a tracked context's address, covering its `Context`, `done` and
+/// `err` fields) says about it. The recorded parent (itab and data words) must still be
+/// in the `Context` field, else the memory belongs to something else now; `err` (an
+/// `error` interface, or in newer releases an `atomic.Value` of one: either way its first
+/// word) is non-zero once cancelled.
+pub fn seen(info: &CtxInfo, block: &[u8], off: CancelCtxOffsets) -> Seen {
+    let (itab, data) = (u64_at(block, off.context), u64_at(block, off.context + 8));
+    if itab != info.parent_itab || data != info.parent {
+        Seen::Gone
+    } else if u64_at(block, off.err) != 0 {
+        Seen::Cancelled
+    } else {
+        Seen::Live
+    }
+}
+
+/// A tracked context the agent judged done with: cancelled, or collected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Judged {
+    pub ctx: u64,
+    pub info: CtxInfo,
+    /// Cancelled (seen so, or gone while a `*cancelCtx` ancestor held it); else
+    /// collected uncancelled as far as seen.
+    pub cancelled: bool,
+}
+
+/// The verdict on a context that is gone: cancelled if an ancestor held it (`held`: a
+/// context held in a `*cancelCtx`'s `children` map becomes garbage only once cancelled),
+/// collected otherwise (a `Background` parent: cancelled or not, nobody can tell now).
+pub fn judge(ctx: u64, info: CtxInfo, seen: Seen, held: impl FnOnce() -> bool) -> Option<Judged> {
+    let cancelled = match seen {
+        Seen::Live => return None,
+        Seen::Cancelled => true,
+        Seen::Gone => held(),
+    };
+    Some(Judged {
+        ctx,
+        info,
+        cancelled,
+    })
+}
+
+/// Whether a context's parent type is one seen holding children (`holders`): then the
+/// context was registered in its parent's `children` map (or cancelled at once), whatever
+/// became of the parent since — unlike reading the parent, which may be gone too.
+pub fn held_by_type(holders: &[u64], info: &CtxInfo) -> bool {
+    info.parent_itab != 0 && holders.contains(&info.parent_itab)
+}
+
+/// Counts a judged context (whose record the agent freed) for its site: cancelled with a
+/// lifetime up to `now_ns` (an upper bound: cancelled at most one refresh earlier), or
+/// collected.
+pub fn account(sites: &mut HashMap<u64, CtxSiteStats>, j: &Judged, now_ns: u64) {
+    let st = sites.entry(j.info.site).or_default();
+    if j.cancelled {
+        st.cancelled += 1;
+        st.lifetime_ns_sum += now_ns.saturating_sub(j.info.created_ns);
+    } else {
+        st.collected += 1;
+    }
+}
+
+/// Adds the agent's per-site counts to the kernel's.
+pub fn merge_sites(kernel: &mut HashMap<u64, CtxSiteStats>, agent: &HashMap<u64, CtxSiteStats>) {
+    for (site, a) in agent {
+        let k = kernel.entry(*site).or_default();
+        k.cancelled += a.cancelled;
+        k.lifetime_ns_sum += a.lifetime_ns_sum;
+        k.collected += a.collected;
+    }
+}
+
 /// The intake's memory of a process's contexts across refreshes.
 #[derive(Debug, Default)]
 pub struct ContextReader {
     /// Type word of a set `cancelCtx.done` (the `chan struct{}` type), once learned.
     chan_type: Option<u64>,
+    /// One-probe mode: the cancellations and collections the agent saw (and whose
+    /// records it freed), per creation site, since attach.
+    seen: HashMap<u64, CtxSiteStats>,
+    /// Itabs (runtime addresses) of parent types seen holding children: a parent of that
+    /// type had the `chan struct{}` type in its own `done` (`*cancelCtx`, `*timerCtx`, …),
+    /// in the order learned.
+    holder_itabs: Vec<u64>,
 }
 
+/// Distinct parent types checked per refresh at most to learn holder itabs.
+const HOLDER_CHECKS: usize = 16;
+
 impl ContextReader {
+    /// The `chan struct{}` type word (runtime address), once learned.
+    pub fn chan_type(&self) -> Option<u64> {
+        self.chan_type
+    }
+
+    /// Itabs (runtime addresses) of the parent types seen holding children.
+    pub fn holder_itabs(&self) -> &[u64] {
+        &self.holder_itabs
+    }
+
+    /// Learns which parent types hold their children: for a few parent types not known
+    /// yet, one live parent of each is read (its own `done` has the `chan struct{}` type).
+    fn learn_holders(
+        &mut self,
+        mem: &ProcMem,
+        off: CancelCtxOffsets,
+        live: &HashMap<u64, CtxInfo>,
+    ) {
+        let Some(chan_type) = self.chan_type else {
+            return;
+        };
+        let mut checked: HashMap<u64, ()> = HashMap::new();
+        for info in live.values() {
+            if checked.len() >= HOLDER_CHECKS {
+                break;
+            }
+            if info.parent_itab == 0
+                || self.holder_itabs.contains(&info.parent_itab)
+                || checked.insert(info.parent_itab, ()).is_some()
+            {
+                continue;
+            }
+            if mem.read_u64(info.parent + u64::from(off.done)).ok() == Some(chan_type) {
+                self.holder_itabs.push(info.parent_itab);
+            }
+        }
+    }
+
+    /// One-probe mode: reads every tracked context of `live` in the process (one batch
+    /// of `process_vm_readv`) and returns those cancelled or gone since they were
+    /// recorded. Nothing is counted yet: see [`ContextReader::settle`].
+    pub fn judge(
+        &mut self,
+        mem: &ProcMem,
+        a: &Analysis,
+        live: &HashMap<u64, CtxInfo>,
+    ) -> Vec<Judged> {
+        let Some(cc) = a.offsets.cancel_ctx else {
+            return Vec::new();
+        };
+        if self.chan_type.is_none() {
+            // From a parent's `done` (propagateCancel calls `parent.Done()`).
+            let mut parents: Vec<u64> = live.values().map(|i| i.parent).collect();
+            parents.sort_unstable();
+            parents.dedup();
+            self.chan_type = parents
+                .iter()
+                .take(8)
+                .find_map(|p| learn_chan_type_at(mem, cc, *p));
+        }
+        let len = (cc.context.max(cc.done).max(cc.err) + 16) as usize;
+        let ctxs: Vec<(u64, CtxInfo)> = live.iter().map(|(c, i)| (*c, *i)).collect();
+        let mut bufs = vec![0u8; len * ctxs.len()];
+        let mut ok = vec![true; ctxs.len()];
+        {
+            let mut reads: Vec<(u64, &mut [u8])> = ctxs
+                .iter()
+                .zip(bufs.chunks_mut(len))
+                .map(|((c, _), b)| (*c, b))
+                .collect();
+            if mem.read_many(&mut reads).is_err() {
+                // One unreadable context fails its batch: read them one by one.
+                for (i, (addr, b)) in reads.iter_mut().enumerate() {
+                    ok[i] = mem.read(*addr, b).is_ok();
+                }
+            }
+        }
+        self.learn_holders(mem, cc, live);
+        let mut held_memo: HashMap<u64, bool> = HashMap::new();
+        let mut out = Vec::new();
+        for (i, ((c, info), b)) in ctxs.iter().zip(bufs.chunks(len)).enumerate() {
+            let s = if ok[i] { seen(info, b, cc) } else { Seen::Gone };
+            if self.chan_type.is_none() && s != Seen::Gone && u64_at(b, cc.done + 8) != 0 {
+                let ty = u64_at(b, cc.done);
+                if is_empty_chan_type(mem, ty) {
+                    self.chan_type = Some(ty);
+                }
+            }
+            if s == Seen::Gone && self.chan_type.is_none() {
+                self.chan_type = learn_chan_type_at(mem, cc, info.parent);
+            }
+            let chan_type = self.chan_type;
+            let by_type = held_by_type(&self.holder_itabs, info);
+            let held = || {
+                by_type
+                    || *held_memo.entry(info.parent).or_insert_with(|| {
+                        chan_type.is_some_and(|t| holds(mem, cc, t, info.parent))
+                    })
+            };
+            out.extend(judge(*c, *info, s, held));
+        }
+        out
+    }
+
+    /// Counts the judged contexts whose records were freed (`freed[i]` for `judged[i]`)
+    /// and takes them out of `live`; the others (a newer context took the address before
+    /// the record was freed: the kernel counts the judged one) stay in `live` for this
+    /// refresh, which the kernel's counters read before matches.
+    pub fn settle(
+        &mut self,
+        live: &mut HashMap<u64, CtxInfo>,
+        judged: &[Judged],
+        freed: &[bool],
+        now_ns: u64,
+    ) {
+        for (j, _) in judged.iter().zip(freed).filter(|(_, f)| **f) {
+            account(&mut self.seen, j, now_ns);
+            live.remove(&j.ctx);
+        }
+    }
+
+    /// Judges stale records (an older record of an address that has a newer one): their
+    /// context is gone, cancelled if its parent held it, else collected.
+    pub fn judge_stale(
+        &mut self,
+        mem: &ProcMem,
+        a: &Analysis,
+        stale: &HashMap<u64, CtxInfo>,
+    ) -> Vec<Judged> {
+        let Some(cc) = a.offsets.cancel_ctx else {
+            return Vec::new();
+        };
+        let chan_type = self.chan_type;
+        stale
+            .iter()
+            .filter_map(|(c, info)| {
+                let held = || {
+                    held_by_type(&self.holder_itabs, info)
+                        || chan_type.is_some_and(|t| holds(mem, cc, t, info.parent))
+                };
+                judge(*c, *info, Seen::Gone, held)
+            })
+            .collect()
+    }
+
+    /// Counts the judged stale records that were freed (their addresses stay live with
+    /// the newer records).
+    pub fn settle_stale(&mut self, judged: &[Judged], freed: &[bool], now_ns: u64) {
+        for (j, _) in judged.iter().zip(freed).filter(|(_, f)| **f) {
+            account(&mut self.seen, j, now_ns);
+        }
+    }
+
+    /// Adds what the agent saw (one-probe mode) to the kernel's per-site counters.
+    pub fn merge_seen(&self, sites: &mut HashMap<u64, CtxSiteStats>) {
+        merge_sites(sites, &self.seen);
+    }
+
     /// Reads what the kernel's `live` contexts need from the process; `gs` is the
     /// inventory (None when it could not be read: no waiters then).
     pub fn read(
@@ -181,6 +434,20 @@ fn learn_chan_type(mem: &ProcMem, off: CancelCtxOffsets, parents: &[ParentRecord
     })
 }
 
+/// Learns the `chan struct{}` type word from one parent's `done` (see
+/// [`learn_chan_type`]).
+fn learn_chan_type_at(mem: &ProcMem, off: CancelCtxOffsets, parent: u64) -> Option<u64> {
+    let ty = mem.read_u64(parent + u64::from(off.done)).ok()?;
+    is_empty_chan_type(mem, ty).then_some(ty)
+}
+
+/// Whether `parent` holds its children in a `children` map: it is a `*cancelCtx` (or a
+/// struct starting with one) — its `done` has the `chan struct{}` type word. A wrapper
+/// (`valueCtx`) is not followed (see `held` in the BPF program, its twin).
+fn holds(mem: &ProcMem, off: CancelCtxOffsets, chan_type: u64, parent: u64) -> bool {
+    parent != 0 && mem.read_u64(parent + u64::from(off.done)).ok() == Some(chan_type)
+}
+
 /// `len(parent.children)` of each parent that is a `*cancelCtx` (its done value has
 /// `chan_type`); the map's count is its first word in every supported Go version
 /// (classic `hmap.count`, Swiss-table `Map.used`), a nil map has none.
@@ -215,6 +482,120 @@ mod tests {
             parent,
             ..CtxInfo::default()
         }
+    }
+
+    const OFF: CancelCtxOffsets = CancelCtxOffsets {
+        context: 0,
+        done: 24,
+        children: 40,
+        err: 48,
+    };
+
+    /// A `cancelCtx` block: parent (itab, data) and the `err` word.
+    fn block(itab: u64, data: u64, err: u64) -> Vec<u8> {
+        let mut b = vec![0u8; 64];
+        b[0..8].copy_from_slice(&itab.to_le_bytes());
+        b[8..16].copy_from_slice(&data.to_le_bytes());
+        b[48..56].copy_from_slice(&err.to_le_bytes());
+        b
+    }
+
+    fn rec(site: u64, created_ns: u64) -> CtxInfo {
+        CtxInfo {
+            site,
+            created_ns,
+            parent: 0xc000_0100,
+            parent_itab: 0x4a_0000,
+            ..CtxInfo::default()
+        }
+    }
+
+    #[test]
+    fn seen_in_memory() {
+        let i = rec(7, 0);
+        assert_eq!(seen(&i, &block(0x4a_0000, 0xc000_0100, 0), OFF), Seen::Live);
+        assert_eq!(
+            seen(&i, &block(0x4a_0000, 0xc000_0100, 0x4b_0000), OFF),
+            Seen::Cancelled
+        );
+        // Reused by something else (or by a context with another parent): gone, whatever
+        // its `err` word holds.
+        assert_eq!(seen(&i, &block(0x4a_0000, 0xc000_0200, 1), OFF), Seen::Gone);
+        assert_eq!(seen(&i, &block(0x4a_0008, 0xc000_0100, 0), OFF), Seen::Gone);
+    }
+
+    #[test]
+    fn held_by_the_parent_type() {
+        let i = rec(7, 0);
+        assert!(held_by_type(&[0x4b_0000, 0x4a_0000], &i));
+        assert!(!held_by_type(&[0x4b_0000], &i));
+        let no_itab = CtxInfo {
+            parent_itab: 0,
+            ..i
+        };
+        assert!(!held_by_type(&[0], &no_itab));
+    }
+
+    #[test]
+    fn gone_contexts_are_cancelled_when_held() {
+        let i = rec(7, 0);
+        assert_eq!(judge(1, i, Seen::Live, || unreachable!()), None);
+        let j = |s, held| judge(1, i, s, || held).map(|j| j.cancelled);
+        assert_eq!(j(Seen::Cancelled, false), Some(true));
+        assert_eq!(j(Seen::Gone, true), Some(true));
+        assert_eq!(j(Seen::Gone, false), Some(false));
+    }
+
+    /// created = cancelled + uncancelled + collected, with the agent's counts merged
+    /// into the kernel's, whichever saw each context, refresh after refresh.
+    #[test]
+    fn identity_across_kernel_and_agent_counts() {
+        let mut r = ContextReader::default();
+        // Refresh 1: 6 live records of site 7; the kernel counted 2 reused ones as
+        // cancelled (held) and 1 as collected.
+        let mut live: HashMap<u64, CtxInfo> =
+            (0..6).map(|k| (0x1000 + k * 0x50, rec(7, 100))).collect();
+        let kernel = CtxSiteStats {
+            cancelled: 2,
+            lifetime_ns_sum: 40,
+            collected: 1,
+        };
+        let created = 6 + 3;
+        // The agent judges 3 cancelled, 1 gone with a Background parent, 1 gone held;
+        // the record of one cancelled was replaced by the kernel before it was freed.
+        let judged: Vec<Judged> = [(0, true), (1, true), (2, true), (3, false), (4, true)]
+            .iter()
+            .map(|&(k, cancelled)| Judged {
+                ctx: 0x1000 + k * 0x50,
+                info: rec(7, 100),
+                cancelled,
+            })
+            .collect();
+        let freed = [true, true, false, true, true];
+        r.settle(&mut live, &judged, &freed, 1_100);
+        let mut sites = HashMap::from([(7, kernel)]);
+        r.merge_seen(&mut sites);
+        let st = sites[&7];
+        assert_eq!(live.len(), 2, "the unfreed one stays live this refresh");
+        assert_eq!((st.cancelled, st.collected), (2 + 3, 1 + 1));
+        assert_eq!(st.cancelled + st.collected + live.len() as u64, created);
+        assert_eq!(st.lifetime_ns_sum, 40 + 3 * 1_000);
+        // Refresh 2: the kernel has counted the replaced one (held: cancelled) and
+        // recorded the new context at its address; the agent's counts are kept.
+        let mut sites = HashMap::from([(
+            7,
+            CtxSiteStats {
+                cancelled: 3,
+                lifetime_ns_sum: 50,
+                collected: 1,
+            },
+        )]);
+        r.merge_seen(&mut sites);
+        let live2 = 2; // the one left live, and the new one
+        assert_eq!(
+            sites[&7].cancelled + sites[&7].collected + live2,
+            created + 1
+        );
     }
 
     #[test]

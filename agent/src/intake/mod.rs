@@ -17,14 +17,14 @@ use std::sync::Arc;
 
 use anyhow::Result;
 
-pub use contexts::{ContextReads, ParentRecord};
+pub use contexts::{ContextReads, Judged, ParentRecord};
 pub use goroutines::G;
 pub use memory::ProcMem;
 pub use stacks::{Stack, StackInterest};
 
 use crate::clock::mono_ns;
 use crate::gobin::Analysis;
-use crate::probe::ProcessRecords;
+use crate::probe::{ContextRecords, ProcessRecords};
 use crate::process::{self, ProcessId};
 
 /// One process at one refresh.
@@ -111,6 +111,45 @@ impl ProcessReader {
         self.stacks.budget = budget;
     }
 
+    /// One-probe mode: the tracked contexts of `c` that the process's memory shows
+    /// cancelled or gone (see [`contexts::ContextReader::judge`]); their records are to be
+    /// freed, then [`ProcessReader::settle_contexts`].
+    pub fn judge_contexts(&mut self, c: &ContextRecords) -> Vec<Judged> {
+        self.contexts.judge(&self.mem, &self.analysis, &c.live)
+    }
+
+    /// One-probe mode: judges stale records (see `KernelState::take_stale_contexts`).
+    pub fn judge_stale_contexts(
+        &mut self,
+        stale: &HashMap<u64, goroscope_common::CtxInfo>,
+    ) -> Vec<Judged> {
+        self.contexts.judge_stale(&self.mem, &self.analysis, stale)
+    }
+
+    /// Counts the judged stale records that were freed.
+    pub fn settle_stale_contexts(&mut self, judged: &[Judged], freed: &[bool]) {
+        self.contexts.settle_stale(judged, freed, mono_ns());
+    }
+
+    /// Counts the judged contexts whose records were freed and takes them out of `c`.
+    pub fn settle_contexts(&mut self, c: &mut ContextRecords, judged: &[Judged], freed: &[bool]) {
+        self.contexts.settle(&mut c.live, judged, freed, mono_ns());
+    }
+
+    /// Link-time address of the process's `chan struct{}` type descriptor, once learned.
+    pub fn context_chan_type(&self) -> Option<u64> {
+        self.contexts.chan_type().map(|t| t.wrapping_sub(self.bias))
+    }
+
+    /// Link-time itabs of the parent types seen holding their children.
+    pub fn context_holder_itabs(&self) -> Vec<u64> {
+        self.contexts
+            .holder_itabs()
+            .iter()
+            .map(|t| t.wrapping_sub(self.bias))
+            .collect()
+    }
+
     /// Observes the process now; `kernel` is its share of the kernel's records (None
     /// without probes). At most `max_goroutines` are read into the inventory.
     pub fn observe(
@@ -142,7 +181,10 @@ impl ProcessReader {
             .iter()
             .filter_map(|(goid, s)| Some((*goid, s.clone()?)))
             .collect();
-        let kernel = kernel.map(|k| rebase(k, self.bias));
+        let mut kernel = kernel.map(|k| rebase(k, self.bias));
+        if let Some(c) = kernel.as_mut().and_then(|k| k.contexts.as_mut()) {
+            self.contexts.merge_seen(&mut c.sites);
+        }
         let contexts = kernel.as_ref().and_then(|k| k.contexts.as_ref()).map(|c| {
             self.contexts.read(
                 &self.mem,

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use aya::maps::Array;
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope};
 use aya::programs::UProbe;
-use goroscope_common::{CtxConfig, SiteConfig, CTX_RANGES, MAX_SITE_CONFIGS};
+use goroscope_common::{CtxConfig, SiteConfig, CTX_HOLDER_ITABS, CTX_RANGES, MAX_SITE_CONFIGS};
 
 use super::{Attached, Probes, Program, Scope};
 use crate::gobin::{Analysis, Hook, ProbeSite};
@@ -167,6 +167,7 @@ impl Probes {
         })?;
         self.links.push(Attached {
             program: prog_name,
+            hook: site.hook,
             link,
             cookie,
             group,
@@ -215,6 +216,62 @@ impl Probes {
         }
     }
 
+    /// Tells the context-creation probes of `group` (one binary) where the process's
+    /// `chan struct{}` type descriptor is and which parent types hold their children
+    /// (link-time addresses; the first `CTX_HOLDER_ITABS` are kept), once the agent has
+    /// learned them: from then on, a context garbage collected before the agent judged it
+    /// is told held (cancelled) from not (see `CTX_ONE_PROBE`). Written only when it
+    /// changes.
+    pub fn set_context_types(&mut self, group: u64, chan_type: u64, holders: &[u64]) -> Result<()> {
+        let cookies: Vec<u32> = self
+            .links
+            .iter()
+            .filter(|a| a.group == group && a.hook == Hook::ContextCreate)
+            .map(|a| a.cookie)
+            .collect();
+        if cookies.is_empty() {
+            return Ok(());
+        }
+        let mut itabs = [0u64; CTX_HOLDER_ITABS];
+        for (slot, h) in itabs.iter_mut().zip(holders) {
+            *slot = *h;
+        }
+        let mut ctx_configs: Array<_, CtxConfig> = Array::try_from(
+            self.ebpf
+                .map_mut("CTX_CONFIG")
+                .context("map CTX_CONFIG missing")?,
+        )?;
+        for cookie in cookies {
+            let mut c = ctx_configs.get(&cookie, 0).context("reading CTX_CONFIG")?;
+            if (c.chan_type, c.holder_itabs) != (chan_type, itabs) {
+                c.chan_type = chan_type;
+                c.holder_itabs = itabs;
+                ctx_configs
+                    .set(cookie, c, 0)
+                    .context("writing CTX_CONFIG")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hits of the empty (`noop`) probes so far, per hook, summed over CPUs (benchmarks).
+    pub fn noop_hits(&self) -> Result<Vec<(Hook, u64)>> {
+        let hits: aya::maps::PerCpuArray<_, u64> = aya::maps::PerCpuArray::try_from(
+            self.ebpf
+                .map("NOOP_HITS")
+                .context("map NOOP_HITS missing")?,
+        )?;
+        let mut out: Vec<(Hook, u64)> = Vec::new();
+        for a in self.links.iter().filter(|a| a.program == "noop") {
+            let n: u64 = hits.get(&a.cookie, 0)?.iter().sum();
+            match out.iter_mut().find(|(h, _)| *h == a.hook) {
+                Some((_, t)) => *t += n,
+                None => out.push((a.hook, n)),
+            }
+        }
+        Ok(out)
+    }
+
     /// The configuration of a context-creation probe: where package `context`'s code is
     /// (the creation site is the first return address outside it) and the probe's
     /// address (for the PIE bias).
@@ -237,6 +294,8 @@ impl Probes {
         let mut c = CtxConfig {
             probe_addr: site.address,
             goid_off: bin.offsets.g.goid,
+            flags: self.ctx_flags,
+            done_off: bin.offsets.cancel_ctx.map_or(0, |cc| cc.done),
             ..CtxConfig::default()
         };
         for (slot, (a, b)) in c.ranges.iter_mut().zip(ranges) {

@@ -100,9 +100,19 @@ pub struct KernelState {
     counters: HashMap<u32, ProcCounters>,
     /// None: context probes not attached.
     contexts: Option<(ByProcess<CtxInfo>, ByProcess<CtxSiteStats>)>,
+    /// Older records of an address that also has a newer one (one in the slot table, one
+    /// in the overflow map: the kernel claims a free slot without looking in the overflow
+    /// map), by process: their context was garbage collected and its address came back.
+    stale_contexts: ByProcess<CtxInfo>,
 }
 
 impl KernelState {
+    /// The stale context records of process `tgid` (see `stale_contexts`), by pointer:
+    /// the newer record of each address is in its [`ContextRecords::live`].
+    pub fn take_stale_contexts(&mut self, tgid: u32) -> HashMap<u64, CtxInfo> {
+        self.stale_contexts.remove(&tgid).unwrap_or_default()
+    }
+
     /// The records of process `tgid` (moved out: each process is taken once).
     pub fn take(&mut self, tgid: u32) -> ProcessRecords {
         ProcessRecords {
@@ -147,11 +157,27 @@ impl Probes {
         for s in self.slots.entries() {
             goroutines.entry(s.tgid).or_default().insert(s.goid, s.info);
         }
+        let mut stale_contexts: ByProcess<CtxInfo> = HashMap::new();
         let contexts = if contexts {
             let mut live = self.by_process::<CtxKey, CtxInfo>("CTX_LIVE")?;
-            // The slot table wins over a stale overflow entry of the same address.
+            // An address in both the slot table and the overflow map: the newer record is
+            // live, the older one stale.
             for s in self.ctx_slots.entries() {
-                live.entry(s.tgid).or_default().insert(s.ctx, s.info);
+                let l = live.entry(s.tgid).or_default();
+                if let Some(old) = l.insert(s.ctx, s.info) {
+                    let stale = if old.created_ns <= s.info.created_ns {
+                        old
+                    } else {
+                        l.insert(s.ctx, old);
+                        s.info
+                    };
+                    if stale != l[&s.ctx] {
+                        stale_contexts
+                            .entry(s.tgid)
+                            .or_default()
+                            .insert(s.ctx, stale);
+                    }
+                }
             }
             Some((live, self.by_process::<SiteKey, CtxSiteStats>("CTX_SITES")?))
         } else {
@@ -162,6 +188,7 @@ impl Probes {
             sites: self.by_process::<SiteKey, SiteStats>("SITES")?,
             counters: self.counters()?,
             contexts,
+            stale_contexts,
         })
     }
 
@@ -206,6 +233,49 @@ impl Probes {
             }
             Err(e) => Err(e).context("purging PROC_COUNTERS"),
         }
+    }
+
+    /// Frees the records of contexts of process `tgid` that the agent judged cancelled or
+    /// gone (one-probe mode): each `(context, created_ns)` is freed only if its record is
+    /// still the one judged (same creation time), so a newer context at the same address
+    /// recorded meanwhile is kept (the kernel counted the judged one then). Returns, per
+    /// context, whether its record was freed: only those are the agent's to count.
+    ///
+    /// The slot table is changed in place (compare-and-swap, see `SlotTable::free_if`).
+    /// An overflow entry is looked up, checked and deleted in two system calls: if the
+    /// kernel replaces it in between (a new context at the same address, counted by the
+    /// kernel), the new record is deleted too and the old context counted twice — a
+    /// window of microseconds against a refresh interval.
+    pub fn free_contexts(&mut self, tgid: u32, judged: &[(u64, u64)]) -> Result<Vec<bool>> {
+        let mut freed = vec![false; judged.len()];
+        let mut overflow = Vec::new();
+        for (i, &(ctx, created_ns)) in judged.iter().enumerate() {
+            let slot = goroscope_common::ctx_slot_index(tgid, ctx) as usize;
+            if self
+                .ctx_slots
+                .free_if(slot, tgid, ctx, |s| s.info.created_ns == created_ns)
+            {
+                freed[i] = true;
+            } else {
+                overflow.push(i);
+            }
+        }
+        if overflow.is_empty() {
+            return Ok(freed);
+        }
+        let mut live: BpfHashMap<_, CtxKey, CtxInfo> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut("CTX_LIVE")
+                .context("map CTX_LIVE missing")?,
+        )?;
+        for i in overflow {
+            let (ctx, created_ns) = judged[i];
+            let key = CtxKey { tgid, _pad: 0, ctx };
+            if live.get(&key, 0).is_ok_and(|v| v.created_ns == created_ns) {
+                freed[i] = live.remove(&key).is_ok();
+            }
+        }
+        Ok(freed)
     }
 
     /// Removes the entries of process `tgid` from a hash map keyed by process.

@@ -19,6 +19,8 @@ use aya::programs::uprobe::UProbeLinkId;
 use aya::{Ebpf, EbpfLoader};
 use goroscope_common::{CtxSlot, GSlot, CTX_SLOTS, G_SLOTS};
 
+use crate::gobin::Hook;
+
 pub use maps::{ContextRecords, KernelState, ProcessRecords};
 use slots::SlotTable;
 
@@ -46,6 +48,7 @@ pub enum Program {
 /// One attached probe.
 struct Attached {
     program: &'static str,
+    hook: Hook,
     link: UProbeLinkId,
     /// Index of its configuration in SITE_CONFIG / CTX_CONFIG.
     cookie: u32,
@@ -60,6 +63,8 @@ pub struct Probes {
     ctx_slots: SlotTable<CtxSlot>,
     ebpf: Ebpf,
     max_live: u32,
+    /// `CtxConfig::flags` of the context probes attached from now on.
+    ctx_flags: u32,
     /// The next never-used attach cookie (index of the site's configuration).
     next_cookie: u32,
     /// Cookies of detached probes, reused first.
@@ -97,11 +102,25 @@ impl Probes {
             ctx_slots,
             ebpf,
             max_live,
+            ctx_flags: goroscope_common::CTX_ONE_PROBE,
             next_cookie: 0,
             free_cookies: Vec::new(),
             links: Vec::new(),
             _kernel_log,
         })
+    }
+}
+
+impl Probes {
+    /// Whether the context probes attached from now on come with a cancel probe (false,
+    /// the default: one probe per context, cancellations read from memory by the agent;
+    /// see `CTX_ONE_PROBE`).
+    pub fn set_context_cancel_probe(&mut self, cancel_probe: bool) {
+        self.ctx_flags = if cancel_probe {
+            0
+        } else {
+            goroscope_common::CTX_ONE_PROBE
+        };
     }
 }
 

@@ -109,6 +109,50 @@ impl<T: Slot> SlotTable<T> {
         (0..self.len).filter_map(|i| self.get(i))
     }
 
+    /// Frees slot `i` if it holds `key` of process `tgid` and `still(slot)` holds for the
+    /// record in it (the record the caller judged, not a newer one at the same address);
+    /// returns whether it did. Safe against the kernel claiming or reusing the slot
+    /// meanwhile: the key word goes `key` → [`SLOT_BUSY`] by compare-and-swap (as the
+    /// kernel claims slots), so while it is busy no probe writes the slot, then the
+    /// record is checked and the key word set to 0 (freed) or back to `key` (a newer
+    /// record the kernel wrote before the swap: kept).
+    pub(super) fn free_if(
+        &self,
+        i: usize,
+        tgid: u32,
+        key: u64,
+        still: impl Fn(&T) -> bool,
+    ) -> bool {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        if i >= self.len || key == 0 || key == SLOT_BUSY {
+            return false;
+        }
+        // SAFETY: `i < len`, so the slot lies inside the mapping (valid until Drop); the
+        // key word is the slot's first field, 8-byte aligned (the mapping is page-aligned
+        // and every slot type is `repr(C)`, starts with a u64 and has a size that is a
+        // multiple of 8). The kernel changes the key word only with atomic
+        // compare-and-swap or, while it owns the slot (key word = SLOT_BUSY, which makes
+        // our swap fail), with an aligned 8-byte store, atomic on x86-64; so an atomic
+        // view of the word is sound for the duration of this call.
+        let (p, word) = unsafe {
+            let p = self.ptr.add(i);
+            (p, AtomicU64::from_ptr(T::key_ptr(p)))
+        };
+        if word
+            .compare_exchange(key, SLOT_BUSY, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return false;
+        }
+        // SAFETY: in bounds as above; while the key word is SLOT_BUSY (ours) no probe
+        // writes the slot, so the volatile read sees a whole record. Slots are plain
+        // integers.
+        let slot = unsafe { std::ptr::read_volatile(p) };
+        let free = slot.tgid() == tgid && still(&slot);
+        word.store(if free { 0 } else { key }, Ordering::Release);
+        free
+    }
+
     /// Frees every slot of a process that exited.
     pub(super) fn clear(&self, tgid: u32) {
         for i in 0..self.len {

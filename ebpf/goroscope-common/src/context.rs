@@ -22,8 +22,30 @@ pub struct CtxConfig {
     pub ranges: [[u64; 2]; CTX_RANGES],
     /// Offset of `runtime.g.goid` (R14 holds the current `*g`).
     pub goid_off: u32,
+    /// [`CTX_ONE_PROBE`] or 0.
+    pub flags: u32,
+    /// Link-time address of the process's `chan struct{}` type descriptor (the type word
+    /// of a set `cancelCtx.done`), once the agent has learned it; 0 before.
+    pub chan_type: u64,
+    /// Offset of `cancelCtx.done`.
+    pub done_off: u32,
     pub _pad: u32,
+    /// Link-time itabs of the parent types known to hold their children (`*cancelCtx`,
+    /// `*timerCtx`, …: a parent seen with the `chan struct{}` type in its own `done`),
+    /// learned by the agent; 0: unused. A context whose parent has one of these types was
+    /// registered in the parent's `children` map (or cancelled at once), whatever became
+    /// of the parent since.
+    pub holder_itabs: [u64; CTX_HOLDER_ITABS],
 }
+
+/// Entries of [`CtxConfig::holder_itabs`].
+pub const CTX_HOLDER_ITABS: usize = 4;
+
+/// [`CtxConfig::flags`]: no cancel probe is attached (the agent sees cancellations by
+/// reading the contexts' memory), so a context whose address comes back in a new context
+/// before the agent judged it may have been cancelled: it is counted cancelled when its
+/// parent held it (see [`CtxSiteStats`]), collected otherwise.
+pub const CTX_ONE_PROBE: u32 = 1;
 
 /// Key of the live-context map: a context (`*cancelCtx`) in one process.
 #[repr(C)]
@@ -75,6 +97,14 @@ pub fn ctx_slot_index(tgid: u32, ctx: u64) -> u32 {
 /// Per (process, context creation site) counters (keyed by [`crate::SiteKey`]), updated
 /// with atomic adds at cancellation only: contexts created while attached = cancelled +
 /// collected + those still live, so creation touches no per-site state.
+///
+/// With [`CTX_ONE_PROBE`] the kernel sees no cancel: the agent keeps the cancellations
+/// it sees in memory in its own counters, and the kernel only counts a context whose
+/// address came back in a new context before the agent judged it (it was garbage
+/// collected): `cancelled` (lifetime up to that new creation) when a `*cancelCtx`
+/// ancestor held it in its `children` map (a held context is collected only once
+/// cancelled), `collected` otherwise (a `Background`/`TODO` parent: maybe cancelled,
+/// never seen so).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtxSiteStats {

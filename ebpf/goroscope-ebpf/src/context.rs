@@ -1,6 +1,9 @@
 //! Context programs: creation of a cancelable context records it (creation site, creating
 //! goroutine, parent) in the `CTX_SLOT_TABLE` slot table (or the `CTX_LIVE` overflow
-//! map); cancellation frees it and counts it for its creation site in `CTX_SITES`.
+//! map); cancellation frees it and counts it for its creation site in `CTX_SITES`. With
+//! `CTX_ONE_PROBE` (the default) no cancel probe is attached: the agent reads the tracked
+//! contexts' memory at each refresh, frees the slots of those cancelled or gone, and
+//! keeps their counts itself.
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_F_MMAPABLE, BPF_NOEXIST},
@@ -11,7 +14,8 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use goroscope_common::{
     ctx_slot_index, CtxConfig, CtxInfo, CtxKey, CtxSiteStats, CtxSlot, Loss, SiteKey, CTX_FRAMES,
-    CTX_SLOTS, DEFAULT_MAX_CONTEXTS, MAX_SITES, MAX_SITE_CONFIGS, SLOT_BUSY,
+    CTX_HOLDER_ITABS, CTX_ONE_PROBE, CTX_SLOTS, DEFAULT_MAX_CONTEXTS, MAX_SITES, MAX_SITE_CONFIGS,
+    SLOT_BUSY,
 };
 
 use crate::shared::{atomic_add, cas, cookie, current_tgid, lost, now_ns, read, site_entry};
@@ -60,11 +64,11 @@ fn in_context_pkg(cfg: &CtxConfig, pc: u64) -> bool {
 }
 
 /// The creation site of a context: the first return address outside package `context`
-/// (link-time), found by walking frame pointers up from `propagateCancel` (`rsp`, `rbp`
-/// and `ip` at its `push rbp`); 0 if not found within [`CTX_FRAMES`] frames.
+/// (link-time), found by walking frame pointers up from `propagateCancel` (`rsp` and
+/// `rbp` at its `push rbp`; `bias` the load bias); 0 if not found within [`CTX_FRAMES`]
+/// frames.
 #[inline(always)]
-fn creation_site(cfg: &CtxConfig, rsp: u64, rbp: u64, ip: u64) -> u64 {
-    let bias = ip.wrapping_sub(cfg.probe_addr) & !0xfff;
+fn creation_site(cfg: &CtxConfig, rsp: u64, rbp: u64, bias: u64) -> u64 {
     let mut pc = read::<u64>(rsp).unwrap_or(0);
     let mut fp = rbp;
     for _ in 0..CTX_FRAMES {
@@ -149,7 +153,8 @@ fn context_created(
         return 0;
     };
     let tgid = current_tgid();
-    let site = creation_site(cfg, rsp, rbp, ip);
+    let bias = ip.wrapping_sub(cfg.probe_addr) & !0xfff;
+    let site = creation_site(cfg, rsp, rbp, bias);
     if site == 0 {
         log_site_not_found(ctx, tgid);
     }
@@ -161,13 +166,20 @@ fn context_created(
         parent,
         parent_itab,
     };
-    record_context(ctx, tgid, c, &info);
+    record_context(ctx, (cfg, bias), tgid, c, &info);
     0
 }
 
-/// Records a created context in its slot, or else in `CTX_LIVE`.
+/// Records a created context in its slot, or else in `CTX_LIVE`; `(cfg, bias)`: the
+/// probe's configuration and the process's load bias.
 #[inline(always)]
-fn record_context(ctx: &ProbeContext, tgid: u32, c: u64, info: &CtxInfo) {
+fn record_context(
+    ctx: &ProbeContext,
+    (cfg, bias): (&CtxConfig, u64),
+    tgid: u32,
+    c: u64,
+    info: &CtxInfo,
+) {
     if let Some(slot) = CTX_SLOT_TABLE.get_ptr_mut(ctx_slot_index(tgid, c)) {
         // SAFETY: `slot` points into an array map value valid for the program's duration;
         // it is claimed with compare-and-swap before any other field is written.
@@ -177,9 +189,10 @@ fn record_context(ctx: &ProbeContext, tgid: u32, c: u64, info: &CtxInfo) {
             let again = prev == c && (*slot).tgid == tgid;
             if (prev == 0 || again) && cas(ctx_p, prev, SLOT_BUSY) {
                 if again {
-                    // The same address again without a cancel in between: the old
-                    // context was garbage collected without ever being cancelled.
-                    collected(ctx, tgid, (*slot).info.site);
+                    // The same address again without a cancel seen in between: the old
+                    // context was garbage collected (see `reused`).
+                    let old = (*slot).info;
+                    reused(ctx, (cfg, bias), tgid, &old);
                 }
                 (*slot).tgid = tgid;
                 (*slot).info = *info;
@@ -193,7 +206,7 @@ fn record_context(ctx: &ProbeContext, tgid: u32, c: u64, info: &CtxInfo) {
         // SAFETY: the value is copied out at once.
         match unsafe { CTX_LIVE.get(&key) }.copied() {
             Some(old) => {
-                collected(ctx, tgid, old.site);
+                reused(ctx, (cfg, bias), tgid, &old);
                 let _ = CTX_LIVE.insert(&key, info, BPF_ANY as u64);
             }
             None => lost(ctx, tgid, Loss::ContextMapFull),
@@ -201,14 +214,57 @@ fn record_context(ctx: &ProbeContext, tgid: u32, c: u64, info: &CtxInfo) {
     }
 }
 
-/// Counts a context never cancelled whose memory was reused (rare path).
+/// Counts a tracked context whose address came back in a new context: it was garbage
+/// collected. With the cancel probe it was never cancelled (collected). Without it
+/// (`CTX_ONE_PROBE`) the agent had not judged it yet: counted cancelled (lifetime up to
+/// now, an upper bound) when a `*cancelCtx` ancestor held it in its `children` map — a
+/// held context becomes garbage only once cancelled (or with that ancestor, collected
+/// uncancelled itself: then it is wrongly counted cancelled) — else collected: under a
+/// `Background`/`TODO` parent nothing holds it, cancelled or not (then possibly cancelled
+/// and counted collected).
 #[inline(always)]
-fn collected(ctx: &ProbeContext, tgid: u32, site: u64) {
-    match ctx_site(tgid, site) {
+fn reused(ctx: &ProbeContext, (cfg, bias): (&CtxConfig, u64), tgid: u32, old: &CtxInfo) {
+    let Some(st) = ctx_site(tgid, old.site) else {
+        lost(ctx, tgid, Loss::ContextSiteMapFull);
+        return;
+    };
+    if cfg.flags & CTX_ONE_PROBE != 0 && held(cfg, bias, old) {
+        let lifetime = now_ns().saturating_sub(old.created_ns);
         // SAFETY: `st` points into a map value.
-        Some(st) => atomic_add(unsafe { &raw mut (*st).collected }, 1),
-        None => lost(ctx, tgid, Loss::ContextSiteMapFull),
+        unsafe {
+            atomic_add(&raw mut (*st).cancelled, 1);
+            atomic_add(&raw mut (*st).lifetime_ns_sum, lifetime);
+        }
+    } else {
+        // SAFETY: `st` points into a map value.
+        atomic_add(unsafe { &raw mut (*st).collected }, 1);
     }
+}
+
+/// Whether the parent of context `c` held it in a `children` map: its type (itab) is one
+/// the agent saw holding children (`cfg.holder_itabs`: no memory read, and right even
+/// when the parent is gone too), or, read now, the parent is a `*cancelCtx` (or a struct
+/// starting with one: `timerCtx`, …): the type word of its `done` is the process's `chan
+/// struct{}` type (`cfg.chan_type`, learned by the agent; false while unknown). A parent
+/// that wraps one (`valueCtx`) is not followed: its first words are not a context for
+/// every type (`Background`'s data word points at `runtime.zerobase`), and reading on
+/// from there once counted children of `Background` as held.
+#[inline(always)]
+fn held(cfg: &CtxConfig, bias: u64, c: &CtxInfo) -> bool {
+    let itab = c.parent_itab.wrapping_sub(bias);
+    for i in 0..CTX_HOLDER_ITABS {
+        let h = cfg.holder_itabs[i];
+        if h == 0 {
+            break;
+        }
+        if h == itab {
+            return true;
+        }
+    }
+    cfg.chan_type != 0
+        && c.parent != 0
+        && read::<u64>(c.parent + cfg.done_off as u64)
+            .is_ok_and(|t| t == cfg.chan_type.wrapping_add(bias))
 }
 
 /// Takes the record of a context being cancelled out of its slot or `CTX_LIVE`; `None`

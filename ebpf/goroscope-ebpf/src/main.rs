@@ -27,12 +27,26 @@ mod context;
 mod goroutine;
 mod shared;
 
-use aya_ebpf::{macros::uprobe, programs::ProbeContext};
+use aya_ebpf::{
+    macros::{map, uprobe},
+    maps::PerCpuArray,
+    programs::ProbeContext,
+};
+use goroscope_common::MAX_SITE_CONFIGS;
 
-/// Does nothing: attached at goroscope's sites it measures the floor cost of a uprobe
-/// there (`cargo xtask bench overhead`).
+/// Hits of the `noop` probes, per attach cookie (per CPU).
+#[map]
+static NOOP_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_SITE_CONFIGS, 0);
+
+/// Only counts its hits: attached at goroscope's sites it measures the floor cost of a
+/// uprobe there (`cargo xtask bench overhead`, `bench contexts`: hits per context).
 #[uprobe]
-pub fn noop(_ctx: ProbeContext) -> u32 {
+pub fn noop(ctx: ProbeContext) -> u32 {
+    if let Some(n) = NOOP_HITS.get_ptr_mut(shared::cookie(&ctx)) {
+        // SAFETY: this CPU's value of a per-CPU array entry; a uprobe program is not
+        // preempted by another program on the same CPU.
+        unsafe { *n += 1 };
+    }
     0
 }
 

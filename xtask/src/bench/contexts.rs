@@ -1,8 +1,11 @@
 //! `cargo xtask bench contexts`: ns per context of creating and cancelling contexts, and
 //! requests per second (and server CPU per request) of a loopback HTTP server deriving a
-//! WithTimeout context per request (the `ctxbench` fixture), with no probes, empty
-//! programs at goroscope's sites, goroscope, and the goroutine hooks only. Writes
-//! `target/bench/contexts.md`.
+//! WithTimeout context per request (the `ctxbench` fixture), with no probes; goroscope's
+//! default (one probe per context, at creation) and its floor (an empty program at the
+//! creation site); goroscope with the cancel probe and its floor (empty programs at both
+//! sites); the goroutine hooks only. Probe hits per context are counted by the floors'
+//! programs (goroscope's own programs count nothing: the contexts it recorded are
+//! reported instead). Writes `target/bench/contexts.md`.
 
 use std::fs;
 use std::path::PathBuf;
@@ -17,13 +20,24 @@ use super::{prepare, Samples};
 use crate::project::{fixtures_dir, step};
 
 /// `(name, bench-attach mode, hooks)`: the last two trace goroutines only (HTTP only).
-const MODES: [(&str, &str, &str); 5] = [
+const MODES: [(&str, &str, &str); 7] = [
     ("none", "none", "all"),
-    ("floor", "floor", "all"),
-    ("goroscope", "goroscope", "all"),
+    ("floor", "floor", "created"),
+    ("goroscope", "goroscope", "created"),
+    ("floor-cancel", "floor", "all"),
+    ("goroscope-cancel", "goroscope", "all"),
     ("floor-goroutines", "floor", "goroutines"),
     ("goroscope-no-contexts", "goroscope", "goroutines"),
 ];
+
+/// The floor of a goroscope mode (same sites, empty programs).
+fn floor_of(name: &str) -> Option<&'static str> {
+    match name {
+        "goroscope" => Some("floor"),
+        "goroscope-cancel" => Some("floor-cancel"),
+        _ => None,
+    }
+}
 
 /// What the runs measured, per mode name.
 #[derive(Default)]
@@ -34,6 +48,11 @@ struct Measured {
     rps: Samples,
     /// µs of server CPU per HTTP request.
     cpu_req: Samples,
+    /// Context probe hits per context of the loop (floors), or contexts recorded per
+    /// context (goroscope).
+    hits_ctx: Samples,
+    /// The same per HTTP request.
+    hits_req: Samples,
     /// The agent's reports of the `goroscope` runs.
     reports: Vec<Value>,
 }
@@ -93,6 +112,10 @@ impl Measured {
         )?;
         let v = traced.target.reply_value(&format!("ctx {}", s.n), "ns")?;
         self.ns.push(name, v);
+        let hits0 = context_hits(traced.ask_agent("hits")?.as_ref());
+        if let Some(h) = hits0 {
+            self.hits_ctx.push(name, h as f64 / s.n as f64);
+        }
         // The server in the traced process, the load generator in its own (untraced).
         traced.target.send("serve")?;
         let l = traced.target.line()?;
@@ -122,10 +145,14 @@ impl Measured {
             .with_context(|| format!("load generator said {l:?}"))?;
         self.rps.push(name, q);
         let cpu = (process_cpu_ns(&traced.pid)? - cpu_before) as f64;
-        let us_per_req = cpu / 1e3 / (q * http_seconds as f64).max(1.0);
+        let requests = (q * http_seconds as f64).max(1.0);
+        let us_per_req = cpu / 1e3 / requests;
         self.cpu_req.push(name, us_per_req);
+        if let (Some(h0), Some(h1)) = (hits0, context_hits(traced.ask_agent("hits")?.as_ref())) {
+            self.hits_req.push(name, (h1 - h0) as f64 / requests);
+        }
         let report = traced.finish()?;
-        if name == "goroscope" {
+        if name.starts_with("goroscope") && hooks != "goroutines" {
             self.reports.extend(report);
         }
         step(&format!(
@@ -142,17 +169,33 @@ impl Measured {
         ((1.0 - r / r_none) * 100.0, (1.0 - c_none / c) * 100.0)
     }
 
+    /// Added ns per context of mode `name` over the floor of its mode.
+    fn floor_ratio(&self, name: &str) -> Option<f64> {
+        let n_none = self.ns.median("none");
+        floor_of(name).map(|f| (self.ns.median(name) - n_none) / (self.ns.median(f) - n_none))
+    }
+
     /// The table row of mode `name` (with `hooks`): medians, and costs against no probes.
     fn row(&self, name: &str, hooks: &str) -> Vec<String> {
         let dash = || "—".to_string();
         let n_none = self.ns.median("none");
         let (ctx_ns, added) = match (hooks, name) {
-            ("all", "none") => (format!("{n_none:.0}"), dash()),
-            ("all", _) => {
+            (_, "none") => (format!("{n_none:.0}"), dash()),
+            ("goroutines", _) => (dash(), dash()),
+            _ => {
                 let v = self.ns.median(name);
-                (format!("{v:.0}"), format!("{:+.0}", v - n_none))
+                let ratio = self
+                    .floor_ratio(name)
+                    .map_or(String::new(), |r| format!(" ({r:.2}× its floor's)"));
+                (format!("{v:.0}"), format!("{:+.0}{ratio}", v - n_none))
             }
-            _ => (dash(), dash()),
+        };
+        let hits = |s: &Samples| {
+            if s.runs(name).is_empty() {
+                dash()
+            } else {
+                format!("{:.2}", s.median(name))
+            }
         };
         let (rc, cc) = self.costs(name);
         let pct = |v: f64| {
@@ -164,8 +207,10 @@ impl Measured {
         };
         vec![
             label(name).to_string(),
+            hits(&self.hits_ctx),
             ctx_ns,
             added,
+            hits(&self.hits_req),
             format!("{:.0}", self.rps.median(name)),
             pct(rc),
             format!("{:.2} µs", self.cpu_req.median(name)),
@@ -181,8 +226,6 @@ impl Measured {
             http_seconds,
             ..
         } = *s;
-        let n_none = self.ns.median("none");
-        let ratio = (self.ns.median("goroscope") - n_none) / (self.ns.median("floor") - n_none);
         let rows: Vec<Vec<String>> = MODES.iter().map(|m| self.row(m.0, m.2)).collect();
         let mut md = Report::new("contexts", "Contexts benchmark");
         md.paragraph(&format!(
@@ -192,33 +235,41 @@ impl Measured {
              time of all the server's threads (user + kernel, where the probes run) / \
              requests; its cost column is what a CPU-bound server would lose in requests/s."
         ));
+        md.paragraph(
+            "Hits: context probe hits per context of the loop, and per HTTP request, counted \
+             by the empty programs (floors); for goroscope, the contexts it recorded per \
+             context of the loop (1.00: every one, once) and per request.",
+        );
         let ns_header = format!("ns per context (create + cancel, {n})");
         let header = [
             "mode",
+            "hits per context",
             &ns_header,
             "added",
+            "hits per request",
             "requests/s",
             "cost",
             "server CPU per request",
             "cost",
         ];
         md.table(&header, &rows);
-        let (rc, cc) = self.costs("goroscope");
         let lost: u64 = self.reports.iter().filter_map(|r| r["lost"].as_u64()).sum();
         let created: Vec<u64> = self
             .reports
             .iter()
             .filter_map(|r| r["contexts_created"].as_u64())
             .collect();
+        for (name, goal) in [("goroscope", 1.2), ("goroscope-cancel", 1.5)] {
+            let (rc, cc) = self.costs(name);
+            md.line(&format!(
+                "- {}: added cost per context / its floor's: {:.2} (goal ≤ {goal}); HTTP \
+                 cost {rc:.1}% of requests/s, {cc:.1}% by server CPU per request",
+                label(name),
+                self.floor_ratio(name).unwrap_or(f64::NAN)
+            ));
+        }
         md.line(&format!(
-            "- goroscope added cost per context / the floor's: {ratio:.2} (goal ≤ 1.5)"
-        ));
-        md.line(&format!(
-            "- HTTP cost of goroscope: {rc:.1}% of requests/s, {cc:.1}% by server CPU per \
-             request (goal ≤ 5%)"
-        ));
-        md.line(&format!(
-            "- contexts recorded per goroscope run (ctx + HTTP): {created:?}; lost events: {lost}"
+            "- contexts recorded per goroscope run, both modes (ctx + HTTP): {created:?}; lost events: {lost}"
         ));
         md.line("- every run, sorted:");
         for (name, _, _) in MODES {
@@ -242,11 +293,24 @@ impl Measured {
 fn label(name: &str) -> &'static str {
     match name {
         "none" => "no probes",
-        "floor" => "floor: empty programs at all of goroscope's sites",
-        "goroscope" => "goroscope",
+        "floor" => "floor: empty programs at goroscope's sites (context creation only)",
+        "goroscope" => "goroscope (one probe per context)",
+        "floor-cancel" => "floor with the cancel site too",
+        "goroscope-cancel" => "goroscope with `context_cancel_probe = true`",
         "floor-goroutines" => "empty programs at the goroutine sites only",
         _ => "goroscope with `contexts = false`",
     }
+}
+
+/// Context probe hits in an agent's `hits` reply: creation + cancel hits of the empty
+/// programs, or the contexts goroscope recorded.
+fn context_hits(v: Option<&Value>) -> Option<u64> {
+    let v = v?;
+    if let Some(n) = v["contexts_created"].as_u64() {
+        return Some(n);
+    }
+    let n = |k: &str| v[k].as_u64().unwrap_or(0);
+    Some(n("context-create") + n("context-cancel"))
 }
 
 /// CPU time of every thread of process `pid` so far, in ns (user + kernel, from

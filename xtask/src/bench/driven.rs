@@ -125,6 +125,16 @@ impl Traced {
         })
     }
 
+    /// Sends `line` to the agent and parses its one-line JSON reply (None in mode
+    /// `none`).
+    pub fn ask_agent(&mut self, line: &str) -> Result<Option<serde_json::Value>> {
+        let Some(a) = self.attached.as_mut() else {
+            return Ok(None);
+        };
+        a.send(line)?;
+        Ok(Some(serde_json::from_str(&a.line()?)?))
+    }
+
     /// Detaches the agent, then ends the fixture; the agent's JSON report (its last
     /// line), None in mode `none`.
     pub fn finish(mut self) -> Result<Option<serde_json::Value>> {
