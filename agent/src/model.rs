@@ -214,9 +214,13 @@ pub struct ContextSiteView {
     /// Uncancelled contexts whose creating goroutine has exited: nobody can call their
     /// cancel func any more unless it was handed on.
     pub lost_cancel: u64,
-    /// Never cancelled, garbage collected (their memory was reused for a new context).
+    /// Garbage collected without being seen cancelled (their memory was reused, or holds
+    /// something else now). With the cancel probe: never cancelled. With one probe per
+    /// context (the default), also contexts of a `Background`/`TODO` parent that were
+    /// cancelled and collected between two refreshes (README, "One probe per context").
     pub collected: u64,
-    /// Mean created→cancelled time of the cancelled ones.
+    /// Mean created→cancelled time of the cancelled ones (with one probe per context, an
+    /// upper bound: to the refresh that saw them cancelled).
     pub mean_lifetime_seconds: Option<f64>,
     /// Goroutines blocked on the done channel of this site's uncancelled contexts.
     pub waiting_goroutines: u64,
