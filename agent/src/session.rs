@@ -641,18 +641,14 @@ impl Session {
                 self.probes.as_mut(),
                 records.as_mut().and_then(|r| r.contexts.as_mut()),
             ) {
-                let group = t
-                    .ident
-                    .and_then(|i| self.binaries.get(&i))
-                    .map_or(0, |b| b.group);
                 let stale = kernel
                     .as_mut()
                     .map(|k| k.take_stale_contexts(*pid))
                     .unwrap_or_default();
-                settle_contexts(p, group, *pid, &mut t.reader, c, &stale)?;
+                settle_contexts(p, *pid, &mut t.reader, c, &stale)?;
             }
             let obs = t.reader.observe(records, budget.allowance());
-            // Learned while observing (from the busiest parents), told at once.
+            // What judging and observing (the busiest parents) learned, told at once.
             if let (true, Some(p)) = (one_probe, self.probes.as_mut()) {
                 let group = t
                     .ident
@@ -673,13 +669,10 @@ impl Session {
 }
 
 /// One-probe mode, one process: judges its tracked contexts from its memory, frees the
-/// records of those cancelled or gone, counts them, and tells the kernel the process's
-/// context types once learned (they tell held contexts apart when their address comes
-/// back before a refresh; told again after the observation, which may learn them too: a
-/// no-op when unchanged).
+/// records of those cancelled or gone, and counts them. (The context types learned
+/// meanwhile are told to the kernel after the observation, with what it learns.)
 fn settle_contexts(
     p: &mut Probes,
-    group: u64,
     pid: u32,
     reader: &mut ProcessReader,
     c: &mut crate::probe::ContextRecords,
@@ -697,7 +690,7 @@ fn settle_contexts(
         let freed = p.free_contexts(pid, &keys)?;
         reader.settle_contexts(c, &judged, &freed);
     }
-    tell_context_types(p, group, reader)
+    Ok(())
 }
 
 /// Tells the kernel what the agent learned about a process's context types (its `chan

@@ -188,18 +188,18 @@ impl ContextReader {
         let Some(chan_type) = self.chan_type else {
             return;
         };
-        let mut checked: HashMap<u64, ()> = HashMap::new();
+        let mut checked: std::collections::HashSet<u64> = Default::default();
         for info in live.values() {
             if checked.len() >= HOLDER_CHECKS {
                 break;
             }
             if info.parent_itab == 0
                 || self.holder_itabs.contains(&info.parent_itab)
-                || checked.insert(info.parent_itab, ()).is_some()
+                || !checked.insert(info.parent_itab)
             {
                 continue;
             }
-            if mem.read_u64(info.parent + u64::from(off.done)).ok() == Some(chan_type) {
+            if holds(mem, off, chan_type, info.parent) {
                 self.holder_itabs.push(info.parent_itab);
             }
         }
@@ -245,7 +245,7 @@ impl ContextReader {
             }
         }
         self.learn_holders(mem, cc, live);
-        let mut held_memo: HashMap<u64, bool> = HashMap::new();
+        let mut memo: HashMap<u64, bool> = HashMap::new();
         let mut out = Vec::new();
         for (i, ((c, info), b)) in ctxs.iter().zip(bufs.chunks(len)).enumerate() {
             let s = if ok[i] { seen(info, b, cc) } else { Seen::Gone };
@@ -258,17 +258,25 @@ impl ContextReader {
             if s == Seen::Gone && self.chan_type.is_none() {
                 self.chan_type = learn_chan_type_at(mem, cc, info.parent);
             }
-            let chan_type = self.chan_type;
-            let by_type = held_by_type(&self.holder_itabs, info);
-            let held = || {
-                by_type
-                    || *held_memo.entry(info.parent).or_insert_with(|| {
-                        chan_type.is_some_and(|t| holds(mem, cc, t, info.parent))
-                    })
-            };
-            out.extend(judge(*c, *info, s, held));
+            out.extend(judge(*c, *info, s, || self.held(mem, cc, info, &mut memo)));
         }
         out
+    }
+
+    /// Whether the parent of a gone context held it: its type is a known holder, or the
+    /// parent, read now, is a `*cancelCtx` (`memo`: by parent, read once a refresh).
+    fn held(
+        &self,
+        mem: &ProcMem,
+        off: CancelCtxOffsets,
+        info: &CtxInfo,
+        memo: &mut HashMap<u64, bool>,
+    ) -> bool {
+        held_by_type(&self.holder_itabs, info)
+            || *memo.entry(info.parent).or_insert_with(|| {
+                self.chan_type
+                    .is_some_and(|t| holds(mem, off, t, info.parent))
+            })
     }
 
     /// Counts the judged contexts whose records were freed (`freed[i]` for `judged[i]`)
@@ -299,15 +307,13 @@ impl ContextReader {
         let Some(cc) = a.offsets.cancel_ctx else {
             return Vec::new();
         };
-        let chan_type = self.chan_type;
+        let mut memo = HashMap::new();
         stale
             .iter()
             .filter_map(|(c, info)| {
-                let held = || {
-                    held_by_type(&self.holder_itabs, info)
-                        || chan_type.is_some_and(|t| holds(mem, cc, t, info.parent))
-                };
-                judge(*c, *info, Seen::Gone, held)
+                judge(*c, *info, Seen::Gone, || {
+                    self.held(mem, cc, info, &mut memo)
+                })
             })
             .collect()
     }
@@ -428,10 +434,9 @@ fn is_empty_chan_type(mem: &ProcMem, ty: u64) -> bool {
 /// context has had `Done()` called: a parent with children has (propagateCancel calls
 /// `parent.Done()`), and its type descriptor is checked in the process's memory.
 fn learn_chan_type(mem: &ProcMem, off: CancelCtxOffsets, parents: &[ParentRecord]) -> Option<u64> {
-    parents.iter().find_map(|p| {
-        let ty = mem.read_u64(p.parent + u64::from(off.done)).ok()?;
-        is_empty_chan_type(mem, ty).then_some(ty)
-    })
+    parents
+        .iter()
+        .find_map(|p| learn_chan_type_at(mem, off, p.parent))
 }
 
 /// Learns the `chan struct{}` type word from one parent's `done` (see

@@ -100,10 +100,6 @@ impl SiteAcc {
             self.sample_goids.truncate(SAMPLE_GOIDS);
         }
     }
-
-    pub fn live(&self) -> u64 {
-        self.live
-    }
 }
 
 /// Counts one `key` in a short list of `(key, count)`.
