@@ -142,10 +142,7 @@ pub fn account(sites: &mut HashMap<u64, CtxSiteStats>, j: &Judged, now_ns: u64) 
 /// Adds the agent's per-site counts to the kernel's.
 pub fn merge_sites(kernel: &mut HashMap<u64, CtxSiteStats>, agent: &HashMap<u64, CtxSiteStats>) {
     for (site, a) in agent {
-        let k = kernel.entry(*site).or_default();
-        k.cancelled += a.cancelled;
-        k.lifetime_ns_sum += a.lifetime_ns_sum;
-        k.collected += a.collected;
+        kernel.entry(*site).or_default().add(a);
     }
 }
 

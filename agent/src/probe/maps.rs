@@ -179,7 +179,17 @@ impl Probes {
                     }
                 }
             }
-            Some((live, self.by_process::<SiteKey, CtxSiteStats>("CTX_SITES")?))
+            let mut sites = self.by_process::<SiteKey, CtxSiteStats>("CTX_SITES")?;
+            for s in self.ctx_sites.entries() {
+                let site = goroscope_common::ctx_site_of_key(s.key);
+                sites
+                    .entry(s.tgid)
+                    .or_default()
+                    .entry(site)
+                    .or_default()
+                    .add(&s.stats);
+            }
+            Some((live, sites))
         } else {
             None
         };
@@ -216,6 +226,7 @@ impl Probes {
     pub fn purge(&mut self, tgid: u32) -> Result<()> {
         self.slots.clear(tgid);
         self.ctx_slots.clear(tgid);
+        self.ctx_sites.clear(tgid);
         self.remove_process::<CtxKey, CtxInfo>("CTX_LIVE", tgid)?;
         self.remove_process::<SiteKey, CtxSiteStats>("CTX_SITES", tgid)?;
         self.remove_process::<GoroutineKey, GoroutineInfo>("LIVE", tgid)?;
@@ -250,11 +261,12 @@ impl Probes {
         let mut freed = vec![false; judged.len()];
         let mut overflow = Vec::new();
         for (i, &(ctx, created_ns)) in judged.iter().enumerate() {
-            let slot = goroscope_common::ctx_slot_index(tgid, ctx) as usize;
-            if self
-                .ctx_slots
-                .free_if(slot, tgid, ctx, |s| s.info.created_ns == created_ns)
-            {
+            let home = goroscope_common::ctx_slot_index(tgid, ctx);
+            if (0..goroscope_common::CTX_WAYS).any(|way| {
+                let slot = goroscope_common::ctx_slot(home, way) as usize;
+                self.ctx_slots
+                    .free_if(slot, tgid, ctx, |s| s.info.created_ns == created_ns)
+            }) {
                 freed[i] = true;
             } else {
                 overflow.push(i);

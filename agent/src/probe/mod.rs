@@ -17,7 +17,7 @@ use std::num::NonZeroU32;
 use anyhow::Result;
 use aya::programs::uprobe::UProbeLinkId;
 use aya::{Ebpf, EbpfLoader};
-use goroscope_common::{CtxSlot, GSlot, CTX_SLOTS, G_SLOTS};
+use goroscope_common::{CtxSiteSlot, CtxSlot, GSlot, CTX_SITE_SLOTS, CTX_SLOTS, G_SLOTS};
 
 use crate::gobin::Hook;
 
@@ -61,6 +61,7 @@ pub struct Probes {
     /// Declared before `ebpf` so they are unmapped before the maps are closed.
     slots: SlotTable<GSlot>,
     ctx_slots: SlotTable<CtxSlot>,
+    ctx_sites: SlotTable<CtxSiteSlot>,
     ebpf: Ebpf,
     max_live: u32,
     /// `CtxConfig::flags` of the context probes attached from now on.
@@ -97,9 +98,11 @@ impl Probes {
         let _kernel_log = kernel_log::start(&mut ebpf);
         let slots = SlotTable::map(&ebpf, "GSLOTS", G_SLOTS)?;
         let ctx_slots = SlotTable::map(&ebpf, "CTX_SLOT_TABLE", CTX_SLOTS)?;
+        let ctx_sites = SlotTable::map(&ebpf, "CTX_SITE_TABLE", CTX_SITE_SLOTS)?;
         Ok(Probes {
             slots,
             ctx_slots,
+            ctx_sites,
             ebpf,
             max_live,
             ctx_flags: goroscope_common::CTX_ONE_PROBE,

@@ -1,10 +1,10 @@
-//! The kernel's slot tables (`GSLOTS`, `CTX_SLOT_TABLE`: `BPF_F_MMAPABLE` arrays) mapped
+//! The kernel's slot tables (`GSLOTS`, `CTX_SLOT_TABLE`, `CTX_SITE_TABLE`: `BPF_F_MMAPABLE` arrays) mapped
 //! into the agent and read in place, without a system call per entry. Every `unsafe` of
 //! the mapping lives here.
 
 use anyhow::{bail, Result};
 use aya::Ebpf;
-use goroscope_common::{CtxSlot, GSlot, SLOT_BUSY};
+use goroscope_common::{CtxSiteSlot, CtxSlot, GSlot, SLOT_BUSY};
 
 /// A kernel slot table (a `BPF_F_MMAPABLE` array whose entries start with a key word:
 /// 0 = free, [`SLOT_BUSY`] = being written), mapped into this process.
@@ -49,6 +49,19 @@ impl Slot for CtxSlot {
     unsafe fn key_ptr(p: *mut Self) -> *mut u64 {
         // SAFETY: the caller guarantees `p` points into the mapping.
         unsafe { &raw mut (*p).ctx }
+    }
+}
+
+impl Slot for CtxSiteSlot {
+    fn key(&self) -> u64 {
+        self.key
+    }
+    fn tgid(&self) -> u32 {
+        self.tgid
+    }
+    unsafe fn key_ptr(p: *mut Self) -> *mut u64 {
+        // SAFETY: the caller guarantees `p` points into the mapping.
+        unsafe { &raw mut (*p).key }
     }
 }
 

@@ -6,6 +6,7 @@
 //! keeps their counts itself.
 
 use aya_ebpf::{
+    helpers::generated,
     bindings::{BPF_ANY, BPF_F_MMAPABLE, BPF_NOEXIST},
     macros::{map, uprobe},
     maps::{Array, HashMap},
@@ -13,8 +14,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use goroscope_common::{
-    ctx_slot_index, CtxConfig, CtxInfo, CtxKey, CtxSiteStats, CtxSlot, Loss, SiteKey, CTX_FRAMES,
-    CTX_HOLDER_ITABS, CTX_ONE_PROBE, CTX_SLOTS, DEFAULT_MAX_CONTEXTS, MAX_SITES, MAX_SITE_CONFIGS,
+    ctx_site_key, ctx_site_slot, ctx_slot, ctx_slot_index, CtxConfig, CtxInfo, CtxKey, CtxSiteSlot, CtxSiteStats, CtxSlot, Loss, SiteKey, CTX_FRAMES,
+    CTX_HOLDER_ITABS, CTX_ONE_PROBE, CTX_SITE_SLOTS, CTX_SITE_WAYS, CTX_SLOTS, CTX_WAYS, DEFAULT_MAX_CONTEXTS, MAX_SITES, MAX_SITE_CONFIGS,
     SLOT_BUSY,
 };
 
@@ -41,9 +42,37 @@ static CTX_SITES: HashMap<SiteKey, CtxSiteStats> = HashMap::with_max_entries(MAX
 /// space out their log lines).
 static mut SITES_NOT_FOUND: u64 = 0;
 
-/// The counters of a context creation site, created at its first cancel (or collection).
+/// Per context-creation-site counters in a table without hashing (see `CtxSiteSlot`).
+#[map]
+static CTX_SITE_TABLE: Array<CtxSiteSlot> =
+    Array::with_max_entries(CTX_SITE_SLOTS, BPF_F_MMAPABLE);
+
+/// The counters of a context creation site, created at its first cancel (or collection):
+/// its slot in `CTX_SITE_TABLE` (claimed then), else its `CTX_SITES` entry.
 #[inline(always)]
 fn ctx_site(tgid: u32, site: u64) -> Option<*mut CtxSiteStats> {
+    let key = ctx_site_key(site);
+    for way in 0..CTX_SITE_WAYS {
+        let Some(slot) = CTX_SITE_TABLE.get_ptr_mut(ctx_site_slot(tgid, site, way)) else {
+            continue;
+        };
+        // SAFETY: `slot` points into an array map value valid for the program's duration;
+        // a free slot is claimed with compare-and-swap before its other fields are
+        // written, and its key word set last.
+        unsafe {
+            let key_p = &raw mut (*slot).key;
+            let k = *key_p;
+            if k == key && (*slot).tgid == tgid {
+                return Some(&raw mut (*slot).stats);
+            }
+            if k == 0 && cas(key_p, 0, SLOT_BUSY) {
+                (*slot).tgid = tgid;
+                (*slot).stats = CtxSiteStats::default();
+                *key_p = key;
+                return Some(&raw mut (*slot).stats);
+            }
+        }
+    }
     let zero = CtxSiteStats::default();
     site_entry(&CTX_SITES, tgid, site, || Some(&zero))
 }
@@ -63,13 +92,43 @@ fn in_context_pkg(cfg: &CtxConfig, pc: u64) -> bool {
     cfg.ranges.iter().any(|r| pc >= r[0] && pc < r[1])
 }
 
+/// Bytes of the stack read at once from `rsp` for the frame walk, at most: the return
+/// address at `rsp` and the caller's frame record at `rbp` (~0x48 bytes from a
+/// `WithCancel`, ~0xc0 from `WithTimeout` → `WithDeadlineCause`); frames beyond are read
+/// one by one.
+const STACK_BYTES: usize = 256;
+
 /// The creation site of a context: the first return address outside package `context`
 /// (link-time), found by walking frame pointers up from `propagateCancel` (`rsp` and
 /// `rbp` at its `push rbp`; `bias` the load bias); 0 if not found within [`CTX_FRAMES`]
-/// frames.
+/// frames. `[rsp, rbp + 16)` is read in one copy (each user-memory read costs ~50 ns
+/// here); frames outside it (or all, when it is over [`STACK_BYTES`]) are read one by
+/// one.
 #[inline(always)]
 fn creation_site(cfg: &CtxConfig, rsp: u64, rbp: u64, bias: u64) -> u64 {
-    let mut pc = read::<u64>(rsp).unwrap_or(0);
+    let len = rbp.wrapping_add(16).wrapping_sub(rsp);
+    let mut buf = core::mem::MaybeUninit::<[u64; STACK_BYTES / 8]>::uninit();
+    // The mask is the bound the verifier checks (`black_box`: the optimizer would fold
+    // it into the test below).
+    let n = core::hint::black_box(len) as u32 & (2 * STACK_BYTES as u32 - 1);
+    let copied = len <= STACK_BYTES as u64
+        && n > 0
+        && n <= STACK_BYTES as u32
+        // SAFETY: `n` bytes fit in `buf`; the copy handles faults.
+        && unsafe { generated::bpf_probe_read_user(buf.as_mut_ptr().cast(), n, rsp as *const _) }
+            == 0;
+    let word = |addr: u64| -> Option<u64> {
+        let off = addr.wrapping_sub(rsp);
+        if copied && off.wrapping_add(8) <= len && off & 7 == 0 {
+            // The mask again (after `black_box`, which the optimizer cannot see through)
+            // is the bound the verifier checks; `off` alone it cannot.
+            let i = core::hint::black_box(off / 8) as usize & (STACK_BYTES / 8 - 1);
+            // SAFETY: word `i` lies within the `len` (= `n`) bytes the copy wrote.
+            return Some(unsafe { buf.as_ptr().cast::<u64>().add(i).read() });
+        }
+        read::<u64>(addr).ok()
+    };
+    let mut pc = word(rsp).unwrap_or(0);
     let mut fp = rbp;
     for _ in 0..CTX_FRAMES {
         if pc == 0 {
@@ -79,11 +138,11 @@ fn creation_site(cfg: &CtxConfig, rsp: u64, rbp: u64, bias: u64) -> u64 {
         if !in_context_pkg(cfg, link) {
             return link;
         }
-        let Ok(frame) = read::<[u64; 2]>(fp) else {
+        let (Some(next), Some(ret)) = (word(fp), word(fp.wrapping_add(8))) else {
             break;
         };
-        fp = frame[0];
-        pc = frame[1];
+        fp = next;
+        pc = ret;
     }
     0
 }
@@ -180,20 +239,40 @@ fn record_context(
     c: u64,
     info: &CtxInfo,
 ) {
-    if let Some(slot) = CTX_SLOT_TABLE.get_ptr_mut(ctx_slot_index(tgid, c)) {
+    let home = ctx_slot_index(tgid, c);
+    let mut free = None;
+    for way in 0..CTX_WAYS {
+        let Some(slot) = CTX_SLOT_TABLE.get_ptr_mut(ctx_slot(home, way)) else {
+            continue;
+        };
         // SAFETY: `slot` points into an array map value valid for the program's duration;
         // it is claimed with compare-and-swap before any other field is written.
         unsafe {
             let ctx_p = &raw mut (*slot).ctx;
             let prev = *ctx_p;
-            let again = prev == c && (*slot).tgid == tgid;
-            if (prev == 0 || again) && cas(ctx_p, prev, SLOT_BUSY) {
-                if again {
-                    // The same address again without a cancel seen in between: the old
-                    // context was garbage collected (see `reused`).
-                    let old = (*slot).info;
-                    reused(ctx, (cfg, bias), tgid, &old);
+            if prev == c && (*slot).tgid == tgid {
+                if !cas(ctx_p, c, SLOT_BUSY) {
+                    // Freed or taken meanwhile by the agent or another CPU.
+                    break;
                 }
+                // The same address again without a cancel seen in between: the old
+                // context was garbage collected (see `reused`).
+                let old = (*slot).info;
+                reused(ctx, (cfg, bias), tgid, &old, info.created_ns);
+                (*slot).info = *info;
+                *ctx_p = c;
+                return;
+            }
+            if prev == 0 && free.is_none() {
+                free = Some(slot);
+            }
+        }
+    }
+    if let Some(slot) = free {
+        // SAFETY: as above.
+        unsafe {
+            let ctx_p = &raw mut (*slot).ctx;
+            if cas(ctx_p, 0, SLOT_BUSY) {
                 (*slot).tgid = tgid;
                 (*slot).info = *info;
                 *ctx_p = c;
@@ -206,7 +285,7 @@ fn record_context(
         // SAFETY: the value is copied out at once.
         match unsafe { CTX_LIVE.get(&key) }.copied() {
             Some(old) => {
-                reused(ctx, (cfg, bias), tgid, &old);
+                reused(ctx, (cfg, bias), tgid, &old, info.created_ns);
                 let _ = CTX_LIVE.insert(&key, info, BPF_ANY as u64);
             }
             None => lost(ctx, tgid, Loss::ContextMapFull),
@@ -221,15 +300,21 @@ fn record_context(
 /// held context becomes garbage only once cancelled (or with that ancestor, collected
 /// uncancelled itself: then it is wrongly counted cancelled) — else collected: under a
 /// `Background`/`TODO` parent nothing holds it, cancelled or not (then possibly cancelled
-/// and counted collected).
+/// and counted collected). `now`: the new context's creation time.
 #[inline(always)]
-fn reused(ctx: &ProbeContext, (cfg, bias): (&CtxConfig, u64), tgid: u32, old: &CtxInfo) {
+fn reused(
+    ctx: &ProbeContext,
+    (cfg, bias): (&CtxConfig, u64),
+    tgid: u32,
+    old: &CtxInfo,
+    now: u64,
+) {
     let Some(st) = ctx_site(tgid, old.site) else {
         lost(ctx, tgid, Loss::ContextSiteMapFull);
         return;
     };
     if cfg.flags & CTX_ONE_PROBE != 0 && held(cfg, bias, old) {
-        let lifetime = now_ns().saturating_sub(old.created_ns);
+        let lifetime = now.saturating_sub(old.created_ns);
         // SAFETY: `st` points into a map value.
         unsafe {
             atomic_add(&raw mut (*st).cancelled, 1);
@@ -271,7 +356,11 @@ fn held(cfg: &CtxConfig, bias: u64, c: &CtxInfo) -> bool {
 /// if it is not tracked (cancelled already, or created before attach).
 #[inline(always)]
 fn take_context(tgid: u32, c: u64) -> Option<CtxInfo> {
-    if let Some(slot) = CTX_SLOT_TABLE.get_ptr_mut(ctx_slot_index(tgid, c)) {
+    let home = ctx_slot_index(tgid, c);
+    for way in 0..CTX_WAYS {
+        let Some(slot) = CTX_SLOT_TABLE.get_ptr_mut(ctx_slot(home, way)) else {
+            continue;
+        };
         // SAFETY: as in `record_context`; only the CPU whose compare-and-swap frees the
         // slot takes the record, so concurrent cancels of one context count once.
         unsafe {
