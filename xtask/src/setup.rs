@@ -1,6 +1,6 @@
 //! `cargo xtask setup`: installs what the build and tests need (Debian packages,
-//! bpf-linker, Go toolchains for the fixtures, deploy/ test tools); idempotent and quick when
-//! all is there.
+//! bpf-linker, Go toolchains for the fixtures, deploy/ test tools, the workbench's browser
+//! test); idempotent and quick when all is there.
 
 use std::env;
 use std::fs;
@@ -9,7 +9,7 @@ use std::process::Command;
 
 use anyhow::{bail, Result};
 
-use crate::project::{cache_dir, cargo, go_bin, is_root, output, run, step, GO_MATRIX};
+use crate::project::{cache_dir, cargo, go_bin, is_root, output, root, run, step, GO_MATRIX};
 
 /// Debian packages: Debian's rustc 1.96 with a prebuilt `core` for bpfel-unknown-none,
 /// LLVM 22 for bpf-linker, bpftool for debugging, Prometheus (and promtool) for the
@@ -18,7 +18,8 @@ use crate::project::{cache_dir, cargo, go_bin, is_root, output, run, step, GO_MA
 /// containerd (with `ctr`, the CRI plugin), runc and the CNI plugins (loopback) for the
 /// tests that run real pods (tests/src/containerd.rs), whose pause image is a `gcc
 /// -static` binary (libc6-dev); etcd (`etcd-server`), like `prometheus` one of the real
-/// programs of tests/tests/real_binaries.rs.
+/// programs of tests/tests/real_binaries.rs; chromium for the workbench page's browser test
+/// (tests/tests/workbench.rs, driven by puppeteer-core from tests/web).
 const APT_PACKAGES: &[&str] = &[
     "rustc-web",
     "libstd-rust-web-dev-bpf",
@@ -37,6 +38,7 @@ const APT_PACKAGES: &[&str] = &[
     "containernetworking-plugins",
     "gcc",
     "libc6-dev",
+    "chromium",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -46,7 +48,8 @@ pub fn all() -> Result<()> {
     bpf_linker()?;
     crate::deploy_tools::install()?;
     go()?;
-    real_programs()
+    real_programs()?;
+    web_test()
 }
 
 fn apt() -> Result<()> {
@@ -210,4 +213,30 @@ pub fn real_programs() -> Result<()> {
         real.display()
     ));
     Ok(())
+}
+
+/// tests/web/node_modules for the workbench's browser test: `npm ci` (the pinned
+/// puppeteer-core of tests/web/package-lock.json, which drives Debian's chromium and
+/// downloads no browser) unless the pinned version is already there.
+pub fn web_test() -> Result<()> {
+    let web = root().join("tests/web");
+    let field = |p: &Path, pointer: &str| -> Option<String> {
+        let v: serde_json::Value = serde_json::from_str(&fs::read_to_string(p).ok()?).ok()?;
+        v.pointer(pointer)?.as_str().map(str::to_string)
+    };
+    let want = field(&web.join("package.json"), "/dependencies/puppeteer-core")
+        .ok_or_else(|| anyhow::anyhow!("tests/web/package.json pins no puppeteer-core"))?;
+    let have = field(
+        &web.join("node_modules/puppeteer-core/package.json"),
+        "/version",
+    );
+    if have.as_deref() == Some(want.as_str()) {
+        step(&format!("workbench test: puppeteer-core {want} installed"));
+        return Ok(());
+    }
+    step(&format!("workbench test: npm ci (puppeteer-core {want})"));
+    run(Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--silent"])
+        .current_dir(&web)
+        .env("PUPPETEER_SKIP_DOWNLOAD", "1"))
 }

@@ -1040,8 +1040,10 @@
         sourceHeader(d.file + ':' + d.line),
         d.path && d.path !== d.file ? el('p', { class: 'muted path', text: 'read from ' + d.path }) : null,
         el('div', { class: 'code-box' }, lines));
+      // Centre the line in the code box (scrollIntoView would scroll the page too).
       const hl = box.querySelector('.highlight');
-      if (hl) hl.scrollIntoView({ block: 'center' });
+      const code = box.querySelector('.code-box');
+      if (hl && code) code.scrollTop = Math.max(0, hl.offsetTop - code.offsetTop - code.clientHeight / 2);
     } catch (e) {
       if (!state.source || state.source.file !== file) return;
       setKids(box, sourceHeader(file + ':' + line), el('p', { class: 'error', text: 'cannot show the source: ' + e.message }));
