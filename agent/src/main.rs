@@ -26,6 +26,14 @@ fn main() -> ExitCode {
             init_logs(cli.log.as_deref(), "info", cfg.log_format);
             goroscope::daemon::run(cfg)
         }),
+        Command::Serve(args) => args.config().and_then(|cfg| {
+            init_logs(cli.log.as_deref(), "info", cfg.log_format);
+            eprintln!(
+                "goroscope: the workbench of pid {} is at http://{}/",
+                args.pid, cfg.listen
+            );
+            goroscope::daemon::run(cfg)
+        }),
         _ => {
             init_logs(cli.log.as_deref(), "warn", LogFormat::Text);
             command(cli.command)
@@ -42,7 +50,7 @@ fn main() -> ExitCode {
 
 fn command(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Run(_) => unreachable!("handled in main"),
+        Command::Run(_) | Command::Serve(_) => unreachable!("handled in main"),
         Command::InspectBinary { path, json } => cli::inspect::run(&path, json),
         Command::Top {
             target,

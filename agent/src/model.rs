@@ -332,6 +332,44 @@ pub struct ProcessTable {
     /// read (none unless asked for: `Session::set_stack_interest`), in the order of
     /// `sites`.
     pub blocking: Vec<SiteBlocking>,
+    /// "Created by": live goroutines per (creator's site, site), most first (see
+    /// `track::edges`).
+    pub site_edges: Vec<SiteEdge>,
+    /// The program's build: module, revision, where its sources were (source links).
+    #[serde(skip)]
+    pub build: BuildSource,
+}
+
+/// Live goroutines of site `to` whose creator is a live goroutine of site `from` (None:
+/// the creator has exited, is not tracked, or is not known: Go < 1.21 has no
+/// `g.parentGoid`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SiteEdge {
+    /// Creation site ([`SiteView::gopc`]) of the creators.
+    pub from: Option<u64>,
+    pub to: u64,
+    pub goroutines: u64,
+}
+
+/// What the binary says of its sources (from `.go.buildinfo` and `.gopclntab`): enough
+/// to link a `file:line` to the code at the exact revision, or to find the file in a
+/// local checkout.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct BuildSource {
+    /// `go1.27.3`.
+    pub go_version: String,
+    /// Main module path (`mod` line), e.g. `github.com/org/repo/sub`.
+    pub module: Option<String>,
+    /// Main module version (`(devel)` for a local build).
+    pub module_version: Option<String>,
+    /// `vcs.revision` of the build, when recorded.
+    pub revision: Option<String>,
+    /// `vcs.modified`.
+    pub modified: Option<bool>,
+    /// Where the main module's root was at build time as the file names show it (an
+    /// absolute directory, or the module path with `-trimpath`), found from the main
+    /// package's files; None when it cannot be told.
+    pub module_root: Option<String>,
 }
 
 impl ProcessTable {

@@ -424,6 +424,7 @@ impl Session {
                 .display()
                 .to_string(),
             go_version: analysis.go_version.clone(),
+            build: analysis.build_source(),
         };
         let mut tracker = Tracker::new(meta, &reader.observe(None, self.attach_max), &*analysis);
         tracker.set_keep_goroutines(self.goroutine_views);

@@ -43,6 +43,38 @@ pub struct TargetArgs {
     pub exe: Option<PathBuf>,
 }
 
+/// Flags of `goroscope serve`.
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// The process to watch.
+    #[arg(long)]
+    pub pid: u32,
+    /// Address of the page and API.
+    #[arg(long, default_value = "127.0.0.1:9750")]
+    pub listen: String,
+    /// Show source lines from this directory (a checkout of the program's sources).
+    #[arg(long, value_name = "DIR")]
+    pub source_root: Option<PathBuf>,
+    /// Seconds between refreshes.
+    #[arg(long, default_value_t = 2.0)]
+    pub interval_seconds: f64,
+}
+
+impl ServeArgs {
+    /// The daemon's configuration for one process, with the stacks of every site read.
+    pub fn config(&self) -> anyhow::Result<crate::daemon::config::Config> {
+        let mut cfg = crate::daemon::config::Config::resolve(&crate::daemon::config::RunArgs {
+            pid: vec![self.pid],
+            listen: Some(self.listen.clone()),
+            source_root: self.source_root.clone(),
+            interval_seconds: Some(self.interval_seconds),
+            ..Default::default()
+        })?;
+        cfg.stacks_of_every_site = true;
+        Ok(cfg)
+    }
+}
+
 impl TargetArgs {
     pub fn target(&self) -> Target {
         match (&self.pid, &self.exe) {
@@ -59,6 +91,10 @@ pub enum Command {
     /// endpoints over HTTP (needs root). Flags and GOROSCOPE_* variables override the
     /// config file.
     Run(Box<crate::daemon::config::RunArgs>),
+    /// The leak workbench for one process: a web page (and its JSON API, /api/v1) on
+    /// loopback with the process's creation-site graph, leak verdicts, the stacks of
+    /// every site's goroutines and, with --source-root, the source lines (needs root).
+    Serve(ServeArgs),
     /// Analyse a Go binary: Go version, module, runtime struct offsets and the probe sites
     /// goroscope would use (needs no privileges).
     InspectBinary {

@@ -10,6 +10,7 @@
 //! log_format = "json"
 //! contexts = true      # false: goroutines only, no context probes (cheaper)
 //! context_cancel_probe = false  # true: a second probe per context, at its cancel
+//! source_root = "/src/myservice"  # workbench: source lines from this checkout
 //!
 //! # No [[targets]]: every Go process of the host (discovery), selected by [discovery].
 //! [[targets]]
@@ -88,6 +89,7 @@ pub struct FileConfig {
     pub log_format: Option<LogFormat>,
     pub contexts: Option<bool>,
     pub context_cancel_probe: Option<bool>,
+    pub source_root: Option<PathBuf>,
     #[serde(default)]
     pub targets: Vec<TargetEntry>,
     pub leak: Option<LeakConfig>,
@@ -193,6 +195,10 @@ pub struct RunArgs {
     /// Leak model: least share of blocked goroutines at the site [default: 0.8].
     #[arg(long, env = "GOROSCOPE_LEAK_MIN_WAITING_RATIO")]
     pub leak_min_waiting_ratio: Option<f64>,
+    /// Workbench: show source lines from this directory (a checkout of the traced
+    /// programs' sources); the agent reads only the files their goroutines name.
+    #[arg(long, env = "GOROSCOPE_SOURCE_ROOT", value_name = "DIR")]
+    pub source_root: Option<PathBuf>,
 }
 
 /// The effective, validated configuration.
@@ -216,6 +222,11 @@ pub struct Config {
     pub pod_labels: Vec<String>,
     pub max_goroutines_per_process: usize,
     pub max_goroutines_per_node: usize,
+    /// Workbench source lines from here.
+    pub source_root: Option<PathBuf>,
+    /// Read the stacks of every site's goroutines (a sample of each), not only of
+    /// suspected sites and those the workbench asks for (`goroscope serve`).
+    pub stacks_of_every_site: bool,
 }
 
 impl RunArgs {
@@ -370,6 +381,12 @@ impl Config {
         if per_process == 0 || per_node == 0 {
             bail!("limits.max_goroutines_per_process and limits.max_goroutines_per_node must be at least 1");
         }
+        let source_root = args.source_root.clone().or(file.source_root);
+        if let Some(r) = &source_root {
+            if !r.is_dir() {
+                bail!("source_root: {} is not a directory", r.display());
+            }
+        }
         Ok(Config {
             listen,
             interval: Duration::from_secs_f64(interval),
@@ -390,6 +407,8 @@ impl Config {
             pod_labels,
             max_goroutines_per_process: per_process,
             max_goroutines_per_node: per_node,
+            source_root,
+            stacks_of_every_site: false,
         })
     }
 }

@@ -20,7 +20,7 @@ pub fn run(cfg: Config) -> Result<()> {
     std_listener.set_nonblocking(true)?;
     let addr = std_listener.local_addr()?;
 
-    let shared = Shared::new(
+    let shared = Shared::with_source_root(
         Snapshot {
             targets: cfg
                 .targets
@@ -36,6 +36,7 @@ pub fn run(cfg: Config) -> Result<()> {
             ..Snapshot::default()
         },
         cfg.interval,
+        cfg.source_root.clone(),
     );
 
     // The refresher attaches first: a target that cannot be traced at start is a
@@ -65,7 +66,7 @@ pub fn run(cfg: Config) -> Result<()> {
         .build()?;
     let served = rt.block_on(async {
         let listener = tokio::net::TcpListener::from_std(std_listener)?;
-        tracing::info!(%addr, "listening: /metrics /healthz /readyz /debug/goroutines");
+        tracing::info!(%addr, "listening: / (workbench) /api/v1 /metrics /healthz /readyz /debug/goroutines");
         axum::serve(listener, http::router(shared.clone()))
             .with_graceful_shutdown(shutdown_signal())
             .await

@@ -179,7 +179,7 @@ impl Refresher {
     }
 
     /// Refreshes every target and judges the tables.
-    fn refresh(&mut self) -> Snapshot {
+    fn refresh(&mut self, wanted: &HashMap<u32, HashSet<u64>>) -> Snapshot {
         let t0 = Instant::now();
         let (mut reports, fill, failures) = self.collect();
         log_untracked(&reports, &mut self.over_budget);
@@ -200,7 +200,7 @@ impl Refresher {
                 .iter()
                 .any(|r| r.table.pid == *pid && r.table.start_time == *start)
         });
-        self.read_stacks_of_suspects(&reports);
+        self.read_stacks_of_suspects(&reports, wanted);
         log_changes(&reports, &mut self.suspected);
         Snapshot {
             processes: reports,
@@ -219,16 +219,28 @@ impl Refresher {
         }
     }
 
-    /// Asks for the stacks of the goroutines of suspected sites at the next refresh (and
-    /// only theirs: reading stacks costs a walk per goroutine).
-    fn read_stacks_of_suspects(&mut self, reports: &[ProcessReport]) {
+    /// Asks for the stacks of the goroutines of suspected sites at the next refresh, and
+    /// of the sites the workbench wants (`wanted`, by pid), and only theirs (reading
+    /// stacks costs a walk per goroutine) — or of every site with
+    /// `stacks_of_every_site` (`goroscope serve`).
+    fn read_stacks_of_suspects(
+        &mut self,
+        reports: &[ProcessReport],
+        wanted: &HashMap<u32, HashSet<u64>>,
+    ) {
         for r in reports {
-            let sites: HashSet<u64> = r
+            let mut sites: HashSet<u64> = r
                 .verdicts
                 .iter()
                 .filter(|(_, v)| v.suspected)
                 .map(|(gopc, _)| *gopc)
                 .collect();
+            if let Some(w) = wanted.get(&r.table.pid) {
+                sites.extend(w);
+            }
+            if self.cfg.stacks_of_every_site {
+                sites.extend(r.table.sites.iter().map(|s| s.gopc));
+            }
             let interest = if sites.is_empty() {
                 StackInterest::None
             } else {
@@ -305,7 +317,7 @@ pub(super) fn run(
     let _ = started.send(Ok(()));
     loop {
         let t0 = Instant::now();
-        shared.publish(r.refresh());
+        shared.publish(r.refresh(&shared.wanted_stacks()));
         let wait = interval.saturating_sub(t0.elapsed());
         match stop.recv_timeout(wait.max(Duration::from_millis(10))) {
             Err(mpsc::RecvTimeoutError::Timeout) => {}

@@ -1,9 +1,10 @@
-//! The HTTP server: its routes (`/metrics`, `/healthz`, `/readyz`, `/debug/goroutines`)
-//! and the state the refresher shares with them.
+//! The HTTP server: its routes (`/metrics`, `/healthz`, `/readyz`, `/debug/goroutines`,
+//! the workbench's page and `/api/v1`) and the state the refresher shares with them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use super::api::DebugProcess;
@@ -23,7 +24,18 @@ pub struct Shared {
     /// Unhealthy when no refresh happened for this long.
     stale_after: Duration,
     last_beat: RwLock<Instant>,
+    interval: Duration,
+    /// Where the workbench finds source files (`--source-root`).
+    source_root: Option<PathBuf>,
+    /// Sites whose stacks the workbench asked for: `(pid, gopc)` → when last asked.
+    wanted: Mutex<HashMap<(u32, u64), Instant>>,
 }
+
+/// A site's stacks asked for by the workbench are read for this long after the last ask.
+const WANTED_FOR: Duration = Duration::from_secs(300);
+/// Sites per process whose stacks the workbench can have read at once (the oldest ask
+/// goes first): the cost of a refresh stays bounded whatever the page asks.
+pub const MAX_WANTED_SITES: usize = 16;
 
 impl Shared {
     pub fn new(initial: Snapshot, interval: Duration) -> Arc<Shared> {
@@ -32,7 +44,61 @@ impl Shared {
             scrape_seconds: AtomicU64::new(0f64.to_bits()),
             stale_after: interval * 3 + Duration::from_secs(30),
             last_beat: RwLock::new(Instant::now()),
+            interval,
+            source_root: None,
+            wanted: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The same, with a source root for the workbench.
+    pub fn with_source_root(
+        initial: Snapshot,
+        interval: Duration,
+        source_root: Option<PathBuf>,
+    ) -> Arc<Shared> {
+        let mut s = Shared::new(initial, interval);
+        if let Some(s) = Arc::get_mut(&mut s) {
+            s.source_root = source_root;
+        }
+        s
+    }
+
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    pub fn source_root(&self) -> Option<&Path> {
+        self.source_root.as_deref()
+    }
+
+    /// The workbench wants the stacks of a site: read from the next refresh on, for
+    /// [`WANTED_FOR`] (at most [`MAX_WANTED_SITES`] per process).
+    pub fn want_stacks(&self, pid: u32, gopc: u64) {
+        let mut w = self.wanted.lock().unwrap_or_else(|e| e.into_inner());
+        w.insert((pid, gopc), Instant::now());
+        let mine: Vec<((u32, u64), Instant)> = w
+            .iter()
+            .filter(|((p, _), _)| *p == pid)
+            .map(|(k, t)| (*k, *t))
+            .collect();
+        if mine.len() > MAX_WANTED_SITES {
+            let mut mine = mine;
+            mine.sort_by_key(|(_, t)| *t);
+            for (k, _) in &mine[..mine.len() - MAX_WANTED_SITES] {
+                w.remove(k);
+            }
+        }
+    }
+
+    /// The sites whose stacks the workbench wants, per process (expired asks dropped).
+    pub fn wanted_stacks(&self) -> HashMap<u32, HashSet<u64>> {
+        let mut w = self.wanted.lock().unwrap_or_else(|e| e.into_inner());
+        w.retain(|_, t| t.elapsed() < WANTED_FOR);
+        let mut out: HashMap<u32, HashSet<u64>> = HashMap::new();
+        for (pid, gopc) in w.keys() {
+            out.entry(*pid).or_default().insert(*gopc);
+        }
+        out
     }
 
     pub fn publish(&self, s: Snapshot) {
@@ -55,16 +121,12 @@ impl Shared {
 
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
-        .route("/", get(index))
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/debug/goroutines", get(debug_goroutines))
+        .merge(super::workbench::routes())
         .with_state(shared)
-}
-
-async fn index() -> &'static str {
-    "goroscope: /metrics /healthz /readyz /debug/goroutines?pid=N\n"
 }
 
 async fn metrics_handler(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {

@@ -12,6 +12,8 @@ pub mod api;
 pub mod fold;
 pub mod http;
 pub mod metrics;
+pub mod source;
+pub mod workbench;
 
 use std::collections::HashMap;
 

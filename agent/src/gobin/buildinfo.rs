@@ -16,6 +16,9 @@ pub struct BuildInfo {
     pub main_path: Option<String>,
     /// Main module path (`mod` line).
     pub module: Option<String>,
+    /// Main module version (`mod` line's next column: `(devel)` for a local build, or a
+    /// version such as `v1.2.3` for `go install path@version`).
+    pub module_version: Option<String>,
     /// `build` lines: `(key, value)`, e.g. `("-buildmode", "pie")`, `("CGO_ENABLED", "1")`.
     pub settings: Vec<(String, String)>,
 }
@@ -76,6 +79,12 @@ pub fn parse(blob: &[u8]) -> Result<BuildInfo, BuildInfoError> {
             (it.next() == Some(key)).then(|| it.next().unwrap_or("").to_string())
         })
     };
+    let module_version = modinfo.lines().find_map(|l| {
+        let mut it = l.split('\t');
+        (it.next() == Some("mod"))
+            .then(|| it.nth(1).map(str::to_string))
+            .flatten()
+    });
     let settings = modinfo
         .lines()
         .filter_map(|l| l.strip_prefix("build\t"))
@@ -86,6 +95,7 @@ pub fn parse(blob: &[u8]) -> Result<BuildInfo, BuildInfoError> {
         settings,
         main_path: field("path"),
         module: field("mod"),
+        module_version,
         go_version,
     })
 }

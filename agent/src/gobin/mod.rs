@@ -44,6 +44,8 @@ pub struct Analysis {
     pub version_source: String,
     pub main_path: Option<String>,
     pub module: Option<String>,
+    /// Its version (`(devel)` for a local build).
+    pub module_version: Option<String>,
     /// `build` settings of the build info (`-buildmode=pie`, `CGO_ENABLED=1`, …).
     pub build_settings: Vec<(String, String)>,
     /// `exe`, `static exe`, `pie` or `static-pie`, from the ELF headers.
@@ -163,6 +165,7 @@ pub fn analyze_bytes(path: &Path, data: &[u8]) -> Result<Analysis, BinaryError> 
                 go_version: v.version,
                 main_path: None,
                 module: None,
+                module_version: None,
                 settings: Vec::new(),
             };
             (info, v.source, version)
@@ -199,6 +202,7 @@ pub fn analyze_bytes(path: &Path, data: &[u8]) -> Result<Analysis, BinaryError> 
         version_source,
         main_path: info.main_path,
         module: info.module,
+        module_version: info.module_version,
         build_settings: info.settings,
         build_mode: elf.build_mode().to_string(),
         linker: elf.linker(),
@@ -295,6 +299,34 @@ fn read_pclntab(
 }
 
 impl Analysis {
+    /// What the binary tells of its sources: module, version, VCS revision and where the
+    /// main module's root was at build time (see [`module_root`]).
+    pub fn build_source(&self) -> crate::model::BuildSource {
+        let setting = |k: &str| {
+            self.build_settings
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
+        let main_file = self
+            .pclntab
+            .by_name("main.main")
+            .next()
+            .and_then(|f| self.pclntab.source_at(f.entry))
+            .map(|l| l.file);
+        crate::model::BuildSource {
+            go_version: self.go_version.clone(),
+            module: self.module.clone(),
+            module_version: self.module_version.clone(),
+            revision: setting("vcs.revision").filter(|r| !r.is_empty()),
+            modified: setting("vcs.modified").map(|m| m == "true"),
+            module_root: match (&self.module, &self.main_path, main_file) {
+                (Some(m), Some(p), Some(f)) => module_root(m, p, &f),
+                _ => None,
+            },
+        }
+    }
+
     /// The probe sites chosen for `hook` (several for a fallback at every `RET`).
     pub fn sites_for(&self, hook: Hook) -> impl Iterator<Item = &ProbeSite> {
         self.probe_sites.iter().filter(move |s| s.hook == hook)
@@ -477,5 +509,64 @@ fn runtime_vars(
             allglen: None,
             source: "none",
         },
+    }
+}
+
+/// The main module's root directory as the binary's file names show it: the directory of
+/// `main.main`'s file less the main package's path inside the module (`main_path` less
+/// `module`). `/src/app/cmd/server/main.go` of package `example.com/app/cmd/server` in
+/// module `example.com/app` → `/src/app`; with `-trimpath` the file is
+/// `example.com/app/cmd/server/main.go` and the root `example.com/app`.
+pub fn module_root(module: &str, main_path: &str, main_file: &str) -> Option<String> {
+    let dir = main_file.rsplit_once('/')?.0;
+    let inner = if main_path == module {
+        ""
+    } else {
+        main_path.strip_prefix(module)?.strip_prefix('/')?
+    };
+    if inner.is_empty() {
+        return Some(dir.to_string());
+    }
+    let root = dir.strip_suffix(inner)?.strip_suffix('/')?;
+    (!root.is_empty()).then(|| root.to_string())
+}
+
+#[cfg(test)]
+mod module_root_tests {
+    use super::module_root;
+
+    #[test]
+    fn the_root_is_the_main_package_dir_less_its_path_in_the_module() {
+        let r = |m, p, f| module_root(m, p, f);
+        assert_eq!(
+            r(
+                "example.com/app",
+                "example.com/app/cmd/server",
+                "/src/app/cmd/server/main.go"
+            ),
+            Some("/src/app".into())
+        );
+        assert_eq!(
+            r("example.com/app", "example.com/app", "/home/u/app/main.go"),
+            Some("/home/u/app".into())
+        );
+        assert_eq!(
+            r(
+                "example.com/app",
+                "example.com/app/cmd/x",
+                "example.com/app/cmd/x/main.go"
+            ),
+            Some("example.com/app".into())
+        );
+        // The file is not where the package path says: unknown.
+        assert_eq!(
+            r(
+                "example.com/app",
+                "example.com/app/cmd/x",
+                "/src/other/main.go"
+            ),
+            None
+        );
+        assert_eq!(r("example.com/app", "example.org/x", "/a/main.go"), None);
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod blocking;
 pub mod contexts;
+pub mod edges;
 pub mod sites;
 #[cfg(test)]
 mod tests;
@@ -74,6 +75,8 @@ pub struct ProcessMeta {
     /// The executable's path as the process sees it.
     pub exe: String,
     pub go_version: String,
+    /// Module, revision, source root (for source links).
+    pub build: crate::model::BuildSource,
 }
 
 /// What is remembered about one traced process between refreshes.
@@ -205,6 +208,8 @@ impl Tracker {
             contexts,
             context_parents,
             blocking,
+            site_edges: scan.edges,
+            build: self.meta.build.clone(),
         }
     }
 
@@ -277,6 +282,7 @@ impl Tracker {
         let mut hint = 0;
         let live = live.filter(|l| !l.is_empty());
         let wait_reasons = sym.wait_reasons();
+        let mut creators = edges::Creators::default();
         for g in gs.iter() {
             let (age_ns, lower) = match live.and_then(|l| l.get(&g.goid)) {
                 Some(info) => (now.saturating_sub(info.created_ns), false),
@@ -309,6 +315,7 @@ impl Tracker {
                 last_age = (age_ns, AgeHistogram::bucket_of_ns(age_ns));
             }
             scan.live += 1;
+            creators.add(g.parent_goid, g.gopc);
             *states.entry((g.status, g.wait_reason)).or_default() += 1;
             scan.sites.entry(g.gopc).or_default().add(
                 g.goid,
@@ -348,6 +355,7 @@ impl Tracker {
                 .entry(goroutines::state_name_of(status, reason, wait_reasons))
                 .or_default() += n;
         }
+        scan.edges = creators.resolve(&gs);
         // Forget the goroutines that are gone.
         self.at_attach.retain(&alive_at_attach);
         self.first_seen.retain(|goid, _| seen_later.contains(goid));
@@ -486,6 +494,8 @@ struct Scan {
     /// Live goroutines by state.
     states: std::collections::BTreeMap<String, u64>,
     live: u64,
+    /// Live goroutines by the creation sites of their creators (see [`edges`]).
+    edges: Vec<crate::model::SiteEdge>,
 }
 
 /// Names the states and start functions of [`sites::SiteAcc`].

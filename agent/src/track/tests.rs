@@ -17,6 +17,7 @@ const S: u64 = 1_000_000_000;
 /// from 0x1000 up are in the runtime.
 const SITE_A: u64 = 0x10;
 const SITE_B: u64 = 0x20;
+const SITE_C: u64 = 0x30;
 const RUNTIME_SITE: u64 = 0x1000;
 /// Wait reason index of "chan receive" in the fake binary.
 const CHAN_RECEIVE: u8 = 2;
@@ -65,6 +66,7 @@ fn meta() -> ProcessMeta {
         id: PROC,
         exe: "/srv/app".into(),
         go_version: "go1.27.3".into(),
+        build: Default::default(),
     }
 }
 
@@ -686,4 +688,48 @@ fn tables_without_goroutine_views_are_the_same_but_for_the_list() {
         &FakeBinary,
     );
     assert_eq!(t.live, 1, "{:?}", t.goroutines);
+}
+
+/// "Created by": goroutines counted by their creator's creation site; a creator that is
+/// gone (or unknown: parent goid 0) leaves them with no creator site.
+#[test]
+fn site_edges_by_the_creators_site() {
+    let mut t = Tracker::new(meta(), &obs(0, vec![], None), &FakeBinary);
+    let child = |goid, gopc, parent| G {
+        parent_goid: parent,
+        ..g(goid, gopc)
+    };
+    let table = t.update(
+        &obs(
+            1,
+            vec![
+                // goroutine 10 (site A) created 3 goroutines at B and 20 (site B) one at C;
+                // goroutine 99 is gone: its 2 goroutines at C have no creator site.
+                child(10, SITE_A, 1),
+                child(11, SITE_B, 10),
+                child(12, SITE_B, 10),
+                child(20, SITE_B, 10),
+                child(21, SITE_C, 20),
+                child(22, SITE_C, 99),
+                child(23, SITE_C, 99),
+                child(24, SITE_C, 0),
+            ],
+            None,
+        ),
+        &FakeBinary,
+    );
+    let edges: Vec<(Option<u64>, u64, u64)> = table
+        .site_edges
+        .iter()
+        .map(|e| (e.from, e.to, e.goroutines))
+        .collect();
+    assert_eq!(
+        edges,
+        [
+            (Some(SITE_A), SITE_B, 3),
+            (None, SITE_C, 3),
+            (None, SITE_A, 1),
+            (Some(SITE_B), SITE_C, 1),
+        ]
+    );
 }
