@@ -16,7 +16,7 @@ use crate::intake::goroutines::G;
 use crate::model::SiteEdge;
 
 /// Distinct `(creator goid, creation site)` pairs counted per refresh.
-pub const MAX_CREATORS: usize = 65_536;
+pub const MAX_CREATORS: usize = 16_384;
 
 /// Live goroutines by `(creator goid, creation site)`, built one goroutine at a time.
 #[derive(Debug, Default)]
