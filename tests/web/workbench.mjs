@@ -94,7 +94,7 @@ try {
   await page.waitForSelector(procSel, { timeout: 20000 }).catch(() => {
     throw new Failure(`process ${want.pid} is not in the picker (#processes)`);
   });
-  const pickerText = await page.$eval(procSel, (b) => b.textContent);
+  const pickerText = await page.$eval(procSel, (b) => b.innerText.replace(/\s*\n\s*/g, ' | '));
   check(/1 suspect/.test(pickerText), `picker entry of ${want.pid} does not say "1 suspect": ${pickerText}`);
   check(pickerText.includes('go1.'), `picker entry of ${want.pid} has no Go version: ${pickerText}`);
   const firstPid = await page.$eval('#processes li[data-pid]', (li) => Number(li.dataset.pid));
@@ -117,7 +117,10 @@ try {
       blocked: tr.children[6].textContent.trim(),
       text: a.textContent,
     };
-  }, want.site_file, want.site_line);
+  }, want.site_file, want.site_line).catch(async (e) => {
+    const rowsNow = await page.$$eval('#sites tbody tr[data-site-id]', (trs) => trs.slice(0, 3).map((tr) => [...tr.children].map((td) => td.textContent.trim()).join(' | ')));
+    throw new Failure(`${e.message}: want ${want.site_file}:${want.site_line} first, the table starts with ${JSON.stringify(rowsNow)}`);
+  });
   step(`first site row: ${JSON.stringify(first)}`);
   check(/\bsuspect\b|\bproven\b/.test(first.cls), `the first row is not marked as a suspect: class "${first.cls}"`);
   check(first.leak !== '-' && first.leak !== '', `the first row has no LEAK scale: "${first.leak}"`);

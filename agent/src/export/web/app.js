@@ -133,6 +133,13 @@
     return parts.length > 4 ? '…/' + parts.slice(-3).join('/') : String(file);
   }
 
+  // "github.com/o/r/pkg.(*T).m" → "pkg.(*T).m": the package path is in the tooltip.
+  function shortFn(fn) {
+    const f = String(fn || '');
+    const cut = f.search(/[([]/); // generic type arguments and receivers may hold slashes
+    return f.slice((cut < 0 ? f : f.slice(0, cut)).lastIndexOf('/') + 1);
+  }
+
   function baseName(p) {
     const parts = String(p).split('/');
     return parts[parts.length - 1] || String(p);
@@ -563,7 +570,11 @@
     };
   }
 
-  const DIMS = { pad: 14, nodeW: 214, gapX: 70, gapY: 12 };
+  const DIMS = { pad: 14, nodeW: 214, gapX: 56, gapY: 12 };
+  // Characters that fit beside the mark: titles are 12px monospace (~7.3px a character),
+  // the rest 11px sans-serif (~6.2px).
+  const TITLE_CHARS = Math.floor((DIMS.nodeW - 52) / 7.3);
+  const SUB_CHARS = Math.floor((DIMS.nodeW - 52) / 6.2);
 
   // Draws nodes [{key, kind, verdict, title, sub, size, tooltip, siteId, onClick}] and
   // edges [{from, to, label, cls, tooltip}] (keys) into container.
@@ -626,7 +637,7 @@
     });
     nodes.forEach((nd, i) => {
       const { x, y } = L.xy[i];
-      const attrs = { class: 'node ' + nd.kind + ' ' + nd.verdict + (nd.onClick ? ' clickable' : '') + (nd.selected ? ' selected' : ''), transform: 'translate(' + x + ',' + y + ')' };
+      const attrs = { class: 'node ' + nd.kind + ' ' + nd.verdict + (nd.onClick ? ' clickable' : '') + (nd.selected ? ' selected' : '') + (nd.dim ? ' dim' : ''), transform: 'translate(' + x + ',' + y + ')' };
       if (nd.siteId) attrs['data-site-id'] = nd.siteId;
       if (nd.onClick) {
         attrs.tabindex = 0;
@@ -642,8 +653,8 @@
         svg('title', null, nd.tooltip || nd.title),
         svg('rect', { class: 'card', x: 0, y: 0, width: DIMS.nodeW, height: nd.h, rx: 6 }),
         shape,
-        svg('text', { class: 'node-title', x: 44, y: cy - 3 }, clip(nd.title, 25)),
-        svg('text', { class: 'node-sub', x: 44, y: cy + 11 }, clip(nd.sub, 30)));
+        svg('text', { class: 'node-title', x: 44, y: cy - 3 }, clip(nd.title, nd.kind === 'pseudo' ? SUB_CHARS : TITLE_CHARS)),
+        svg('text', { class: 'node-sub', x: 44, y: cy + 11 }, clip(nd.sub, SUB_CHARS)));
       if (nd.onClick) {
         g.addEventListener('click', nd.onClick);
         g.addEventListener('keydown', (ev) => {
@@ -667,6 +678,8 @@
 
   const RUNTIME_KEY = '#runtime';
   const UNKNOWN_KEY = '#unknown';
+  const OTHER_KEY = '#other';
+  const MAX_NODES = 60;
 
   function renderTopology() {
     const box = $('topology');
@@ -677,21 +690,28 @@
       return;
     }
     const byId = new Map((p.sites || []).map((s) => [s.id, s]));
+    // Sites drawn: those with live goroutines, suspects first then by live, at most
+    // MAX_NODES (the rest collapsed into one node: the layout is made for a few dozen).
+    const drawn = new Set();
+    for (const s of sortedSites(p.sites || [])) {
+      if (s.live > 0 && siteShown(s) && (drawn.size < MAX_NODES || suspected(s))) drawn.add(s.id);
+    }
     const keyOf = (id) => {
       if (id === null || id === undefined) return UNKNOWN_KEY;
       const s = byId.get(id);
       if (!s) return UNKNOWN_KEY;
-      return s.system && !siteShown(s) ? RUNTIME_KEY : id;
+      if (s.system && !siteShown(s)) return RUNTIME_KEY;
+      return drawn.has(id) ? id : OTHER_KEY;
     };
     const nodes = new Map();
     let maxLive = 1;
-    let runtimeSites = 0;
-    let runtimeLive = 0;
+    const folded = { [RUNTIME_KEY]: [0, 0], [OTHER_KEY]: [0, 0] };
     for (const s of sortedSites(p.sites || [])) {
       if (!(s.live > 0)) continue;
-      if (keyOf(s.id) === RUNTIME_KEY) {
-        runtimeSites++;
-        runtimeLive += s.live;
+      const key = keyOf(s.id);
+      if (key !== s.id) {
+        folded[key][0]++;
+        folded[key][1] += s.live;
         continue;
       }
       maxLive = Math.max(maxLive, s.live);
@@ -700,7 +720,8 @@
         siteId: s.id,
         kind: 'site',
         verdict: verdict(s),
-        title: s.function || s.location,
+        dim: !siteMatches(s),
+        title: shortFn(s.function) || s.location,
         sub: baseName(s.file) + ':' + s.line + ' · ' + s.live + ' live',
         size: s.live,
         selected: state.site === s.id,
@@ -708,6 +729,20 @@
         onClick: () => openSite(s.id),
       });
     }
+    const [otherSites, otherLive] = folded[OTHER_KEY];
+    if (otherSites) {
+      maxLive = Math.max(maxLive, otherLive);
+      nodes.set(OTHER_KEY, {
+        key: OTHER_KEY,
+        kind: 'site',
+        verdict: 'healthy',
+        title: otherSites + ' more sites',
+        sub: otherLive + ' live · in the table',
+        size: otherLive,
+        tooltip: 'the sites with the fewest live goroutines, collapsed (the graph draws at most ' + MAX_NODES + ')',
+      });
+    }
+    const [runtimeSites, runtimeLive] = folded[RUNTIME_KEY];
     if (runtimeSites) {
       maxLive = Math.max(maxLive, runtimeLive);
       nodes.set(RUNTIME_KEY, {
@@ -725,7 +760,7 @@
     for (const e of p.edges || []) {
       const from = keyOf(e.from);
       const to = keyOf(e.to);
-      if (from === RUNTIME_KEY && to === RUNTIME_KEY) continue;
+      if (from === to && (from === RUNTIME_KEY || from === OTHER_KEY)) continue;
       if (!nodes.has(to)) continue;
       const k = from + '>' + to;
       const m = merged.get(k) || { from, to, goroutines: 0 };
@@ -740,7 +775,7 @@
       .map((e) => ({ from: e.from, to: e.to, label: String(e.goroutines), tooltip: e.goroutines + ' live goroutines of ' + nodes.get(e.to).title + ' created by ' + nodes.get(e.from).title }));
     // Sources first in the input order: the layout keeps it within a layer.
     const list = [...nodes.values()].sort((a, b) => (b.key === UNKNOWN_KEY) - (a.key === UNKNOWN_KEY));
-    const sig = JSON.stringify([list.map((n) => [n.key, n.verdict, n.title, n.sub, Math.round(20 * Math.sqrt(n.size / maxLive)), n.selected]), edges.map((e) => [e.from, e.to, e.label])]);
+    const sig = JSON.stringify([list.map((n) => [n.key, n.verdict, n.title, n.sub, Math.round(20 * Math.sqrt(n.size / maxLive)), n.selected, n.dim]), edges.map((e) => [e.from, e.to, e.label])]);
     if (sig === state.graphSig) return;
     state.graphSig = sig;
     drawGraph(box, list, edges, maxLive, p.parent_goids === false ? 'no live goroutine' : 'no live goroutine');
@@ -814,7 +849,7 @@
         key: c.id,
         kind: 'context',
         verdict: ctxSuspected(c) ? 'suspect' : 'healthy',
-        title: c.function || c.location,
+        title: shortFn(c.function) || c.location,
         sub: baseName(c.file) + ':' + c.line + ' · ' + c.uncancelled + ' uncancelled',
         size: c.uncancelled,
         tooltip: c.location + '\n' + c.uncancelled + ' uncancelled, ' + (c.lost_cancel || 0) + ' with a lost cancel, ' + (c.waiting_goroutines || 0) + ' goroutines waiting',
@@ -843,7 +878,7 @@
         addCtx(c);
         if (!nodes.has(gid)) {
           maxSize = Math.max(maxSize, s.live);
-          nodes.set(gid, { key: gid, siteId: gid, kind: 'site', verdict: verdict(s), title: s.function, sub: baseName(s.file) + ':' + s.line + ' · ' + s.live + ' live', size: s.live, tooltip: s.location, onClick: () => openSite(gid) });
+          nodes.set(gid, { key: gid, siteId: gid, kind: 'site', verdict: verdict(s), title: shortFn(s.function), sub: baseName(s.file) + ':' + s.line + ' · ' + s.live + ' live', size: s.live, tooltip: s.location, onClick: () => openSite(gid) });
         }
         edges.push({ from: c.id, to: gid, label: count + ' waiting', cls: 'wait', tooltip: count + ' goroutines of ' + s.location + ' wait on contexts of ' + c.location });
       }
@@ -1085,6 +1120,7 @@
     $('search').addEventListener('input', (e) => {
       state.search = e.target.value.trim();
       renderSites();
+      renderTopology();
       renderContexts();
     });
     $('show-runtime').addEventListener('change', (e) => setShowRuntime(e.target.checked));
