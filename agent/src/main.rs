@@ -28,10 +28,6 @@ fn main() -> ExitCode {
         }),
         Command::Serve(args) => args.config().and_then(|cfg| {
             init_logs(cli.log.as_deref(), "info", cfg.log_format);
-            eprintln!(
-                "goroscope: the workbench of pid {} is at http://{}/",
-                args.pid, cfg.listen
-            );
             goroscope::daemon::run(cfg)
         }),
         _ => {

@@ -66,7 +66,7 @@ pub fn run(cfg: Config) -> Result<()> {
         .build()?;
     let served = rt.block_on(async {
         let listener = tokio::net::TcpListener::from_std(std_listener)?;
-        tracing::info!(%addr, "listening: / (workbench) /api/v1 /metrics /healthz /readyz /debug/goroutines");
+        tracing::info!(%addr, "listening: / (workbench: http://{addr}/) /api/v1 /metrics /healthz /readyz /debug/goroutines");
         axum::serve(listener, http::router(shared.clone()))
             .with_graceful_shutdown(shutdown_signal())
             .await
