@@ -343,7 +343,7 @@ pub fn process_detail(p: &ProcessReport) -> ProcessDetail<'_> {
             },
         )
         .collect();
-    context_edges.sort_by(|a, b| b.uncancelled.cmp(&a.uncancelled));
+    context_edges.sort_by_key(|e| std::cmp::Reverse(e.uncancelled));
     ProcessDetail {
         pid: t.pid,
         exe: &t.exe,
@@ -377,21 +377,22 @@ pub fn process_detail(p: &ProcessReport) -> ProcessDetail<'_> {
     }
 }
 
-fn find_process(snap: &Snapshot, pid: &str) -> Result<usize, Response> {
+/// The index of a traced process in the snapshot, or the error to answer.
+fn find_process(snap: &Snapshot, pid: &str) -> Result<usize, Box<Response>> {
     let Ok(pid) = pid.parse::<u32>() else {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::BAD_REQUEST,
             format!("{pid:?} is not a process id"),
-        ));
+        )));
     };
     snap.processes
         .iter()
         .position(|p| p.table.pid == pid)
         .ok_or_else(|| {
-            error(
+            Box::new(error(
                 StatusCode::NOT_FOUND,
                 format!("pid {pid} is not traced by this agent"),
-            )
+            ))
         })
 }
 
@@ -399,7 +400,7 @@ async fn process(State(s): State<Arc<Shared>>, Path(pid): Path<String>) -> Respo
     let snap = s.snapshot();
     match find_process(&snap, &pid) {
         Ok(i) => Json(process_detail(&snap.processes[i])).into_response(),
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -570,7 +571,7 @@ async fn site(State(s): State<Arc<Shared>>, Path((pid, id)): Path<(String, Strin
     let snap = s.snapshot();
     let i = match find_process(&snap, &pid) {
         Ok(i) => i,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let p = &snap.processes[i];
     let Some(view) =
@@ -626,7 +627,7 @@ async fn source_lines(
     let snap = s.snapshot();
     let i = match find_process(&snap, &pid) {
         Ok(i) => i,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let t = &snap.processes[i].table;
     if !references(t, &q.file) {
