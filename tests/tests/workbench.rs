@@ -101,13 +101,15 @@ fn workbench_in_a_real_browser() {
         assert_eq!(r.status, 200, "/api/v1/processes/{pid}: {}", r.body);
         r.json()
     };
+    // Stacks of a suspected site are read at the refresh after the verdict: the page shows
+    // BLOCKED AT from then on.
     let p = wait_for(
-        "the leak suspected by the API",
+        "the leak suspected by the API, with its blocking line",
         Duration::from_secs(90),
         || {
             let p = api(leaky.pid);
             site_of(&p, leak_file, leak_line)
-                .is_some_and(|s| s["leak"]["suspected"] == true)
+                .is_some_and(|s| s["leak"]["suspected"] == true && s["blocked_at"].is_string())
                 .then_some(p)
         },
     );
@@ -117,6 +119,13 @@ fn workbench_in_a_real_browser() {
     );
     let site = site_of(&p, leak_file, leak_line).expect("leaking site");
     assert_eq!(site["function"], "main.handleRequest", "{site}");
+    assert!(
+        site["blocked_at"]
+            .as_str()
+            .is_some_and(|b| b.starts_with("main.waitForReply ")
+                && b.ends_with(&format!("{leak_file}:{block_line}"))),
+        "{site}"
+    );
     wait_for(
         "2 goroutines waiting on contexts",
         Duration::from_secs(30),

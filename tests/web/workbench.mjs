@@ -195,12 +195,18 @@ try {
 
   // A refresh (every 5 s) keeps the selection and the same DOM: the row is not rebuilt.
   await page.$eval(`#sites tbody tr[data-site-id="${first.id}"]`, (tr) => (tr.__kept = 1));
+  await page.$eval('#drilldown .frame.blocking', (f) => (f.__kept = 1));
+  const countBefore = await page.$eval('#drilldown .stack-head b', (b) => Number(b.textContent));
   const before = await page.$eval('#status', (s) => s.textContent);
   await waitFor(page, 'an auto-refresh', 12000, (b) => (document.getElementById('status').textContent !== b ? true : null), before);
   const kept = await page.$eval(`#sites tbody tr[data-site-id="${first.id}"]`, (tr) => [tr.__kept === 1, tr.classList.contains('selected')]);
   check(kept[0], 'the auto-refresh rebuilt the site rows');
   check(kept[1], 'the auto-refresh lost the selection');
   check(!(await page.$eval('#drilldown', (d) => d.hidden)), 'the auto-refresh closed the drill-down');
+  const frameKept = await page.$eval('#drilldown .frame.blocking', (f) => f.__kept === 1);
+  check(frameKept, 'the auto-refresh rebuilt the stack frames of the drill-down');
+  const countAfter = await page.$eval('#drilldown .stack-head b', (b) => Number(b.textContent));
+  step(`auto-refresh kept the rows and frames; stack count ${countBefore} → ${countAfter}`);
 
   // The source view of the blocking frame, then of the go statement: the line asked for is
   // highlighted.

@@ -101,6 +101,10 @@
     return (lowerBound ? '>' : '') + t;
   }
 
+  function plural(n, one, many) {
+    return n + ' ' + (n === 1 ? one : many || one + 's');
+  }
+
   function pad2(n) {
     return n < 10 ? '0' + n : String(n);
   }
@@ -768,7 +772,7 @@
       merged.set(k, m);
     }
     if ([...merged.values()].some((e) => e.from === UNKNOWN_KEY)) {
-      nodes.set(UNKNOWN_KEY, { key: UNKNOWN_KEY, kind: 'pseudo', verdict: 'unknown', title: 'exited / unknown creator', sub: 'creator goroutine not alive', size: 0, tooltip: 'goroutines whose creating goroutine has exited (or was not seen)' });
+      nodes.set(UNKNOWN_KEY, { key: UNKNOWN_KEY, kind: 'pseudo', verdict: 'unknown', title: 'exited / unknown creator', sub: 'creator no longer alive', size: 0, tooltip: 'goroutines whose creating goroutine has exited (or was not seen)' });
     }
     const edges = [...merged.values()]
       .filter((e) => nodes.has(e.from))
@@ -909,6 +913,7 @@
       state.drillTimer = null;
       const box = $('drilldown');
       box.hidden = false;
+      box._sections = null;
       setKids(box, drillHeader(id), el('p', { class: 'muted', text: 'loading…' }));
       box.scrollTop = 0;
       writeHash();
@@ -928,6 +933,7 @@
     state.drillTimer = null;
     const box = $('drilldown');
     box.hidden = true;
+    box._sections = null;
     setKids(box);
     if (updateHash !== false) {
       writeHash();
@@ -960,6 +966,7 @@
     } catch (e) {
       if (id !== state.site) return;
       const box = $('drilldown');
+      box._sections = null;
       setKids(box, drillHeader(id), el('p', { class: 'error', text: 'cannot read this site: ' + e.message }));
     }
   }
@@ -979,17 +986,41 @@
       ' ', fileLink(s.file, s.line, s.source_url));
   }
 
+  // The drill-down is made of sections, each rebuilt only when its content changed (a
+  // leaking site's counts change at every refresh; its frames do not): a refresh keeps
+  // the scroll position and any text selected in the stacks.
   function renderDrill() {
     const box = $('drilldown');
     const d = state.drill;
     const s = d.site;
     const scroll = box.scrollTop;
+    if (box._site !== s.id || !box._sections) {
+      box._site = s.id;
+      box._sections = {
+        title: el('div', { class: 'drill-title' }),
+        head: el('div'),
+        facts: el('div'),
+        summary: el('div'),
+        stacks: el('div', { class: 'stack-list' }),
+        refs: el('div'),
+      };
+      box._stacks = new Map();
+      const x = box._sections;
+      setKids(box, x.title, x.head, x.facts, el('h3', { text: 'Blocking stacks' }), x.summary, x.stacks, x.refs);
+    }
+    const x = box._sections;
     const l = s.leak || {};
     const verdictText = proven(s)
       ? 'LEAK: ' + (l.proven_leaked || s.leaked) + ' goroutines proven leaked by the Go runtime'
       : l.suspected
         ? 'LEAK suspected on the ' + l.scale + ' scale: +' + (l.growth_per_second || 0).toFixed(2) + ' goroutines/s' + (l.suspected_for_seconds ? ', for ' + fmtAge(l.suspected_for_seconds) : '')
         : 'no leak suspected';
+    const sourceRoot = !!(state.list && state.list.source_root);
+    setCell(x.title, s.id + '|' + s.function, () => drillHeader(s.id));
+    setCell(x.head, JSON.stringify([s.id, s.function, s.file, s.line, s.source_url, verdictText, verdict(s), sourceRoot]), () => [
+      el('div', { class: 'drill-loc' }, el('span', { class: 'muted', text: 'go statement at ' }), locationNode(s.function, s.file, s.line, s.source_url)),
+      el('p', { class: 'verdict ' + verdict(s), text: verdictText }),
+    ]);
     const facts = [
       ['live', s.live],
       ['waiting', s.waiting],
@@ -1000,33 +1031,45 @@
       ['goroutines start in', s.start_function || '-'],
       ['sample goroutine ids', (s.sample_goids || []).join(' ') || '-'],
     ];
-    const parts = [
-      drillHeader(s.id),
-      el('div', { class: 'drill-loc' }, el('span', { class: 'muted', text: 'go statement at ' }), locationNode(s.function, s.file, s.line, s.source_url)),
-      el('p', { class: 'verdict ' + verdict(s), text: verdictText }),
-      el('dl', { class: 'facts' }, facts.map(([k, v]) => [el('dt', { text: k }), el('dd', { text: String(v) })])),
-      el('h3', { text: 'Blocking stacks' }),
-    ];
-    if (d.stacks === 'requested') {
-      parts.push(el('p', { class: 'pending', text: "stacks are read at the agent's next refresh… (checking every " + STACK_POLL_MS / 1000 + ' s)' }));
-    } else if (!d.blocking || !(d.blocking.stacks || []).length) {
-      parts.push(el('p', { class: 'muted', text: 'no blocked goroutine at this site (no stack to show)' }));
-    } else {
-      const b = d.blocking;
-      parts.push(el('p', { class: 'muted', text: b.read + ' goroutines read' + (b.unread ? ', ' + b.unread + ' not read' : '') + (b.other_stacks ? '; ' + b.other_stacks + ' more stacks (' + b.other_goroutines + ' goroutines) not shown' : '') }));
-      for (const st of b.stacks) parts.push(stackNode(st));
-    }
-    parts.push(el('h3', { text: 'Created by' }));
-    parts.push(refList(d.created_by, (e) => [el('b', { text: String(e.goroutines) }), ' live goroutines created by ', siteRef(e.from)], state.proc && state.proc.parent_goids === false ? 'unknown: this Go version does not record creators' : 'none'));
-    parts.push(el('h3', { text: 'Creates' }));
-    parts.push(refList(d.creates, (e) => [el('b', { text: String(e.goroutines) }), ' live goroutines at ', siteRef(e.to)], 'no live goroutine created by this site’s goroutines'));
-    parts.push(el('h3', { text: 'Waits on contexts' }));
-    parts.push(refList(d.contexts, (c) => {
-      const ctx = state.proc && (state.proc.contexts || []).find((x) => x.id === c.id);
-      return [el('b', { text: String(c.goroutines) }), ' goroutines wait on contexts created at ', ctx ? locationNode(ctx.function, ctx.file, ctx.line, ctx.source_url) : locationString(c.location, null),
-        el('button', { class: 'link', type: 'button', text: 'show', on: { click: () => focusContext(c.id) } })];
-    }, 'none'));
-    setKids(box, ...parts);
+    setCell(x.facts, JSON.stringify(facts), () => el('dl', { class: 'facts' }, facts.map(([k, v]) => [el('dt', { text: k }), el('dd', { text: String(v) })])));
+    const b = d.blocking;
+    const stacks = d.stacks === 'read' && b ? b.stacks || [] : [];
+    setCell(x.summary, JSON.stringify([d.stacks, b && [b.read, b.unread, b.other_stacks, b.other_goroutines], stacks.length]), () => {
+      if (d.stacks === 'requested') return el('p', { class: 'pending', text: "stacks are read at the agent's next refresh… (checking every " + STACK_POLL_MS / 1000 + ' s)' });
+      if (!stacks.length) return el('p', { class: 'muted', text: 'no blocked goroutine at this site (no stack to show)' });
+      return el('p', { class: 'muted', text: plural(b.read, 'goroutine') + ' read' + (b.unread ? ', ' + b.unread + ' not read' : '') + (b.other_stacks ? '; ' + b.other_stacks + ' more stacks (' + b.other_goroutines + ' goroutines) not shown' : '') });
+    });
+    // Stack groups by their frames: only their heads (counts) change from one refresh to
+    // the next.
+    const nodes = stacks.map((st) => {
+      const key = JSON.stringify([st.frames, st.truncated, sourceRoot]);
+      let node = box._stacks.get(key);
+      if (!node) {
+        node = stackNode(st);
+        box._stacks.set(key, node);
+      }
+      setCell(node.firstChild, JSON.stringify([st.count, st.states, st.sample_goids, st.truncated]), () => stackHead(st));
+      return node;
+    });
+    const keep = new Set(nodes);
+    for (const [k, n] of box._stacks) if (!keep.has(n)) box._stacks.delete(k);
+    syncRows(x.stacks, nodes);
+    const names = (ids) => ids.map((id) => {
+      const t = id && state.proc && (state.proc.sites || []).find((y) => y.id === id);
+      return t ? t.location : null;
+    });
+    setCell(x.refs, JSON.stringify([d.created_by, d.creates, d.contexts, names((d.created_by || []).map((e) => e.from).concat((d.creates || []).map((e) => e.to))), state.proc && state.proc.parent_goids, sourceRoot]), () => [
+      el('h3', { text: 'Created by' }),
+      refList(d.created_by, (e) => [el('b', { text: String(e.goroutines) }), e.goroutines === 1 ? ' live goroutine created by ' : ' live goroutines created by ', siteRef(e.from)], state.proc && state.proc.parent_goids === false ? 'unknown: this Go version does not record creators' : 'none'),
+      el('h3', { text: 'Creates' }),
+      refList(d.creates, (e) => [el('b', { text: String(e.goroutines) }), e.goroutines === 1 ? ' live goroutine at ' : ' live goroutines at ', siteRef(e.to)], 'no live goroutine created by this site’s goroutines'),
+      el('h3', { text: 'Waits on contexts' }),
+      refList(d.contexts, (c) => {
+        const ctx = state.proc && (state.proc.contexts || []).find((y) => y.id === c.id);
+        return [el('b', { text: String(c.goroutines) }), c.goroutines === 1 ? ' goroutine waits on contexts created at ' : ' goroutines wait on contexts created at ', ctx ? locationNode(ctx.function, ctx.file, ctx.line, ctx.source_url) : locationString(c.location, null),
+          el('button', { class: 'link', type: 'button', text: 'show', on: { click: () => focusContext(c.id) } })];
+      }, 'none'),
+    ]);
     box.scrollTop = scroll;
   }
 
@@ -1037,18 +1080,22 @@
 
   // A stack group, like pprof's goroutine?debug=1: "N @ state", then the frames, the
   // blocking one marked with →.
-  function stackNode(st) {
-    const head = el('div', { class: 'stack-head' },
+  function stackHead(st) {
+    return [
       el('b', { text: String(st.count) }), ' @ ', el('span', { text: fmtStates(st.states) || '?' }),
       (st.sample_goids || []).length ? el('span', { class: 'muted', text: ' · goroutines ' + st.sample_goids.join(' ') + (st.count > st.sample_goids.length ? ' …' : '') }) : null,
-      st.truncated ? el('span', { class: 'muted', text: ' · stack truncated' }) : null);
+      st.truncated ? el('span', { class: 'muted', text: ' · stack truncated' }) : null,
+    ];
+  }
+
+  function stackNode(st) {
     const frames = (st.frames || []).map((f) =>
       el('li', { class: 'frame' + (f.blocking ? ' blocking' : '') },
         el('span', { class: 'mark', text: f.blocking ? '→' : '' }),
         el('span', { class: 'fn', text: f.function }),
         ' ',
         fileLink(f.file, f.line, f.source_url)));
-    return el('div', { class: 'stack' }, head, el('ol', { class: 'frames' }, frames));
+    return el('div', { class: 'stack' }, el('div', { class: 'stack-head' }), el('ol', { class: 'frames' }, frames));
   }
 
   // ---- source view -------------------------------------------------------------------
