@@ -201,7 +201,14 @@ fn basic_auth_guards_everything_but_the_open_paths() {
     // Open path: no credentials needed (what a kubelet probe sends).
     assert_eq!(agent.get("/healthz").status, 200);
     // Everything else: 401 without, or with wrong, credentials.
-    for path in ["/metrics", "/readyz", "/debug/goroutines", "/", "/nothing"] {
+    for path in [
+        "/metrics",
+        "/readyz",
+        "/debug/goroutines",
+        "/",
+        "/api/v1/processes",
+        "/nothing",
+    ] {
         assert_challenged(&plain_get(&addr, path, None).unwrap(), path);
     }
     for (what, authorization) in [
@@ -234,12 +241,10 @@ fn basic_auth_guards_everything_but_the_open_paths() {
         &plain_get(&addr, "/metrics", Some(&basic("alice", "wrong horse"))).unwrap(),
         "wrong password after a right one",
     );
-    assert_eq!(
-        plain_get(&addr, "/debug/goroutines", Some(&right))
-            .unwrap()
-            .status,
-        200
-    );
+    for path in ["/debug/goroutines", "/api/v1/processes", "/"] {
+        let r = plain_get(&addr, path, Some(&right)).unwrap();
+        assert_eq!(r.status, 200, "{path}: {r:?}");
+    }
     let status = agent.stop();
     assert!(status.success(), "agent exit: {status:?}");
     drop(p);
