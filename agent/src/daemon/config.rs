@@ -11,6 +11,7 @@
 //! contexts = true      # false: goroutines only, no context probes (cheaper)
 //! context_cancel_probe = false  # true: a second probe per context, at its cancel
 //! source_root = "/src/myservice"  # workbench: source lines from this checkout
+//! web_config_file = "/etc/goroscope/web.yml"  # TLS and basic auth (export::webconfig)
 //!
 //! # No [[targets]]: every Go process of the host (discovery), selected by [discovery].
 //! [[targets]]
@@ -58,6 +59,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::detect::leak::LeakConfig;
 use crate::discover::select::{Selector, SelectorConfig};
+use crate::export::webconfig::WebConfig;
 use crate::session::Target;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9750";
@@ -90,6 +92,7 @@ pub struct FileConfig {
     pub contexts: Option<bool>,
     pub context_cancel_probe: Option<bool>,
     pub source_root: Option<PathBuf>,
+    pub web_config_file: Option<PathBuf>,
     #[serde(default)]
     pub targets: Vec<TargetEntry>,
     pub leak: Option<LeakConfig>,
@@ -166,6 +169,10 @@ pub struct RunArgs {
     /// [default: 0.0.0.0:9750].
     #[arg(long, env = "GOROSCOPE_LISTEN")]
     pub listen: Option<String>,
+    /// Web config file (YAML, as the Prometheus exporter toolkit's): TLS and basic auth
+    /// of the HTTP server [default: none, plain HTTP without auth].
+    #[arg(long, env = "GOROSCOPE_WEB_CONFIG_FILE")]
+    pub web_config_file: Option<PathBuf>,
     /// Seconds between refreshes of the goroutine tables [default: 5].
     #[arg(long, env = "GOROSCOPE_INTERVAL_SECONDS")]
     pub interval_seconds: Option<f64>,
@@ -205,6 +212,8 @@ pub struct RunArgs {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// TLS and basic auth of the HTTP server (None: plain HTTP, no auth).
+    pub web: Option<WebConfig>,
     pub interval: Duration,
     pub top_sites: usize,
     pub max_live_goroutines: u32,
@@ -317,6 +326,15 @@ impl Config {
                 "listen: {listen_s:?} is not an address like 0.0.0.0:9750 or [::1]:9750"
             )
         })?;
+        let web = match args
+            .web_config_file
+            .clone()
+            .or(file.web_config_file)
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            Some(p) => Some(WebConfig::load(&p)?),
+            None => None,
+        };
         let interval = args
             .interval_seconds
             .or(file.interval_seconds)
@@ -389,6 +407,7 @@ impl Config {
         }
         Ok(Config {
             listen,
+            web,
             interval: Duration::from_secs_f64(interval),
             top_sites,
             max_live_goroutines: max_live,
@@ -507,6 +526,42 @@ mod tests {
     }
 
     #[test]
+    fn web_config_file_from_the_file_the_environment_or_the_flag() {
+        let (d, mut a) = file("");
+        let web = d.0.join("web.yml");
+        let hash = bcrypt::hash("secret", 4).unwrap();
+        std::fs::write(&web, format!("basic_auth_users:\n  alice: {hash}\n")).unwrap();
+        let other = d.0.join("other.yml");
+        std::fs::write(&other, "# nothing: plain HTTP\n").unwrap();
+        assert_eq!(Config::resolve(&a).unwrap().web, None);
+        let text = format!("web_config_file = {:?}\n", web.display().to_string());
+        std::fs::write(a.config.as_ref().unwrap(), text).unwrap();
+        let c = Config::resolve(&a).unwrap();
+        let w = c.web.expect("web config");
+        assert_eq!(w.path, web);
+        assert_eq!(w.users.keys().collect::<Vec<_>>(), ["alice"]);
+        // The flag (or GOROSCOPE_WEB_CONFIG_FILE, parsed by clap into the same field)
+        // wins over the file.
+        a.web_config_file = Some(other.clone());
+        let w = Config::resolve(&a).unwrap().web.expect("web config");
+        assert_eq!(w.path, other);
+        assert!(w.users.is_empty() && w.tls.is_none());
+        // An empty value: none.
+        a.web_config_file = Some(PathBuf::new());
+        std::fs::write(a.config.as_ref().unwrap(), "").unwrap();
+        assert_eq!(Config::resolve(&a).unwrap().web, None);
+        // A bad one stops everything, naming the key inside it.
+        std::fs::write(&other, "tls_server_config:\n  certfile: x\n").unwrap();
+        a.web_config_file = Some(other);
+        let e = format!("{:#}", Config::resolve(&a).unwrap_err());
+        assert!(
+            e.contains("web_config_file") && e.contains("certfile"),
+            "{e}"
+        );
+        assert_eq!(e.lines().count(), 1, "{e}");
+    }
+
+    #[test]
     fn defaults_need_only_a_target() {
         let a = RunArgs {
             pid: vec![1],
@@ -582,6 +637,12 @@ mod tests {
                 "limits.max_goroutines_per_node",
             ),
             ("[limits]\nmax_goroutines = 5\n", "max_goroutines"),
+            ("web_config = \"/x.yml\"\n", "web_config"),
+            (
+                "web_config_file = \"/nonexistent/web.yml\"\n",
+                "web_config_file /nonexistent/web.yml",
+            ),
+            ("web_config_file = 5\n", "web_config_file"),
         ];
         for (text, key) in cases {
             let e = err(text);

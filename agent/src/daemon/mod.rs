@@ -11,6 +11,7 @@ use std::sync::mpsc;
 use anyhow::{Context, Result};
 
 use crate::export::http::{self, Shared};
+use crate::export::webconfig::{self, WebSecurity};
 use crate::export::{Snapshot, TargetStatus};
 use config::Config;
 
@@ -19,6 +20,8 @@ pub fn run(cfg: Config) -> Result<()> {
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     std_listener.set_nonblocking(true)?;
     let addr = std_listener.local_addr()?;
+    // TLS certificate and key, bcrypt hashes: checked before anything is traced.
+    let security = WebSecurity::new(cfg.web.as_ref())?;
 
     let shared = Shared::with_source_root(
         Snapshot {
@@ -66,11 +69,21 @@ pub fn run(cfg: Config) -> Result<()> {
         .build()?;
     let served = rt.block_on(async {
         let listener = tokio::net::TcpListener::from_std(std_listener)?;
-        tracing::info!(%addr, "listening: / (workbench: http://{addr}/) /api/v1 /metrics /healthz /readyz /debug/goroutines");
-        axum::serve(listener, http::router(shared.clone()))
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .context("HTTP server")
+        let scheme = if security.tls() { "https" } else { "http" };
+        tracing::info!(
+            %addr,
+            tls = security.tls(),
+            basic_auth = security.basic_auth(),
+            "listening: / (workbench: {scheme}://{addr}/) /api/v1 /metrics /healthz /readyz /debug/goroutines"
+        );
+        webconfig::serve(
+            listener,
+            http::router(shared.clone()),
+            &security,
+            shutdown_signal(),
+        )
+        .await
+        .context("HTTP server")
     });
     let _ = stop_tx.send(());
     if refresher.join().is_err() {

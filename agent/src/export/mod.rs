@@ -13,6 +13,7 @@ pub mod fold;
 pub mod http;
 pub mod metrics;
 pub mod source;
+pub mod webconfig;
 pub mod workbench;
 
 use std::collections::HashMap;
