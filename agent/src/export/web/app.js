@@ -459,9 +459,13 @@
       let tr = rowCache.get(s.id);
       if (!tr) {
         tr = el('tr', { 'data-site-id': s.id }, el('td'), el('td', { class: 'num' }), el('td', { class: 'num' }), el('td', { class: 'num' }), el('td', { class: 'state' }), el('td'), el('td'));
+        tr.tabIndex = 0;
         tr.addEventListener('click', (e) => {
           if (e.target.closest('a, button')) return;
           openSite(s.id);
+        });
+        tr.addEventListener('keydown', (e) => {
+          if (e.key === 'Enter' && e.target === tr) openSite(s.id);
         });
         rowCache.set(s.id, tr);
       }
