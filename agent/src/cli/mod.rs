@@ -58,6 +58,9 @@ pub struct ServeArgs {
     /// Seconds between refreshes.
     #[arg(long, default_value_t = 2.0)]
     pub interval_seconds: f64,
+    /// TLS and basic auth of the page (a YAML web config, as for `run`).
+    #[arg(long, value_name = "FILE")]
+    pub web_config_file: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -68,6 +71,7 @@ impl ServeArgs {
             listen: Some(self.listen.clone()),
             source_root: self.source_root.clone(),
             interval_seconds: Some(self.interval_seconds),
+            web_config_file: self.web_config_file.clone(),
             ..Default::default()
         })?;
         cfg.stacks_of_every_site = true;
