@@ -416,6 +416,16 @@
     return state.showRuntime || !s.system || suspected(s);
   }
 
+  // The main goroutine (started by the runtime at runtime.main) creates the program's
+  // first goroutines: the graph shows it even when it folds the runtime's sites.
+  function isMain(s) {
+    return s.system && s.start_function === 'runtime.main';
+  }
+
+  function graphShown(s) {
+    return siteShown(s) || isMain(s);
+  }
+
   function siteMatches(s) {
     if (!state.search) return true;
     const hay = [s.id, s.function, s.file + ':' + s.line, s.location, s.blocked_at, s.dominant_state, s.start_function].join(' ').toLowerCase();
@@ -630,12 +640,11 @@
         const back = x2 <= x1;
         const dx = back ? 80 : Math.max(30, (x2 - x1) / 2);
         d = 'M' + x1 + ',' + y1 + ' C' + (x1 + dx) + ',' + y1 + ' ' + (x2 - dx) + ',' + y2 + ' ' + x2 + ',' + y2;
-        lx = (x1 + x2) / 2;
-        ly = (y1 + y2) / 2 - 4;
-        if (b.layer > a.layer + 1) {
-          lx = x2 - DIMS.gapX / 2;
-          ly = y2 - 4;
-        }
+        // The label near the target, where fanned-out edges are far apart.
+        const t = back ? 0.5 : 0.8;
+        const bez = (p0, p1, p2, p3) => (1 - t) ** 3 * p0 + 3 * (1 - t) ** 2 * t * p1 + 3 * (1 - t) * t * t * p2 + t ** 3 * p3;
+        lx = bez(x1, x1 + dx, x2 - dx, x2) - 4;
+        ly = bez(y1, y1, y2, y2) - 4;
       }
       const g = svg('g', { class: 'edge ' + (e.cls || '') },
         svg('title', null, e.tooltip || ''),
@@ -702,13 +711,13 @@
     // MAX_NODES (the rest collapsed into one node: the layout is made for a few dozen).
     const drawn = new Set();
     for (const s of sortedSites(p.sites || [])) {
-      if (s.live > 0 && siteShown(s) && (drawn.size < MAX_NODES || suspected(s))) drawn.add(s.id);
+      if (s.live > 0 && graphShown(s) && (drawn.size < MAX_NODES || suspected(s))) drawn.add(s.id);
     }
     const keyOf = (id) => {
       if (id === null || id === undefined) return UNKNOWN_KEY;
       const s = byId.get(id);
       if (!s) return UNKNOWN_KEY;
-      if (s.system && !siteShown(s)) return RUNTIME_KEY;
+      if (s.system && !graphShown(s)) return RUNTIME_KEY;
       return drawn.has(id) ? id : OTHER_KEY;
     };
     const nodes = new Map();
@@ -729,8 +738,8 @@
         kind: 'site',
         verdict: verdict(s),
         dim: !siteMatches(s),
-        title: shortFn(s.function) || s.location,
-        sub: baseName(s.file) + ':' + s.line + ' · ' + s.live + ' live',
+        title: isMain(s) ? 'main goroutine' : shortFn(s.function) || s.location,
+        sub: (isMain(s) ? 'runtime.main' : baseName(s.file) + ':' + s.line) + ' · ' + s.live + ' live',
         size: s.live,
         selected: state.site === s.id,
         tooltip: s.location + '\n' + s.live + ' live · ' + (s.dominant_state || '') + (s.blocked_at ? '\nblocked at ' + s.blocked_at : '') + (suspected(s) ? '\nLEAK ' + (proven(s) ? 'proven by the runtime' : 'suspected (' + s.leak.scale + ')') : ''),
