@@ -87,6 +87,7 @@ try {
   });
 
   step('open ' + base);
+  const opened = Date.now();
   await page.goto(base, { waitUntil: 'load' });
 
   // The process picker lists the leaky process; pick it.
@@ -248,6 +249,10 @@ try {
 
   const apiCalls = requests.filter((u) => u.includes('/api/v1/'));
   check(apiCalls.length > 0, 'the page made no API request');
+  // One polling loop (every 5 s, plus one per process picked): not two.
+  const polls = requests.filter((u) => new URL(u).pathname === '/api/v1/processes').length;
+  const most = Math.ceil((Date.now() - opened) / 5000) + 3;
+  check(polls <= most, `the page polled /api/v1/processes ${polls} times in ${((Date.now() - opened) / 1000).toFixed(1)} s`);
   step(`${requests.length} requests, all to ${agent.host}; ${apiCalls.length} API calls`);
 } catch (e) {
   code = 1;

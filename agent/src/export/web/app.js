@@ -257,7 +257,17 @@
 
   // ---- refresh loop ------------------------------------------------------------------
 
+  // One refresh at a time: a refresh asked for while one runs (a click on a process)
+  // runs right after it, instead of starting a second polling loop.
+  let refreshing = false;
+  let refreshAgain = false;
+
   async function refresh() {
+    if (refreshing) {
+      refreshAgain = true;
+      return;
+    }
+    refreshing = true;
     clearTimeout(state.refreshTimer);
     try {
       const list = await getJSON('/api/v1/processes');
@@ -294,7 +304,13 @@
     } catch (e) {
       setStatus('cannot reach the agent (' + e.message + '); retrying every ' + REFRESH_MS / 1000 + ' s', true);
     }
-    state.refreshTimer = setTimeout(refresh, REFRESH_MS);
+    refreshing = false;
+    if (refreshAgain) {
+      refreshAgain = false;
+      refresh();
+    } else {
+      state.refreshTimer = setTimeout(refresh, REFRESH_MS);
+    }
   }
 
   function selectProcess(pid, fetchNow) {
@@ -463,9 +479,7 @@
     const shown = sites.filter(siteShown);
     const hiddenRuntime = sites.length - shown.length;
     const visible = shown.filter(siteMatches);
-    const seen = new Set();
     const rows = visible.map((s) => {
-      seen.add(s.id);
       let tr = rowCache.get(s.id);
       if (!tr) {
         tr = el('tr', { 'data-site-id': s.id }, el('td'), el('td', { class: 'num' }), el('td', { class: 'num' }), el('td', { class: 'num' }), el('td', { class: 'state' }), el('td'), el('td'));
@@ -494,7 +508,8 @@
       setCell(c[6], String(s.blocked_at) + '|' + !!(state.list && state.list.source_root), () => locationString(s.blocked_at, null));
       return tr;
     });
-    for (const id of rowCache.keys()) if (!seen.has(id) && !(p && (p.sites || []).some((s) => s.id === id))) rowCache.delete(id);
+    const exists = new Set(p ? (p.sites || []).map((s) => s.id) : []);
+    for (const id of rowCache.keys()) if (!exists.has(id)) rowCache.delete(id);
     syncRows(tbody, rows);
     if (!rows.length) {
       tbody.appendChild(el('tr', { class: 'empty' }, el('td', { colspan: 7, class: 'muted', text: p ? (state.search ? 'no site matches "' + state.search + '"' : 'no goroutine site') : '' })));
