@@ -800,7 +800,9 @@
       merged.set(k, m);
     }
     if ([...merged.values()].some((e) => e.from === UNKNOWN_KEY)) {
-      nodes.set(UNKNOWN_KEY, { key: UNKNOWN_KEY, kind: 'pseudo', verdict: 'unknown', title: 'exited / unknown creator', sub: 'creator no longer alive', size: 0, tooltip: 'goroutines whose creating goroutine has exited (or was not seen)' });
+      nodes.set(UNKNOWN_KEY, noParents()
+        ? { key: UNKNOWN_KEY, kind: 'pseudo', verdict: 'unknown', title: 'unknown creator', sub: 'Go < 1.21 records none', size: 0, tooltip: 'Go before 1.21 does not record which goroutine created which' }
+        : { key: UNKNOWN_KEY, kind: 'pseudo', verdict: 'unknown', title: 'exited / unknown creator', sub: 'creator no longer alive', size: 0, tooltip: 'goroutines whose creating goroutine has exited (or was not seen)' });
     }
     const edges = [...merged.values()]
       .filter((e) => nodes.has(e.from))
@@ -810,7 +812,7 @@
     const sig = JSON.stringify([list.map((n) => [n.key, n.verdict, n.title, n.sub, Math.round(20 * Math.sqrt(n.size / maxLive)), n.selected, n.dim]), edges.map((e) => [e.from, e.to, e.label])]);
     if (sig === state.graphSig) return;
     state.graphSig = sig;
-    drawGraph(box, list, edges, maxLive, p.parent_goids === false ? 'no live goroutine' : 'no live goroutine');
+    drawGraph(box, list, edges, maxLive, 'no live goroutine');
     if (p.parent_goids === false) {
       box.appendChild(el('p', { class: 'muted note', text: 'this Go version (< 1.21) does not record which goroutine created which: no "created by" edges' }));
     }
@@ -1006,9 +1008,14 @@
       el('button', { class: 'close', type: 'button', title: 'close (Esc)', text: '×', on: { click: () => closeDrill() } }));
   }
 
+  // Go before 1.21 records no parent goroutine: every creator is unknown.
+  function noParents() {
+    return !!(state.proc && state.proc.parent_goids === false);
+  }
+
   function siteRef(id) {
     const s = id && state.proc ? (state.proc.sites || []).find((x) => x.id === id) : null;
-    if (!id || !s) return el('span', { class: 'muted', text: id ? 'site ' + id + ' (gone)' : 'exited / unknown creator' });
+    if (!id || !s) return el('span', { class: 'muted', text: id ? 'site ' + id + ' (gone)' : noParents() ? 'an unknown creator (Go < 1.21 records none)' : 'exited / unknown creator' });
     return el('span', null,
       el('button', { class: 'link', type: 'button', 'data-goto': id, title: 'open ' + s.location, text: s.function, on: { click: () => openSite(id) } }),
       ' ', fileLink(s.file, s.line, s.source_url));
