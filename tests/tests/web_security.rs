@@ -171,6 +171,25 @@ fn users(password: &str) -> String {
     format!("basic_auth_users:\n  alice: {hash}\n")
 }
 
+/// The blockers fixture with `blocked` goroutines, traced by an agent whose HTTP server
+/// has the web config `web`.
+fn traced_behind(web: &std::path::Path, blocked: u32) -> (Churn, Agent) {
+    let mut p = Churn::start(&fixture(27, "blockers", "default").path);
+    assert_eq!(
+        p.cmd(&format!("block {blocked}")),
+        format!("blocked {blocked}")
+    );
+    let agent = Agent::start(&[
+        "--pid",
+        &p.pid.to_string(),
+        "--interval-seconds",
+        "1",
+        "--web-config-file",
+        web.to_str().unwrap(),
+    ]);
+    (p, agent)
+}
+
 #[test]
 fn basic_auth_guards_everything_but_the_open_paths() {
     if !bpf_allowed("basic_auth_guards_everything_but_the_open_paths") {
@@ -184,17 +203,8 @@ fn basic_auth_guards_everything_but_the_open_paths() {
             users("right horse")
         ),
     );
-    let mut p = Churn::start(&fixture(27, "blockers", "default").path);
-    assert_eq!(p.cmd("block 3"), "blocked 3");
+    let (p, agent) = traced_behind(&web, 3);
     let pid = p.pid.to_string();
-    let agent = Agent::start(&[
-        "--pid",
-        &pid,
-        "--interval-seconds",
-        "1",
-        "--web-config-file",
-        web.to_str().unwrap(),
-    ]);
     let addr = agent.addr.clone();
     let right = basic("alice", "right horse");
 
@@ -268,17 +278,8 @@ fn tls_serves_https_only() {
             users("tls secret")
         ),
     );
-    let mut p = Churn::start(&fixture(27, "blockers", "default").path);
-    assert_eq!(p.cmd("block 2"), "blocked 2");
+    let (p, agent) = traced_behind(&web, 2);
     let pid = p.pid.to_string();
-    let agent = Agent::start(&[
-        "--pid",
-        &pid,
-        "--interval-seconds",
-        "1",
-        "--web-config-file",
-        web.to_str().unwrap(),
-    ]);
     let addr = agent.addr.clone();
     let right = basic("alice", "tls secret");
 

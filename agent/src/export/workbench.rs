@@ -86,15 +86,35 @@ fn parse_id(prefix: char, id: &str) -> Option<u64> {
     u64::from_str_radix(id.strip_prefix(prefix)?, 16).ok()
 }
 
-/// A process in the picker.
+/// Who a process is, in the picker and in its detail.
 #[derive(Debug, Serialize)]
-pub struct ProcessSummary<'a> {
+pub struct ProcessHeader<'a> {
     pub pid: u32,
     pub exe: &'a str,
     pub go_version: &'a str,
     pub identity: &'a Identity,
     pub attached_seconds: f64,
     pub live: u64,
+}
+
+impl<'a> ProcessHeader<'a> {
+    fn of(t: &'a ProcessTable) -> ProcessHeader<'a> {
+        ProcessHeader {
+            pid: t.pid,
+            exe: &t.exe,
+            go_version: &t.go_version,
+            identity: &t.identity,
+            attached_seconds: t.attached_seconds,
+            live: t.live,
+        }
+    }
+}
+
+/// A process in the picker.
+#[derive(Debug, Serialize)]
+pub struct ProcessSummary<'a> {
+    #[serde(flatten)]
+    pub process: ProcessHeader<'a>,
     pub sites: usize,
     pub suspected: usize,
     pub suspects: Vec<SuspectSummary>,
@@ -133,12 +153,7 @@ pub fn process_list(snap: &Snapshot) -> Vec<ProcessSummary<'_>> {
                 })
                 .collect();
             ProcessSummary {
-                pid: t.pid,
-                exe: &t.exe,
-                go_version: &t.go_version,
-                identity: &t.identity,
-                attached_seconds: t.attached_seconds,
-                live: t.live,
+                process: ProcessHeader::of(t),
                 sites: t.sites.len(),
                 suspected: suspects.len(),
                 suspects,
@@ -148,8 +163,8 @@ pub fn process_list(snap: &Snapshot) -> Vec<ProcessSummary<'_>> {
     out.sort_by(|a, b| {
         b.suspected
             .cmp(&a.suspected)
-            .then(b.live.cmp(&a.live))
-            .then(a.pid.cmp(&b.pid))
+            .then(b.process.live.cmp(&a.process.live))
+            .then(a.process.pid.cmp(&b.process.pid))
     });
     out
 }
@@ -248,12 +263,8 @@ pub struct SuspectedLeak {
 /// One process: its sites, the "created by" graph, its contexts and their graph.
 #[derive(Debug, Serialize)]
 pub struct ProcessDetail<'a> {
-    pub pid: u32,
-    pub exe: &'a str,
-    pub go_version: &'a str,
-    pub identity: &'a Identity,
-    pub attached_seconds: f64,
-    pub live: u64,
+    #[serde(flatten)]
+    pub process: ProcessHeader<'a>,
     pub untracked: u64,
     pub module: Module<'a>,
     /// Whether the process records who created each goroutine (`g.parentGoid`, Go
@@ -345,12 +356,7 @@ pub fn process_detail(p: &ProcessReport) -> ProcessDetail<'_> {
         .collect();
     context_edges.sort_by_key(|e| std::cmp::Reverse(e.uncancelled));
     ProcessDetail {
-        pid: t.pid,
-        exe: &t.exe,
-        go_version: &t.go_version,
-        identity: &t.identity,
-        attached_seconds: t.attached_seconds,
-        live: t.live,
+        process: ProcessHeader::of(t),
         untracked: t.untracked,
         module: Module::of(&t.build),
         parent_goids: has_parent_goids(&t.go_version),
