@@ -31,4 +31,6 @@ pub mod model;
 pub mod probe;
 pub mod process;
 pub mod session;
+#[cfg(test)]
+mod testdir;
 pub mod track;

@@ -436,8 +436,8 @@ impl Config {
 mod tests {
     use super::*;
 
-    fn file(text: &str) -> (tempdir::Dir, RunArgs) {
-        let d = tempdir::Dir::new();
+    fn file(text: &str) -> (crate::testdir::Dir, RunArgs) {
+        let d = crate::testdir::Dir::new("config");
         let p = d.0.join("goroscope.toml");
         std::fs::write(&p, text).unwrap();
         (
@@ -447,28 +447,6 @@ mod tests {
                 ..RunArgs::default()
             },
         )
-    }
-
-    mod tempdir {
-        pub struct Dir(pub std::path::PathBuf);
-        impl Dir {
-            pub fn new() -> Dir {
-                use std::sync::atomic::{AtomicU32, Ordering};
-                static N: AtomicU32 = AtomicU32::new(0);
-                let p = std::env::temp_dir().join(format!(
-                    "goroscope-config-test-{}-{}",
-                    std::process::id(),
-                    N.fetch_add(1, Ordering::Relaxed)
-                ));
-                std::fs::create_dir_all(&p).unwrap();
-                Dir(p)
-            }
-        }
-        impl Drop for Dir {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_dir_all(&self.0);
-            }
-        }
     }
 
     fn err(text: &str) -> String {

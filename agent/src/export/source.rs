@@ -392,12 +392,11 @@ mod tests {
 
     #[test]
     fn excerpts_come_from_inside_the_source_root_only() {
-        let dir = std::env::temp_dir().join(format!("goroscope-source-{}", std::process::id()));
-        let root = dir.join("checkout");
-        std::fs::create_dir_all(root.join("leaky")).unwrap();
+        let dir = crate::testdir::Dir::new("source");
         let text: String = (1..=30).map(|i| format!("line {i}\n")).collect();
-        std::fs::write(root.join("leaky/main.go"), &text).unwrap();
-        std::fs::write(dir.join("secret.go"), "no").unwrap();
+        dir.write("checkout/leaky/main.go", &text);
+        dir.write("secret.go", "no");
+        let root = dir.0.join("checkout");
         let b = build(
             "goroscope.test/fixtures",
             "(devel)",
@@ -430,6 +429,5 @@ mod tests {
             );
         }
         assert_eq!(excerpt(None, &b, "/a.go", 1, 1), Err(SourceError::NoRoot));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

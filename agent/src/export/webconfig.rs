@@ -522,6 +522,7 @@ async fn require_auth(State(auth): State<Arc<BasicAuth>>, req: Request, next: Ne
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testdir::Dir;
     use axum::body::Body;
     use axum::routing::get;
     use tower::ServiceExt;
@@ -717,32 +718,6 @@ mod tests {
         );
     }
 
-    /// A fresh folder under the temp dir, removed on drop.
-    struct Dir(PathBuf);
-    impl Dir {
-        fn new() -> Dir {
-            use std::sync::atomic::{AtomicU32, Ordering};
-            static N: AtomicU32 = AtomicU32::new(0);
-            let p = std::env::temp_dir().join(format!(
-                "goroscope-webconfig-test-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
-            std::fs::create_dir_all(&p).unwrap();
-            Dir(p)
-        }
-        fn write(&self, name: &str, text: &str) -> PathBuf {
-            let p = self.0.join(name);
-            std::fs::write(&p, text).unwrap();
-            p
-        }
-    }
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
     /// A self-signed certificate for localhost and its key, PEM.
     fn self_signed() -> (String, String) {
         let c = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
@@ -751,7 +726,7 @@ mod tests {
 
     #[test]
     fn tls_files_are_checked_at_start() {
-        let d = Dir::new();
+        let d = Dir::new("webconfig");
         let (cert, key) = self_signed();
         let (_, other_key) = self_signed();
         d.write("server.crt", &cert);
@@ -799,7 +774,7 @@ mod tests {
     #[tokio::test]
     async fn serves_tls_with_auth_and_stops() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let d = Dir::new();
+        let d = Dir::new("webconfig");
         let (cert, key) = self_signed();
         d.write("server.crt", &cert);
         d.write("server.key", &key);
