@@ -76,6 +76,9 @@ pub struct Analysis {
     pub probe_sites: Vec<ProbeSite>,
     /// Hooks that could not be placed, with the reason.
     pub missing_sites: Vec<String>,
+    /// Whether the context-creation function is called from outside package `context`
+    /// (see [`Sites::context_create_called_outside`]).
+    pub context_create_called_outside: bool,
     /// Compiler-generated `go` statement wrappers (`f.gowrapN`, `f.funcN` in 1.21) →
     /// the function they start, so a goroutine's start function is the user's.
     #[serde(skip)]
@@ -221,6 +224,7 @@ pub fn analyze_bytes(path: &Path, data: &[u8]) -> Result<Analysis, BinaryError> 
         wait_reasons,
         probe_sites: sites.sites,
         missing_sites: sites.missing,
+        context_create_called_outside: sites.context_create_called_outside,
         go_wrappers,
         unresolved_wrappers,
         pclntab,

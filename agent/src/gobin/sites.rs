@@ -110,6 +110,13 @@ pub struct ProbeSite {
 pub struct Sites {
     pub sites: Vec<ProbeSite>,
     pub missing: Vec<String>,
+    /// Whether the context-creation function is called from outside package `context`
+    /// (a `WithCancel` inlined into its caller, e.g. with PGO): then the return address
+    /// into the function that calls it may already be the creation site, and the kernel
+    /// program checks it before walking up from there (one more read of the process's
+    /// memory a hit; see `CTX_CHECK_CALLER`).
+    #[serde(skip)]
+    pub context_create_called_outside: bool,
 }
 
 /// A decoded function.
@@ -533,7 +540,29 @@ impl Selector<'_, '_> {
             }
             self.after_prologue(hook, func, arg, r, ctx(r), None, false);
         }
+        if let Some(f) = self.pcln.by_name(create.0).next() {
+            self.out.context_create_called_outside =
+                called_from_outside(self.elf, self.pcln, f.entry, "context.");
+        }
     }
+}
+
+/// Whether a direct `CALL` to `entry` sits in a function whose name does not start with
+/// `prefix`, found by scanning the code for `E8 rel32` (no disassembly: bytes that only
+/// look like such a call make the answer true, the safe side).
+fn called_from_outside(elf: &Elf<'_>, pcln: &Pclntab, entry: u64, prefix: &str) -> bool {
+    let Some((start, text)) = elf.section_containing(entry) else {
+        return true;
+    };
+    text.windows(5).enumerate().any(|(i, w)| {
+        if w[0] != 0xE8 {
+            return false;
+        }
+        let rel = i32::from_le_bytes([w[1], w[2], w[3], w[4]]) as i64;
+        let at = start + i as u64;
+        at.wrapping_add(5).wrapping_add_signed(rel) == entry
+            && !pcln.func_at(at).is_some_and(|f| f.name.starts_with(prefix))
+    })
 }
 
 /// Chooses the probe site of every hook.

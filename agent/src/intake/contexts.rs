@@ -37,6 +37,57 @@ pub struct ContextReads {
     pub done_waiters: Vec<(u64, u64)>,
     /// The parents with the most uncancelled children, most first.
     pub parents: Vec<ParentRecord>,
+    /// The goroutine on each `runtime.g` that created a tracked context, now (by `g`;
+    /// missing: could not be read). Whether it is still the creator is for the tracker
+    /// to tell, from when it was created (see `track::contexts::creator`).
+    pub on_g: HashMap<u64, OnG>,
+}
+
+/// The goroutine on a `runtime.g`, as read at a refresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OnG {
+    pub goid: u64,
+    /// Whether a goroutine runs on it: false once the one that ran there exited (the
+    /// `g` is dead, kept for reuse by a later goroutine).
+    pub live: bool,
+}
+
+/// Reads the goroutine on every `g` that created one of `live` (status and goid, one
+/// batch of `process_vm_readv`; one by one if the batch fails).
+fn read_on_g(mem: &ProcMem, a: &Analysis, live: &HashMap<u64, CtxInfo>) -> HashMap<u64, OnG> {
+    let o = &a.offsets.g;
+    let lo = o.goid.min(o.atomicstatus);
+    let len = (o.goid.max(o.atomicstatus) - lo + 8) as usize;
+    let mut gs: Vec<u64> = live.values().map(|i| i.g).filter(|&g| g != 0).collect();
+    gs.sort_unstable();
+    gs.dedup();
+    let mut bufs = vec![0u8; len * gs.len()];
+    let mut ok = vec![true; gs.len()];
+    {
+        let mut reads: Vec<(u64, &mut [u8])> = gs
+            .iter()
+            .zip(bufs.chunks_mut(len))
+            .map(|(g, b)| (g.wrapping_add(u64::from(lo)), b))
+            .collect();
+        if mem.read_many(&mut reads).is_err() {
+            for (i, (addr, b)) in reads.iter_mut().enumerate() {
+                ok[i] = mem.read(*addr, b).is_ok();
+            }
+        }
+    }
+    gs.iter()
+        .zip(bufs.chunks(len))
+        .zip(ok)
+        .filter(|(_, ok)| *ok)
+        .map(|((g, b), _)| {
+            let status = (u64_at(b, o.atomicstatus - lo) as u32) & !goroutines::G_SCAN;
+            let on = OnG {
+                goid: u64_at(b, o.goid - lo),
+                live: goroutines::is_live(status),
+            };
+            (*g, on)
+        })
+        .collect()
 }
 
 /// The parents of `live` contexts with the most uncancelled children, most first (ties:
@@ -338,10 +389,12 @@ impl ContextReader {
         gs: Option<&[G]>,
     ) -> ContextReads {
         let mut parents = busiest_parents(live, PARENTS_READ);
+        let on_g = read_on_g(mem, a, live);
         let Some(cc) = a.offsets.cancel_ctx else {
             return ContextReads {
                 done_waiters: Vec::new(),
                 parents,
+                on_g,
             };
         };
         let done = done_channels(mem, cc.done, live);
@@ -365,6 +418,7 @@ impl ContextReader {
         ContextReads {
             done_waiters,
             parents,
+            on_g,
         }
     }
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 
-pub use contexts::{ContextReads, Judged, ParentRecord};
+pub use contexts::{ContextReads, Judged, OnG, ParentRecord};
 pub use goroutines::G;
 pub use memory::ProcMem;
 pub use stacks::{Stack, StackInterest};

@@ -293,8 +293,12 @@ impl Probes {
         }
         let mut c = CtxConfig {
             probe_addr: site.address,
-            goid_off: bin.offsets.g.goid,
-            flags: self.ctx_flags,
+            flags: self.ctx_flags
+                | if bin.context_create_called_outside {
+                    goroscope_common::CTX_CHECK_CALLER
+                } else {
+                    0
+                },
             done_off: bin.offsets.cancel_ctx.map_or(0, |cc| cc.done),
             ..CtxConfig::default()
         };

@@ -3,10 +3,12 @@
 //! which of those lost their cancel func for good (the runtime twin of `go vet`'s
 //! lostcancel: the goroutine that created them has exited and nobody cancelled them).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use super::Symbols;
-use crate::intake::ContextReads;
+use goroscope_common::CtxInfo;
+
+use crate::intake::{ContextReads, OnG};
 use crate::model::{AgeHistogram, ContextSiteView, ParentView};
 use crate::probe::ContextRecords;
 
@@ -46,13 +48,45 @@ pub fn waiters(
     out
 }
 
-/// The per-site views, most uncancelled first. `live_goids` are the goroutines alive
-/// now (None when the inventory could not be read: then `lost_cancel` stays 0).
+/// What became of the goroutine that created a context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Creator {
+    /// It still runs (its goid).
+    Running(u64),
+    /// It exited: its `g` is dead, or runs a goroutine created after the context.
+    Exited,
+    /// Its `g` could not be read.
+    Unknown,
+}
+
+/// The creator of context `info`: the goroutine on its `g` now (`on_g`, read at this
+/// refresh) if that one was created before the context — a `g` runs one goroutine at a
+/// time, and is reused for a later one once it exits. `started(goid)` is the creation
+/// time the kernel recorded for goroutines created while attached (the clock of
+/// `info.created_ns`); one without a record was created before attach, before every
+/// tracked context.
+pub fn creator(
+    info: &CtxInfo,
+    on_g: &HashMap<u64, OnG>,
+    started: impl Fn(u64) -> Option<u64>,
+) -> Creator {
+    match on_g.get(&info.g) {
+        None => Creator::Unknown,
+        Some(o) if !o.live => Creator::Exited,
+        Some(o) => match started(o.goid) {
+            Some(t) if t > info.created_ns => Creator::Exited,
+            _ => Creator::Running(o.goid),
+        },
+    }
+}
+
+/// The per-site views, most uncancelled first. `creator_exited` tells the contexts
+/// whose creating goroutine has exited (see [`creator`]: false when unknown).
 pub fn site_views(
     sym: &dyn Symbols,
     now_ns: u64,
     c: &ContextRecords,
-    live_goids: Option<&HashSet<u64>>,
+    creator_exited: &dyn Fn(&CtxInfo) -> bool,
     waits: &HashMap<u64, BTreeMap<String, u64>>,
 ) -> Vec<ContextSiteView> {
     let mut by_site: HashMap<u64, (u64, u64, u64)> = HashMap::new(); // (n, oldest, lost)
@@ -63,7 +97,7 @@ pub fn site_views(
         e.0 += 1;
         e.1 = e.1.max(age);
         ages.entry(info.site).or_default().add(age as f64 / 1e9);
-        if live_goids.is_some_and(|g| !g.contains(&info.goid)) {
+        if creator_exited(info) {
             e.2 += 1;
         }
     }

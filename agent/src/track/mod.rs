@@ -382,14 +382,9 @@ impl Tracker {
         };
         let none = ContextReads::default();
         let reads = obs.contexts.as_ref().unwrap_or(&none);
-        // Only the goroutines asked about (creators of uncancelled contexts, waiters),
-        // not every live one: a set of those found alive, with their creation sites.
-        let wanted: HashSet<u64> = c
-            .live
-            .values()
-            .map(|i| i.goid)
-            .chain(reads.done_waiters.iter().map(|(goid, _)| *goid))
-            .collect();
+        // Only the goroutines asked about (waiters), not every live one: those found
+        // alive, with their creation sites.
+        let wanted: HashSet<u64> = reads.done_waiters.iter().map(|(goid, _)| *goid).collect();
         let gs: HashMap<u64, &G> = match &obs.inventory {
             Ok(gs) => gs
                 .iter()
@@ -403,10 +398,17 @@ impl Tracker {
                 .and_then(|g| self.sites.get(sym, g.gopc))
                 .map_or_else(|| "unknown".to_string(), |l| l.to_string())
         });
-        let live_goids: Option<HashSet<u64>> =
-            obs.inventory.is_ok().then(|| gs.keys().copied().collect());
+        let started = |goid: u64| {
+            obs.kernel
+                .as_ref()
+                .and_then(|k| k.goroutines.get(&goid))
+                .map(|g| g.created_ns)
+        };
+        let exited = |info: &goroscope_common::CtxInfo| {
+            contexts::creator(info, &reads.on_g, started) == contexts::Creator::Exited
+        };
         (
-            contexts::site_views(sym, obs.now_ns, c, live_goids.as_ref(), &waits),
+            contexts::site_views(sym, obs.now_ns, c, &exited, &waits),
             contexts::parent_views(sym, c, reads),
         )
     }

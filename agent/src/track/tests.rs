@@ -7,7 +7,7 @@ use goroscope_common::{lifetime_bucket, CtxInfo, CtxSiteStats, GoroutineInfo, Lo
 use super::{ProcessMeta, Symbols, Tracker};
 use crate::gobin::SourceLoc;
 use crate::intake::goroutines::{STATUS_RUNNING, STATUS_WAITING};
-use crate::intake::{ContextReads, Observation, ParentRecord, G};
+use crate::intake::{ContextReads, Observation, OnG, ParentRecord, G};
 use crate::model::{ProcessTable, SiteView};
 use crate::probe::{ContextRecords, ProcessRecords};
 use crate::process::ProcessId;
@@ -339,15 +339,65 @@ fn runtime_sites_are_system_and_unknown_sites_are_named_by_address() {
     assert!(!unknown.system);
 }
 
-/// A context created at `site` by goroutine `goid` with parent `parent`, at `at` s.
-fn ctx(site: u64, goid: u64, parent: u64, at: u64) -> CtxInfo {
+/// A context created at `site` by the goroutine on `runtime.g` `g` with parent
+/// `parent`, at `at` s.
+fn ctx(site: u64, g: u64, parent: u64, at: u64) -> CtxInfo {
     CtxInfo {
         created_ns: at * S,
         site,
-        goid,
+        g,
         parent,
         parent_itab: 0,
     }
+}
+
+#[test]
+fn the_creator_of_a_context_is_the_goroutine_on_its_g_if_older() {
+    use crate::track::contexts::{creator, Creator};
+    let on_g: HashMap<u64, OnG> = [
+        (
+            0x100,
+            OnG {
+                goid: 1,
+                live: true,
+            },
+        ),
+        (
+            0x200,
+            OnG {
+                goid: 7,
+                live: true,
+            },
+        ),
+        (
+            0x300,
+            OnG {
+                goid: 5,
+                live: true,
+            },
+        ),
+        (
+            0x400,
+            OnG {
+                goid: 9,
+                live: false,
+            },
+        ),
+    ]
+    .into();
+    // Goroutines 7 and 5 were created while attached, at 1 s and 7 s; 1 before attach.
+    let started = |goid| match goid {
+        7 => Some(S),
+        5 => Some(7 * S),
+        _ => None,
+    };
+    let verdict = |g| creator(&ctx(0x500, g, 0, 4), &on_g, started);
+    assert_eq!(verdict(0x100), Creator::Running(1));
+    assert_eq!(verdict(0x200), Creator::Running(7));
+    // The creator exited and its g now runs a newer goroutine, or nothing.
+    assert_eq!(verdict(0x300), Creator::Exited);
+    assert_eq!(verdict(0x400), Creator::Exited);
+    assert_eq!(verdict(0x600), Creator::Unknown);
 }
 
 #[test]
@@ -358,11 +408,23 @@ fn contexts_by_creation_site_with_lost_cancels_waiters_and_parents() {
     let mut t = Tracker::new(meta(), &obs(0, vec![], None), &FakeBinary);
     let mut k = kernel(&[], &[]);
     let mut live = HashMap::new();
-    // Three uncancelled at CTX_SITE: two made by goroutine 1 (alive), one by goroutine 2
-    // (exited: its cancel func is lost).
-    live.insert(0xa0, ctx(CTX_SITE, 1, PARENT, 2));
-    live.insert(0xb0, ctx(CTX_SITE, 1, PARENT, 4));
-    live.insert(0xc0, ctx(CTX_SITE, 2, PARENT, 6));
+    // Three uncancelled at CTX_SITE: two made by goroutine 1 (alive, on g 0x100), one by
+    // the goroutine on g 0x200, which now runs goroutine 5, created after the context:
+    // the creator exited, its cancel func is lost.
+    const G1: u64 = 0x100;
+    const G2: u64 = 0x200;
+    k.goroutines.insert(
+        5,
+        GoroutineInfo {
+            created_ns: 7 * S,
+            gopc: SITE_B,
+            startpc: SITE_B + 1,
+            parent_goid: 1,
+        },
+    );
+    live.insert(0xa0, ctx(CTX_SITE, G1, PARENT, 2));
+    live.insert(0xb0, ctx(CTX_SITE, G1, PARENT, 4));
+    live.insert(0xc0, ctx(CTX_SITE, G2, PARENT, 6));
     let mut sites = HashMap::new();
     sites.insert(
         CTX_SITE,
@@ -392,6 +454,23 @@ fn contexts_by_creation_site_with_lost_cancels_waiters_and_parents() {
             children_site: CTX_SITE,
             children_map_len: Some(1161),
         }],
+        on_g: [
+            (
+                G1,
+                OnG {
+                    goid: 1,
+                    live: true,
+                },
+            ),
+            (
+                G2,
+                OnG {
+                    goid: 5,
+                    live: true,
+                },
+            ),
+        ]
+        .into(),
     });
     let table = t.update(&o, &FakeBinary);
 

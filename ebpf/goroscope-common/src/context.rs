@@ -20,10 +20,9 @@ pub struct CtxConfig {
     /// Link-time `[start, end)` ranges of package `context`'s code (unused ranges are
     /// `[0, 0)`): the creation site is the first return address outside them.
     pub ranges: [[u64; 2]; CTX_RANGES],
-    /// Offset of `runtime.g.goid` (R14 holds the current `*g`).
-    pub goid_off: u32,
-    /// [`CTX_ONE_PROBE`] or 0.
+    /// [`CTX_ONE_PROBE`], [`CTX_CHECK_CALLER`].
     pub flags: u32,
+    pub _pad0: u32,
     /// Link-time address of the process's `chan struct{}` type descriptor (the type word
     /// of a set `cancelCtx.done`), once the agent has learned it; 0 before.
     pub chan_type: u64,
@@ -46,6 +45,11 @@ pub const CTX_HOLDER_ITABS: usize = 4;
 /// before the agent judged it may have been cancelled: it is counted cancelled when its
 /// parent held it (see [`CtxSiteStats`]), collected otherwise.
 pub const CTX_ONE_PROBE: u32 = 1;
+/// [`CtxConfig::flags`]: the probed function is called from outside package `context`
+/// somewhere in the binary (a caller inlined there), so the return address at `rsp`
+/// may be the creation site itself: it is checked first (one more read a hit).
+/// Otherwise the walk starts at the caller's frame record (`rbp`).
+pub const CTX_CHECK_CALLER: u32 = 2;
 
 /// Key of the live-context map: a context (`*cancelCtx`) in one process.
 #[repr(C)]
@@ -64,8 +68,11 @@ pub struct CtxInfo {
     pub created_ns: u64,
     /// Link-time return address of the call into package `context` (0: not found).
     pub site: u64,
-    /// Goroutine that created it.
-    pub goid: u64,
+    /// The `runtime.g` of the goroutine that created it (R14 at creation; its goid is
+    /// not read here: a read of the process's memory costs ~0.1 µs a hit). The agent
+    /// tells from the goroutine on that `g` now, and when it was created, whether the
+    /// creator still runs.
+    pub g: u64,
     /// Parent context (interface data pointer; a `*cancelCtx` when the parent is one).
     pub parent: u64,
     /// The parent's itab (interface type word): tells a `*cancelCtx` parent apart.
@@ -88,21 +95,24 @@ pub struct CtxSlot {
     pub info: CtxInfo,
 }
 
-/// Home slot of a context in the [`CTX_SLOTS`] table: its address in 16-byte units,
+/// Home slot of a context in the [`CTX_SLOTS`] table: its address in 64-byte units,
 /// offset per process. Unlike a hash this keeps locality: contexts allocated near each
 /// other (the common case: one span of the Go heap) use slots near each other, so a probe
 /// hit touches a few cached pages of the 7 MiB table instead of a random one (a TLB and
-/// cache miss each, ~170 ns a hit measured). A context may sit in any of the
-/// [`CTX_WAYS`] slots from its home (see [`ctx_slot`]).
+/// cache miss each, ~170 ns a hit measured). A `cancelCtx` is at least 64 bytes in every
+/// supported release (80 since Go 1.20), so two contexts never share a home slot within
+/// a span, and 64-byte units (not 16) pack a span's contexts into a quarter of the table
+/// pages: ~50 ns less a hit in `cargo xtask bench contexts` (2026-12-07). A context may
+/// sit in any of the [`CTX_WAYS`] slots from its home (see [`ctx_slot`]).
 #[inline(always)]
 pub fn ctx_slot_index(tgid: u32, ctx: u64) -> u32 {
-    ((ctx >> 4).wrapping_add((tgid as u64).wrapping_mul(0x9E37_79B9)) & (CTX_SLOTS as u64 - 1))
+    ((ctx >> 6).wrapping_add((tgid as u64).wrapping_mul(0x9E37_79B9)) & (CTX_SLOTS as u64 - 1))
         as u32
 }
 
 /// Slots a context may use, from its home slot on: objects of one size class (≥ 80 bytes
-/// for a `cancelCtx`) leave most home slots of their heap span unused, which the next
-/// ones' overflow fills.
+/// for a `cancelCtx`) leave some home slots of their heap span unused (one in five for
+/// 80-byte objects), which the next ones' overflow fills.
 pub const CTX_WAYS: u32 = 4;
 
 /// Slot `way` (`< CTX_WAYS`) from `home` (see [`ctx_slot_index`]).

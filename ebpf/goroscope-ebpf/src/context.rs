@@ -6,15 +6,14 @@
 //! keeps their counts itself.
 
 use aya_ebpf::{
-    helpers::generated,
-    bindings::{BPF_ANY, BPF_F_MMAPABLE, BPF_NOEXIST},
+        bindings::{BPF_ANY, BPF_F_MMAPABLE, BPF_NOEXIST},
     macros::{map, uprobe},
     maps::{Array, HashMap},
     programs::ProbeContext,
 };
 use aya_log_ebpf::warn;
 use goroscope_common::{
-    ctx_site_key, ctx_site_slot, ctx_slot, ctx_slot_index, CtxConfig, CtxInfo, CtxKey, CtxSiteSlot, CtxSiteStats, CtxSlot, Loss, SiteKey, CTX_FRAMES,
+    ctx_site_key, ctx_site_slot, ctx_slot, ctx_slot_index, CtxConfig, CtxInfo, CtxKey, CTX_CHECK_CALLER, CtxSiteSlot, CtxSiteStats, CtxSlot, Loss, SiteKey, CTX_FRAMES,
     CTX_HOLDER_ITABS, CTX_ONE_PROBE, CTX_SITE_SLOTS, CTX_SITE_WAYS, CTX_SLOTS, CTX_WAYS, DEFAULT_MAX_CONTEXTS, MAX_SITES, MAX_SITE_CONFIGS,
     SLOT_BUSY,
 };
@@ -92,57 +91,38 @@ fn in_context_pkg(cfg: &CtxConfig, pc: u64) -> bool {
     cfg.ranges.iter().any(|r| pc >= r[0] && pc < r[1])
 }
 
-/// Bytes of the stack read at once from `rsp` for the frame walk, at most: the return
-/// address at `rsp` and the caller's frame record at `rbp` (~0x48 bytes from a
-/// `WithCancel`, ~0xc0 from `WithTimeout` → `WithDeadlineCause`); frames beyond are read
-/// one by one.
-const STACK_BYTES: usize = 256;
-
 /// The creation site of a context: the first return address outside package `context`
 /// (link-time), found by walking frame pointers up from `propagateCancel` (`rsp` and
 /// `rbp` at its `push rbp`; `bias` the load bias); 0 if not found within [`CTX_FRAMES`]
-/// frames. `[rsp, rbp + 16)` is read in one copy (each user-memory read costs ~50 ns
-/// here); frames outside it (or all, when it is over [`STACK_BYTES`]) are read one by
-/// one.
+/// frames. The return address at `rsp` is into `propagateCancel`'s caller, in package
+/// `context` unless the binary calls it from outside ([`CTX_CHECK_CALLER`]): only then
+/// is it read; the walk goes on from the caller's frame record at `rbp`, one read of 16
+/// bytes a frame (the saved `rbp` and the return address). So a `WithCancel` called
+/// from outside `context` costs one read of the process's memory (~0.1 µs each here).
 #[inline(always)]
 fn creation_site(cfg: &CtxConfig, rsp: u64, rbp: u64, bias: u64) -> u64 {
-    let len = rbp.wrapping_add(16).wrapping_sub(rsp);
-    let mut buf = core::mem::MaybeUninit::<[u64; STACK_BYTES / 8]>::uninit();
-    // The mask is the bound the verifier checks (`black_box`: the optimizer would fold
-    // it into the test below).
-    let n = core::hint::black_box(len) as u32 & (2 * STACK_BYTES as u32 - 1);
-    let copied = len <= STACK_BYTES as u64
-        && n > 0
-        && n <= STACK_BYTES as u32
-        // SAFETY: `n` bytes fit in `buf`; the copy handles faults.
-        && unsafe { generated::bpf_probe_read_user(buf.as_mut_ptr().cast(), n, rsp as *const _) }
-            == 0;
-    let word = |addr: u64| -> Option<u64> {
-        let off = addr.wrapping_sub(rsp);
-        if copied && off.wrapping_add(8) <= len && off & 7 == 0 {
-            // The mask again (after `black_box`, which the optimizer cannot see through)
-            // is the bound the verifier checks; `off` alone it cannot.
-            let i = core::hint::black_box(off / 8) as usize & (STACK_BYTES / 8 - 1);
-            // SAFETY: word `i` lies within the `len` (= `n`) bytes the copy wrote.
-            return Some(unsafe { buf.as_ptr().cast::<u64>().add(i).read() });
-        }
-        read::<u64>(addr).ok()
-    };
-    let mut pc = word(rsp).unwrap_or(0);
-    let mut fp = rbp;
-    for _ in 0..CTX_FRAMES {
-        if pc == 0 {
-            break;
-        }
-        let link = pc.wrapping_sub(bias);
+    if cfg.flags & CTX_CHECK_CALLER != 0 {
+        let Ok(ret) = read::<u64>(rsp) else {
+            return 0;
+        };
+        let link = ret.wrapping_sub(bias);
         if !in_context_pkg(cfg, link) {
             return link;
         }
-        let (Some(next), Some(ret)) = (word(fp), word(fp.wrapping_add(8))) else {
+    }
+    let mut fp = rbp;
+    for _ in 0..CTX_FRAMES {
+        let Ok([next, ret]) = read::<[u64; 2]>(fp) else {
             break;
         };
+        if ret == 0 {
+            break;
+        }
+        let link = ret.wrapping_sub(bias);
+        if !in_context_pkg(cfg, link) {
+            return link;
+        }
         fp = next;
-        pc = ret;
     }
     0
 }
@@ -173,7 +153,7 @@ fn log_site_not_found(ctx: &ProbeContext, tgid: u32) {
 
 /// A cancelable context was created: at `push rbp` of `(*cancelCtx).propagateCancel`
 /// (Go ≥ 1.21), RAX = the new context, RBX/RCX = the parent (itab, data), R14 = the
-/// current `*g`, and `[rsp]` the return address into the caller.
+/// current `*g`, `[rsp]` the return address into the caller and RBP its frame pointer.
 #[uprobe]
 pub fn context_create_rax(ctx: ProbeContext) -> u32 {
     // SAFETY: the uprobe context is the task's `pt_regs`; constant-offset loads.
@@ -199,7 +179,7 @@ pub fn context_create_rdi(ctx: ProbeContext) -> u32 {
 }
 
 /// Records context `c` created with parent `(parent_itab, parent)`; `regs` are RSP, RBP,
-/// R14 and RIP at the site.
+/// R14 (the current `*g`) and RIP at the site.
 #[inline(always)]
 fn context_created(
     ctx: &ProbeContext,
@@ -217,11 +197,10 @@ fn context_created(
     if site == 0 {
         log_site_not_found(ctx, tgid);
     }
-    let goid = read::<u64>(g + cfg.goid_off as u64).unwrap_or(0);
     let info = CtxInfo {
         created_ns: now_ns(),
         site,
-        goid,
+        g,
         parent,
         parent_itab,
     };
