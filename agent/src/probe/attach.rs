@@ -134,9 +134,16 @@ impl Probes {
                 .map_mut("SITE_CONFIG")
                 .context("map SITE_CONFIG missing")?,
         )?;
+        // A probe attached for one process runs only in it: its pid saves the programs a
+        // helper call a hit.
+        let tgid = match scope {
+            Scope::Pid(pid) => pid.get(),
+            Scope::AllProcesses => 0,
+        };
+        let cfg = SiteConfig { tgid, ..cfg };
         configs.set(cookie, cfg, 0).context("writing SITE_CONFIG")?;
         if site.hook == Hook::ContextCreate {
-            self.write_context_config(bin, site, cookie)?;
+            self.write_context_config(bin, site, cookie, tgid)?;
         }
 
         let prog: &mut UProbe = self
@@ -280,6 +287,7 @@ impl Probes {
         bin: &Analysis,
         site: &ProbeSite,
         cookie: u32,
+        tgid: u32,
     ) -> Result<()> {
         let mut ranges = bin.context_ranges();
         if ranges.len() > CTX_RANGES {
@@ -299,6 +307,7 @@ impl Probes {
                 } else {
                     0
                 },
+            tgid,
             done_off: bin.offsets.cancel_ctx.map_or(0, |cc| cc.done),
             ..CtxConfig::default()
         };

@@ -22,7 +22,9 @@ pub struct CtxConfig {
     pub ranges: [[u64; 2]; CTX_RANGES],
     /// [`CTX_ONE_PROBE`], [`CTX_CHECK_CALLER`].
     pub flags: u32,
-    pub _pad0: u32,
+    /// The one process the probe is attached for, or 0 (see
+    /// [`SiteConfig::tgid`](crate::SiteConfig::tgid)).
+    pub tgid: u32,
     /// Link-time address of the process's `chan struct{}` type descriptor (the type word
     /// of a set `cancelCtx.done`), once the agent has learned it; 0 before.
     pub chan_type: u64,

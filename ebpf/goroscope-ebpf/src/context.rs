@@ -191,7 +191,7 @@ fn context_created(
     let Some(cfg) = CTX_CONFIG.get(cookie(ctx)) else {
         return 0;
     };
-    let tgid = current_tgid();
+    let tgid = current_tgid(cfg.tgid);
     let bias = ip.wrapping_sub(cfg.probe_addr) & !0xfff;
     let site = creation_site(cfg, rsp, rbp, bias);
     if site == 0 {
@@ -366,7 +366,7 @@ fn take_context(tgid: u32, c: u64) -> Option<CtxInfo> {
 pub fn context_cancel_rax(ctx: ProbeContext) -> u32 {
     // SAFETY: as above.
     let c = unsafe { (*ctx.regs).rax };
-    let tgid = current_tgid();
+    let tgid = current_tgid(0);
     let Some(info) = take_context(tgid, c) else {
         return 0;
     };

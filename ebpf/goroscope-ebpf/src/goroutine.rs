@@ -58,7 +58,7 @@ fn on_create(ctx: &ProbeContext, g: u64) -> u32 {
     let Some(cfg) = SITE_CONFIG.get(cookie(ctx)) else {
         return 0;
     };
-    let tgid = current_tgid();
+    let tgid = current_tgid(cfg.tgid);
     let Some(w) = read_or_count::<[u64; G_WINDOW_WORDS]>(ctx, tgid, g + cfg.window_off as u64)
     else {
         return 0;
@@ -126,7 +126,7 @@ fn on_exit(ctx: &ProbeContext, g: u64) -> u32 {
     let Some(cfg) = SITE_CONFIG.get(cookie(ctx)) else {
         return 0;
     };
-    let tgid = current_tgid();
+    let tgid = current_tgid(cfg.tgid);
     let Some(goid) = read_or_count::<u64>(ctx, tgid, g + cfg.goid_off as u64) else {
         return 0;
     };

@@ -51,9 +51,14 @@ pub fn cookie(ctx: &ProbeContext) -> u32 {
     unsafe { aya_ebpf::helpers::generated::bpf_get_attach_cookie(ctx.as_ptr()) as u32 }
 }
 
-/// The probed process.
+/// The probed process: `attached_for` when the probe is attached for one process (its
+/// configuration's `tgid`; a uprobe attached for one process runs only in it), else
+/// asked of the kernel.
 #[inline(always)]
-pub fn current_tgid() -> u32 {
+pub fn current_tgid(attached_for: u32) -> u32 {
+    if attached_for != 0 {
+        return attached_for;
+    }
     (bpf_get_current_pid_tgid() >> 32) as u32
 }
 
