@@ -4,7 +4,7 @@
 //! created before attach); and, with one probe per context (no cancel probe), which
 //! tracked contexts were cancelled or garbage collected since the last refresh.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use goroscope_common::{CtxInfo, CtxSiteStats};
 
@@ -52,6 +52,24 @@ pub struct OnG {
     pub live: bool,
 }
 
+/// Reads `len` (> 0) bytes at each of `addrs` in one batch of `process_vm_readv` (one by
+/// one if the batch fails: one unreadable address fails its batch): the bytes, `len` an
+/// address, and whether each address could be read.
+fn read_blocks(mem: &ProcMem, addrs: &[u64], len: usize) -> (Vec<u8>, Vec<bool>) {
+    let mut bufs = vec![0u8; len * addrs.len()];
+    let mut ok = vec![true; addrs.len()];
+    {
+        let mut reads: Vec<(u64, &mut [u8])> =
+            addrs.iter().copied().zip(bufs.chunks_mut(len)).collect();
+        if mem.read_many(&mut reads).is_err() {
+            for (i, (addr, b)) in reads.iter_mut().enumerate() {
+                ok[i] = mem.read(*addr, b).is_ok();
+            }
+        }
+    }
+    (bufs, ok)
+}
+
 /// Reads the goroutine on every `g` that created one of `live` (status and goid, one
 /// batch of `process_vm_readv`; one by one if the batch fails).
 fn read_on_g(mem: &ProcMem, a: &Analysis, live: &HashMap<u64, CtxInfo>) -> HashMap<u64, OnG> {
@@ -61,20 +79,8 @@ fn read_on_g(mem: &ProcMem, a: &Analysis, live: &HashMap<u64, CtxInfo>) -> HashM
     let mut gs: Vec<u64> = live.values().map(|i| i.g).filter(|&g| g != 0).collect();
     gs.sort_unstable();
     gs.dedup();
-    let mut bufs = vec![0u8; len * gs.len()];
-    let mut ok = vec![true; gs.len()];
-    {
-        let mut reads: Vec<(u64, &mut [u8])> = gs
-            .iter()
-            .zip(bufs.chunks_mut(len))
-            .map(|(g, b)| (g.wrapping_add(u64::from(lo)), b))
-            .collect();
-        if mem.read_many(&mut reads).is_err() {
-            for (i, (addr, b)) in reads.iter_mut().enumerate() {
-                ok[i] = mem.read(*addr, b).is_ok();
-            }
-        }
-    }
+    let addrs: Vec<u64> = gs.iter().map(|g| g.wrapping_add(u64::from(lo))).collect();
+    let (bufs, ok) = read_blocks(mem, &addrs, len);
     gs.iter()
         .zip(bufs.chunks(len))
         .zip(ok)
@@ -211,6 +217,10 @@ pub struct ContextReader {
     holder_itabs: Vec<u64>,
 }
 
+/// Age after which a context seen live must be registered in its parent's `children`
+/// map (registration follows its creation probe by well under a microsecond).
+const SETTLED_NS: u64 = 1_000_000_000;
+
 /// Distinct parent types checked per refresh at most to learn holder itabs.
 const HOLDER_CHECKS: usize = 16;
 
@@ -277,26 +287,33 @@ impl ContextReader {
         }
         let len = (cc.context.max(cc.done).max(cc.err) + 16) as usize;
         let ctxs: Vec<(u64, CtxInfo)> = live.iter().map(|(c, i)| (*c, *i)).collect();
-        let mut bufs = vec![0u8; len * ctxs.len()];
-        let mut ok = vec![true; ctxs.len()];
-        {
-            let mut reads: Vec<(u64, &mut [u8])> = ctxs
-                .iter()
-                .zip(bufs.chunks_mut(len))
-                .map(|((c, _), b)| (*c, b))
-                .collect();
-            if mem.read_many(&mut reads).is_err() {
-                // One unreadable context fails its batch: read them one by one.
-                for (i, (addr, b)) in reads.iter_mut().enumerate() {
-                    ok[i] = mem.read(*addr, b).is_ok();
-                }
-            }
-        }
+        let addrs: Vec<u64> = ctxs.iter().map(|(c, _)| *c).collect();
+        let (bufs, ok) = read_blocks(mem, &addrs, len);
         self.learn_holders(mem, cc, live);
+        let seen_now: Vec<Seen> = ctxs
+            .iter()
+            .zip(bufs.chunks(len))
+            .zip(&ok)
+            .map(|(((_, info), b), ok)| if *ok { seen(info, b, cc) } else { Seen::Gone })
+            .collect();
+        let now = crate::clock::mono_ns();
+        let old: Vec<bool> = ctxs
+            .iter()
+            .map(|(_, i)| now.saturating_sub(i.created_ns) >= SETTLED_NS)
+            .collect();
+        let dead_parents = self.dead_holders(mem, cc, &ctxs, &seen_now, &old);
         let mut memo: HashMap<u64, bool> = HashMap::new();
         let mut out = Vec::new();
-        for (i, ((c, info), b)) in ctxs.iter().zip(bufs.chunks(len)).enumerate() {
-            let s = if ok[i] { seen(info, b, cc) } else { Seen::Gone };
+        for (((c, info), b), &s) in ctxs.iter().zip(bufs.chunks(len)).zip(&seen_now) {
+            // A context cannot be live under a parent of a holder type that is cancelled
+            // or holds no children (see `dead_holders`). Memory that says so is garbage,
+            // partly reused (its `Context` words left, its `err` word overwritten by
+            // another object): gone, and held, so cancelled.
+            let s = if s == Seen::Live && dead_parents.contains(&info.parent) {
+                Seen::Gone
+            } else {
+                s
+            };
             if self.chan_type.is_none() && s != Seen::Gone && u64_at(b, cc.done + 8) != 0 {
                 let ty = u64_at(b, cc.done);
                 if is_empty_chan_type(mem, ty) {
@@ -309,6 +326,51 @@ impl ContextReader {
             out.extend(judge(*c, *info, s, || self.held(mem, cc, info, &mut memo)));
         }
         out
+    }
+
+    /// The parents that cannot hold a live child, among those of the contexts seen live
+    /// (`seen_now[i]` for `ctxs[i]`) for a while (`old[i]`) whose parent type is a known
+    /// holder: read now (`children` and `err`, one batch), such a parent is cancelled, or
+    /// its `children` map is nil, or it cannot be read. A live child keeps its parent
+    /// reachable, so the parent's memory is still the parent; a `*cancelCtx` registers
+    /// every child in its `children` map (made at the first) and cancels them all when
+    /// cancelled, setting the map to nil only then. `old` leaves out contexts created
+    /// less than [`SETTLED_NS`] ago: one is registered only after its probe fired.
+    fn dead_holders(
+        &self,
+        mem: &ProcMem,
+        off: CancelCtxOffsets,
+        ctxs: &[(u64, CtxInfo)],
+        seen_now: &[Seen],
+        old: &[bool],
+    ) -> HashSet<u64> {
+        let mut parents: Vec<u64> = ctxs
+            .iter()
+            .zip(seen_now)
+            .zip(old)
+            .filter(|(((_, info), s), old)| {
+                **old && **s == Seen::Live && held_by_type(&self.holder_itabs, info)
+            })
+            .map(|(((_, info), _), _)| info.parent)
+            .collect();
+        parents.sort_unstable();
+        parents.dedup();
+        let lo = off.children.min(off.err);
+        let len = (off.children.max(off.err) - lo + 8) as usize;
+        let addrs: Vec<u64> = parents
+            .iter()
+            .map(|p| p.wrapping_add(u64::from(lo)))
+            .collect();
+        let (bufs, ok) = read_blocks(mem, &addrs, len);
+        parents
+            .iter()
+            .zip(bufs.chunks(len))
+            .zip(ok)
+            .filter(|((_, b), ok)| {
+                !*ok || u64_at(b, off.err - lo) != 0 || u64_at(b, off.children - lo) == 0
+            })
+            .map(|((p, _), _)| *p)
+            .collect()
     }
 
     /// Whether the parent of a gone context held it: its type is a known holder, or the
@@ -564,6 +626,58 @@ mod tests {
             parent_itab: 0x4a_0000,
             ..CtxInfo::default()
         }
+    }
+
+    /// Parents laid out in this process's own memory (read back with
+    /// `process_vm_readv`, as from a traced process): a parent of a holder type that is
+    /// cancelled or holds no children cannot hold a live child; children seen live for a
+    /// while are checked, new ones, cancelled ones or ones of other parent types not.
+    #[test]
+    fn dead_holders_are_read_from_memory() {
+        const HOLDER: u64 = 0x4a_0000;
+        // A `cancelCtx`: parent (itab, data), `children` (40) and `err` (48).
+        let parent = |children: u64, err: u64| {
+            let mut b = block(0x11, 0x22, err);
+            b[40..48].copy_from_slice(&children.to_le_bytes());
+            b
+        };
+        let (cancelled, childless, holding) = (parent(0xc0de, 7), parent(0, 0), parent(0xc0de, 0));
+        let [pc, pe, ph] = [&cancelled, &childless, &holding].map(|b| b.as_ptr() as u64);
+        let child = |parent, parent_itab| CtxInfo {
+            parent,
+            parent_itab,
+            ..CtxInfo::default()
+        };
+        let ctxs = [
+            (0xa0, child(pc, HOLDER)),
+            (0xb0, child(pe, HOLDER)),
+            (0xc0, child(ph, HOLDER)),
+            // Not a holder type: its parent is not read.
+            (0xd0, child(pc + 8, 0x5b_0000)),
+            // Cancelled itself: nothing to check.
+            (0xe0, child(pc + 16, HOLDER)),
+            // Too new to be registered yet.
+            (0xf0, child(pc + 24, HOLDER)),
+            // Its parent cannot be read.
+            (0x100, child(8, HOLDER)),
+        ];
+        let seen_now = [
+            Seen::Live,
+            Seen::Live,
+            Seen::Live,
+            Seen::Live,
+            Seen::Cancelled,
+            Seen::Live,
+            Seen::Live,
+        ];
+        let old = [true, true, true, true, true, false, true];
+        let reader = ContextReader {
+            holder_itabs: vec![HOLDER],
+            ..ContextReader::default()
+        };
+        let mem = ProcMem::new(std::process::id());
+        let got = reader.dead_holders(&mem, OFF, &ctxs, &seen_now, &old);
+        assert_eq!(got, HashSet::from([pc, pe, 8]));
     }
 
     #[test]
