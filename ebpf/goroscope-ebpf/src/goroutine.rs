@@ -98,20 +98,29 @@ fn on_create(ctx: &ProbeContext, g: u64) -> u32 {
     0
 }
 
-/// Takes the record of an exiting goroutine out of its slot or the `LIVE` map; `None`
-/// if it was created before attach (or its creation was lost).
+/// Takes the record of an exiting goroutine on `g` out of its slot: the slot's record
+/// names `g` when the goroutine was created while attached and found its slot free (a
+/// `g` runs one goroutine at a time, and a creation on a `g` takes over a record left
+/// there), so no read of the process's memory is needed. `None` otherwise.
 #[inline(always)]
-fn take_created(tgid: u32, g: u64, goid: u64) -> Option<GoroutineInfo> {
-    if let Some(slot) = GSLOTS.get_ptr_mut(slot_index(tgid, g)) {
-        // SAFETY: as in `on_create`; the slot is ours if it names this goroutine.
-        unsafe {
-            if (*slot).goid == goid && (*slot).g == g && (*slot).tgid == tgid {
-                let info = (*slot).info;
-                (*slot).goid = 0;
-                return Some(info);
-            }
+fn take_slot(tgid: u32, g: u64) -> Option<GoroutineInfo> {
+    let slot = GSLOTS.get_ptr_mut(slot_index(tgid, g))?;
+    // SAFETY: as in `on_create`; the slot is ours if it names this `g`.
+    unsafe {
+        let goid = (*slot).goid;
+        if goid != 0 && goid != SLOT_BUSY && (*slot).g == g && (*slot).tgid == tgid {
+            let info = (*slot).info;
+            (*slot).goid = 0;
+            return Some(info);
         }
     }
+    None
+}
+
+/// Takes the record of an exiting goroutine `goid` out of the `LIVE` map; `None` if it
+/// was created before attach (or its creation was lost).
+#[inline(always)]
+fn take_live(tgid: u32, goid: u64) -> Option<GoroutineInfo> {
     let key = live_key(tgid, goid);
     // SAFETY: the value is copied out before the entry is deleted.
     let created = unsafe { LIVE.get(&key) }.copied();
@@ -127,10 +136,16 @@ fn on_exit(ctx: &ProbeContext, g: u64) -> u32 {
         return 0;
     };
     let tgid = current_tgid(cfg.tgid);
-    let Some(goid) = read_or_count::<u64>(ctx, tgid, g + cfg.goid_off as u64) else {
-        return 0;
+    let created = match take_slot(tgid, g) {
+        Some(info) => Some(info),
+        None => {
+            let Some(goid) = read_or_count::<u64>(ctx, tgid, g + cfg.goid_off as u64) else {
+                return 0;
+            };
+            take_live(tgid, goid)
+        }
     };
-    match take_created(tgid, g, goid) {
+    match created {
         Some(info) => {
             let lifetime = now_ns().saturating_sub(info.created_ns);
             let Some(s) = site(tgid, info.gopc) else {
