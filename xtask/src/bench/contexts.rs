@@ -162,6 +162,24 @@ impl Measured {
         Ok(())
     }
 
+    /// Added ns per context of mode `name` over its floor's, per run: run `r` of each
+    /// mode was taken in the same round, so each ratio compares neighbours in time.
+    fn run_ratios(&self, name: &str) -> Vec<f64> {
+        let Some(floor) = floor_of(name) else {
+            return Vec::new();
+        };
+        let (none, f, g) = (
+            self.ns.runs("none"),
+            self.ns.runs(floor),
+            self.ns.runs(name),
+        );
+        none.iter()
+            .zip(f)
+            .zip(g)
+            .map(|((n, f), g)| (g - n) / (f - n))
+            .collect()
+    }
+
     /// HTTP cost of mode `name` against no probes, %: `(requests/s, CPU per request)`.
     fn costs(&self, name: &str) -> (f64, f64) {
         let (r, c) = (self.rps.median(name), self.cpu_req.median(name));
@@ -271,8 +289,23 @@ impl Measured {
         md.line(&format!(
             "- contexts recorded per goroscope run, both modes (ctx + HTTP): {created:?}; lost events: {lost}"
         ));
+        for name in ["goroscope", "goroscope-cancel"] {
+            let mut r = self.run_ratios(name);
+            r.sort_by(f64::total_cmp);
+            let r: Vec<String> = r.iter().map(|v| format!("{v:.2}")).collect();
+            md.line(&format!(
+                "- {name}: added cost per context / its floor's, run by run (each against the \
+                 no-probe and floor runs next to it), sorted: [{}]",
+                r.join(", ")
+            ));
+        }
         md.line("- every run, sorted:");
         for (name, _, _) in MODES {
+            let ns = self.ns.sorted(name);
+            if !ns.is_empty() {
+                let ns: Vec<String> = ns.iter().map(|v| format!("{v:.0}")).collect();
+                md.line(&format!("  - {name}: ns per context [{}]", ns.join(", ")));
+            }
             let c: Vec<String> = self
                 .cpu_req
                 .sorted(name)
