@@ -233,10 +233,12 @@ fn reused_memory(minor: u32, mode: ContextMode) {
             x.cancelled + x.uncancelled + x.collected,
             "{what} {marker}: {got:?}"
         );
-        // KNOWN ISSUE (one-probe mode, see README "One probe per context"): rarely (about
-        // one run in fifteen since stale twin records are judged) one of a site's 1,200
-        // contexts is misjudged at the end — a cancelled one read as uncancelled — not
-        // understood yet. At most `slack` per site is allowed; with the cancel probe, none.
+        // KNOWN LIMIT (one-probe mode, see README "One probe per context", garbage that
+        // still looks like a live context): rarely (about one run in fifteen) one of a
+        // site's 1,200 contexts is read uncancelled at the end — collected, its memory
+        // partly reused (parent words left, `err` overwritten). Under a holder parent the
+        // agent now sees through it; under `Background` nothing tells. At most `slack` per
+        // site is allowed; with the cancel probe, none.
         let slack = if mode == ContextMode::CancelProbe {
             0
         } else {
