@@ -70,28 +70,36 @@ fn read_blocks(mem: &ProcMem, addrs: &[u64], len: usize) -> (Vec<u8>, Vec<bool>)
     (bufs, ok)
 }
 
+/// Reads the words at offsets `a` and `b` of each of `bases` (the span between them, one
+/// batch, see [`read_blocks`]): `None` where it could not be read.
+fn read_word_pairs(mem: &ProcMem, bases: &[u64], a: u32, b: u32) -> Vec<Option<(u64, u64)>> {
+    let lo = a.min(b);
+    let len = (a.max(b) - lo + 8) as usize;
+    let addrs: Vec<u64> = bases
+        .iter()
+        .map(|p| p.wrapping_add(u64::from(lo)))
+        .collect();
+    let (bufs, ok) = read_blocks(mem, &addrs, len);
+    bufs.chunks(len)
+        .zip(ok)
+        .map(|(w, ok)| ok.then(|| (u64_at(w, a - lo), u64_at(w, b - lo))))
+        .collect()
+}
+
 /// Reads the goroutine on every `g` that created one of `live` (status and goid, one
-/// batch of `process_vm_readv`; one by one if the batch fails).
+/// batch of `process_vm_readv`).
 fn read_on_g(mem: &ProcMem, a: &Analysis, live: &HashMap<u64, CtxInfo>) -> HashMap<u64, OnG> {
     let o = &a.offsets.g;
-    let lo = o.goid.min(o.atomicstatus);
-    let len = (o.goid.max(o.atomicstatus) - lo + 8) as usize;
     let mut gs: Vec<u64> = live.values().map(|i| i.g).filter(|&g| g != 0).collect();
     gs.sort_unstable();
     gs.dedup();
-    let addrs: Vec<u64> = gs.iter().map(|g| g.wrapping_add(u64::from(lo))).collect();
-    let (bufs, ok) = read_blocks(mem, &addrs, len);
+    let words = read_word_pairs(mem, &gs, o.atomicstatus, o.goid);
     gs.iter()
-        .zip(bufs.chunks(len))
-        .zip(ok)
-        .filter(|(_, ok)| *ok)
-        .map(|((g, b), _)| {
-            let status = (u64_at(b, o.atomicstatus - lo) as u32) & !goroutines::G_SCAN;
-            let on = OnG {
-                goid: u64_at(b, o.goid - lo),
-                live: goroutines::is_live(status),
-            };
-            (*g, on)
+        .zip(words)
+        .filter_map(|(g, w)| {
+            let (status, goid) = w?;
+            let live = goroutines::is_live(status as u32 & !goroutines::G_SCAN);
+            Some((*g, OnG { goid, live }))
         })
         .collect()
 }
@@ -297,11 +305,7 @@ impl ContextReader {
             .map(|(((_, info), b), ok)| if *ok { seen(info, b, cc) } else { Seen::Gone })
             .collect();
         let now = crate::clock::mono_ns();
-        let old: Vec<bool> = ctxs
-            .iter()
-            .map(|(_, i)| now.saturating_sub(i.created_ns) >= SETTLED_NS)
-            .collect();
-        let dead_parents = self.dead_holders(mem, cc, &ctxs, &seen_now, &old);
+        let dead_parents = self.dead_holders(mem, cc, &ctxs, &seen_now, now);
         let mut memo: HashMap<u64, bool> = HashMap::new();
         let mut out = Vec::new();
         for (((c, info), b), &s) in ctxs.iter().zip(bufs.chunks(len)).zip(&seen_now) {
@@ -329,47 +333,40 @@ impl ContextReader {
     }
 
     /// The parents that cannot hold a live child, among those of the contexts seen live
-    /// (`seen_now[i]` for `ctxs[i]`) for a while (`old[i]`) whose parent type is a known
-    /// holder: read now (`children` and `err`, one batch), such a parent is cancelled, or
-    /// its `children` map is nil, or it cannot be read. A live child keeps its parent
+    /// (`seen_now[i]` for `ctxs[i]`) for a while whose parent type is a known holder:
+    /// read now (`children` and `err`, one batch), such a parent is cancelled, or its
+    /// `children` map is nil, or it cannot be read. A live child keeps its parent
     /// reachable, so the parent's memory is still the parent; a `*cancelCtx` registers
     /// every child in its `children` map (made at the first) and cancels them all when
-    /// cancelled, setting the map to nil only then. `old` leaves out contexts created
-    /// less than [`SETTLED_NS`] ago: one is registered only after its probe fired.
+    /// cancelled, setting the map to nil only then. Contexts created less than
+    /// [`SETTLED_NS`] before `now_ns` are left out: one is registered only after its
+    /// probe fired.
     fn dead_holders(
         &self,
         mem: &ProcMem,
         off: CancelCtxOffsets,
         ctxs: &[(u64, CtxInfo)],
         seen_now: &[Seen],
-        old: &[bool],
+        now_ns: u64,
     ) -> HashSet<u64> {
         let mut parents: Vec<u64> = ctxs
             .iter()
             .zip(seen_now)
-            .zip(old)
-            .filter(|(((_, info), s), old)| {
-                **old && **s == Seen::Live && held_by_type(&self.holder_itabs, info)
+            .filter(|((_, info), s)| {
+                **s == Seen::Live
+                    && now_ns.saturating_sub(info.created_ns) >= SETTLED_NS
+                    && held_by_type(&self.holder_itabs, info)
             })
-            .map(|(((_, info), _), _)| info.parent)
+            .map(|((_, info), _)| info.parent)
             .collect();
         parents.sort_unstable();
         parents.dedup();
-        let lo = off.children.min(off.err);
-        let len = (off.children.max(off.err) - lo + 8) as usize;
-        let addrs: Vec<u64> = parents
-            .iter()
-            .map(|p| p.wrapping_add(u64::from(lo)))
-            .collect();
-        let (bufs, ok) = read_blocks(mem, &addrs, len);
+        let words = read_word_pairs(mem, &parents, off.children, off.err);
         parents
             .iter()
-            .zip(bufs.chunks(len))
-            .zip(ok)
-            .filter(|((_, b), ok)| {
-                !*ok || u64_at(b, off.err - lo) != 0 || u64_at(b, off.children - lo) == 0
-            })
-            .map(|((p, _), _)| *p)
+            .zip(words)
+            .filter(|(_, w)| !matches!(w, Some((children, err)) if *err == 0 && *children != 0))
+            .map(|(p, _)| *p)
             .collect()
     }
 
@@ -643,9 +640,12 @@ mod tests {
         };
         let (cancelled, childless, holding) = (parent(0xc0de, 7), parent(0, 0), parent(0xc0de, 0));
         let [pc, pe, ph] = [&cancelled, &childless, &holding].map(|b| b.as_ptr() as u64);
+        // Seen at 10 s; contexts created at 1 s, but the one created at 9.5 s.
+        const NOW: u64 = 10_000_000_000;
         let child = |parent, parent_itab| CtxInfo {
             parent,
             parent_itab,
+            created_ns: 1_000_000_000,
             ..CtxInfo::default()
         };
         let ctxs = [
@@ -657,7 +657,13 @@ mod tests {
             // Cancelled itself: nothing to check.
             (0xe0, child(pc + 16, HOLDER)),
             // Too new to be registered yet.
-            (0xf0, child(pc + 24, HOLDER)),
+            (
+                0xf0,
+                CtxInfo {
+                    created_ns: 9_500_000_000,
+                    ..child(pc + 24, HOLDER)
+                },
+            ),
             // Its parent cannot be read.
             (0x100, child(8, HOLDER)),
         ];
@@ -670,13 +676,12 @@ mod tests {
             Seen::Live,
             Seen::Live,
         ];
-        let old = [true, true, true, true, true, false, true];
         let reader = ContextReader {
             holder_itabs: vec![HOLDER],
             ..ContextReader::default()
         };
         let mem = ProcMem::new(std::process::id());
-        let got = reader.dead_holders(&mem, OFF, &ctxs, &seen_now, &old);
+        let got = reader.dead_holders(&mem, OFF, &ctxs, &seen_now, NOW);
         assert_eq!(got, HashSet::from([pc, pe, 8]));
     }
 

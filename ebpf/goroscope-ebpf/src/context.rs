@@ -6,15 +6,15 @@
 //! keeps their counts itself.
 
 use aya_ebpf::{
-        bindings::{BPF_ANY, BPF_F_MMAPABLE, BPF_NOEXIST},
+    bindings::{BPF_ANY, BPF_F_MMAPABLE, BPF_NOEXIST},
     macros::{map, uprobe},
     maps::{Array, HashMap},
     programs::ProbeContext,
 };
 use aya_log_ebpf::warn;
 use goroscope_common::{
-    ctx_site_key, ctx_site_slot, ctx_slot, ctx_slot_index, CtxConfig, CtxInfo, CtxKey, CTX_CHECK_CALLER, CtxSiteSlot, CtxSiteStats, CtxSlot, Loss, SiteKey, CTX_FRAMES,
-    CTX_HOLDER_ITABS, CTX_ONE_PROBE, CTX_SITE_SLOTS, CTX_SITE_WAYS, CTX_SLOTS, CTX_WAYS, DEFAULT_MAX_CONTEXTS, MAX_SITES, MAX_SITE_CONFIGS,
+    ctx_site_key, ctx_site_slot, ctx_slot, ctx_slot_index, CtxConfig, CtxInfo, CtxKey, CtxSiteSlot, CtxSiteStats, CtxSlot, Loss, SiteKey, CTX_CHECK_CALLER,
+    CTX_FRAMES, CTX_HOLDER_ITABS, CTX_ONE_PROBE, CTX_SITE_SLOTS, CTX_SITE_WAYS, CTX_SLOTS, CTX_WAYS, DEFAULT_MAX_CONTEXTS, MAX_SITES, MAX_SITE_CONFIGS,
     SLOT_BUSY,
 };
 
